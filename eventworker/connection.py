@@ -1,0 +1,62 @@
+"""Connecting to RabbitMQ: the one place where connection errors become eventworker errors.
+
+Error messages carry the redacted URL (``amqp://user:***@host``) and never the exception text
+of a URL parser, which may quote the password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import aio_pika
+from aio_pika.abc import AbstractConnection
+from aiormq.exceptions import AMQPConnectionError, AMQPError, ProbableAuthenticationError
+from pydantic import SecretStr
+
+from eventworker.errors import BrokerAuthError, BrokerUnreachableError
+from eventworker.settings import redact_url
+
+
+def connection_name(role: str) -> str:
+    """What the management UI shows: role, host and pid identify the process."""
+    return f"eventworker {role} {socket.gethostname()}:{os.getpid()}"
+
+
+async def connect(url: SecretStr, *, role: str, timeout: float,
+                  heartbeat: int) -> AbstractConnection:
+    """Open a plain (not "robust") connection: the worker owns reconnection, so that it can
+    verify topology and consumers after each one instead of trusting a hidden restore.
+
+    Raises:
+        BrokerAuthError: credentials or virtual host refused.
+        BrokerUnreachableError: refused, timed out, unknown host, or a malformed URL.
+    """
+    secret = url.get_secret_value()
+    shown = redact_url(secret)
+    try:
+        return await asyncio.wait_for(
+            aio_pika.connect(secret, client_properties={"connection_name": connection_name(role)},
+                             heartbeat=heartbeat, timeout=timeout),
+            timeout=timeout)
+    except ProbableAuthenticationError:
+        raise BrokerAuthError(f"broker at {shown} refused the login (user, password or "
+                              f"virtual host)") from None
+    except AMQPConnectionError as exc:
+        text = redact_url(str(exc))
+        if "ACCESS_REFUSED" in text or "NOT_ALLOWED" in text:
+            raise BrokerAuthError(f"broker at {shown} refused the login: {text[:200]}") from None
+        raise BrokerUnreachableError(f"cannot connect to {shown}: {text[:200]}") from None
+    except AMQPError:
+        # RabbitMQ closes the handshake with Connection.Close for an unknown virtual host
+        raise BrokerAuthError(f"broker at {shown} closed the connection during the handshake "
+                              f"(unknown virtual host, or no access to it)") from None
+    except TimeoutError:
+        raise BrokerUnreachableError(
+            f"cannot connect to {shown}: no answer within {timeout:g}s") from None
+    except (OSError, ConnectionError) as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise BrokerUnreachableError(f"cannot connect to {shown}: {reason}") from None
+    except ValueError:
+        raise BrokerUnreachableError(f"malformed broker URL {shown}") from None

@@ -1,0 +1,221 @@
+"""What happens to one delivery: decode -> handler -> settle, exactly once, in one place.
+
+A settle that moves the message (retry, dead letter) publishes the copy and waits for its
+confirm *before* acking the original: a crash in between gives a duplicate, never a loss. A
+cancelled handling (shutdown) settles nothing, so the broker redelivers the message and the
+shutdown consumes no attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import dataclasses
+import socket
+import traceback
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from aiormq.exceptions import AMQPError, ChannelInvalidStateError
+from loguru import logger
+from pydantic import ValidationError
+
+from eventworker import envelope
+from eventworker.envelope import Event
+from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
+from eventworker.handlers import Context, Handler, RetryPolicy
+from eventworker.logs import one_line
+from eventworker.publisher import Publisher
+from eventworker.retry import Ack, DeadLetter, Decision, RetryIn, decide
+
+#: Pause before handing a message back to the broker when its retry or parked copy could not
+#: be published, so a broker that refuses publishes does not become a hot loop.
+REQUEUE_PAUSE = 1.0
+_HOST = socket.gethostname()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One handler with everything resolved: queues, effective policy, limits."""
+
+    handler: Handler
+    queue: str
+    dead_letter_queue: str
+    policy: RetryPolicy
+    retry_queues: dict[float, str]
+    timeout: float | None
+    concurrency: int
+    prefetch: int
+
+    @property
+    def tiers(self) -> tuple[float, ...]:
+        return tuple(sorted(self.retry_queues))
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class Dispatcher:
+    """Runs one handler on its deliveries; ``handle`` settles each delivery exactly once."""
+
+    def __init__(self, route: Route, *, moves: Publisher, events: Publisher,
+                 return_exchange: str, max_body_bytes: int, executor: Executor) -> None:
+        self.route = route
+        self._moves = moves
+        self._events = events
+        self._return_exchange = return_exchange
+        self._max_body_bytes = max_body_bytes
+        self._executor = executor
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        route = self.route
+        trusted = message.exchange == self._return_exchange
+        event: Event[Any] = envelope.decode(message, None, trusted=trusted,
+                                            max_attempts=route.policy.max_attempts)
+        error: BaseException | None
+        try:
+            event = dataclasses.replace(event, data=self._data(message))
+        except EnvelopeError as exc:
+            # Input that can never succeed: parked at once, attempts = 1.
+            await self._settle(message, event, exc, DeadLetter(exc.reason))
+            return
+        error = await self._run(event)
+        decision = decide(event.attempt, route.policy, error, tiers=route.tiers,
+                          retry_on=route.handler.retry_on, give_up_on=route.handler.give_up_on)
+        await self._settle(message, event, error, decision)
+
+    def _data(self, message: AbstractIncomingMessage) -> Any:
+        data = envelope.decode_body(message.body, message.content_type, message.content_encoding,
+                                    max_body_bytes=self._max_body_bytes)
+        model = self.route.handler.model
+        if model is None:
+            return data
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            # Field paths and error types only: the input may hold secrets or personal data.
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['type']}"
+                                 for e in exc.errors(include_input=False, include_url=False))
+            raise EnvelopeError("schema_error", f"{model.__name__}: {problems}") from None
+
+    async def _run(self, event: Event[Any]) -> BaseException | None:
+        """Run the handler; return what it raised (None on success). Cancellation propagates."""
+        handler = self.route.handler
+        loop = asyncio.get_running_loop()
+        ctx = Context(handler=handler.name, event=event, _publish=self._events.publish,
+                      _loop=loop)
+        with logger.contextualize(handler=handler.name, event_id=event.id, attempt=event.attempt,
+                                  correlation_id=event.correlation_id):
+            try:
+                async with asyncio.timeout(self.route.timeout) as deadline:
+                    if handler.is_async:
+                        await handler(event, ctx)  # type: ignore[misc]  # is_async checked
+                    else:
+                        # A thread, so the event loop (heartbeats, acks) never blocks; the
+                        # context copy carries the log context into the thread.
+                        call = partial(contextvars.copy_context().run, handler.func, event, ctx)
+                        await loop.run_in_executor(self._executor, call)
+            except TimeoutError as exc:
+                if deadline.expired():
+                    return HandlerTimeoutError(f"handler ran longer than {self.route.timeout:g}s")
+                return exc
+            except Exception as exc:
+                return exc
+        return None
+
+    async def _settle(self, message: AbstractIncomingMessage, event: Event[Any],
+                      error: BaseException | None, decision: Decision) -> None:
+        route = self.route
+        name = route.handler.name
+        match decision:
+            case Ack():
+                logger.debug("{} handled {} [{}]", name, event.id, one_line(event.type, 100))
+            case RetryIn(delay=delay):
+                copy = self._copy(message, event, error, {
+                    envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue})
+                if not await self._move(message, copy, route.retry_queues[delay]):
+                    return
+                logger.warning("{} attempt {}/{} of {} failed: {}; retry in {:g}s", name,
+                               event.attempt, route.policy.max_attempts, event.id,
+                               _describe(error), delay)
+            case DeadLetter(reason=reason):
+                copy = self._copy(message, event, error, {
+                    envelope.ATTEMPT: event.attempt, envelope.REASON: reason,
+                    envelope.TRACEBACK: _short_traceback(error), envelope.HOST: _HOST})
+                if not await self._move(message, copy, route.dead_letter_queue):
+                    return
+                logger.error("{} dead-lettered {} after attempt {} ({}): {}", name, event.id,
+                             event.attempt, reason, _describe(error))
+        try:
+            await message.ack()
+        except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError):
+            # The delivery died with its channel: the broker redelivers it. Never send its
+            # tag on another channel.
+            logger.info("{} could not ack {}: channel closed; the broker will redeliver it",
+                        name, event.id)
+
+    async def _move(self, message: AbstractIncomingMessage, copy: aio_pika.Message,
+                    queue: str) -> bool:
+        """Publish ``copy`` to ``queue`` with a confirm; on failure hand the original back."""
+        try:
+            await self._moves.send_to_queue(copy, queue)
+            return True
+        except PublishError as exc:
+            logger.error("{}: {}; returning the message to its queue", self.route.handler.name,
+                         exc)
+            await asyncio.sleep(REQUEUE_PAUSE)
+            try:
+                await message.nack(requeue=True)
+            except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError):
+                pass  # channel gone: the broker requeues it anyway
+            return False
+
+    def _copy(self, message: AbstractIncomingMessage, event: Event[Any],
+              error: BaseException | None, extra: dict[str, Any]) -> aio_pika.Message:
+        """A copy for a retry tier or the dead-letter queue: the body byte for byte, the
+        producer's properties and headers minus broker bookkeeping, plus the diagnosis."""
+        now = _now()
+        first = event.headers.get(envelope.FIRST_FAILURE) if message.exchange == \
+            self._return_exchange else None
+        headers = envelope.carried_headers(message.headers or {})
+        headers.update({
+            envelope.ROUTING_KEY: event.type,
+            envelope.HANDLER: self.route.handler.name,
+            envelope.FIRST_FAILURE: first if isinstance(first, str) else now,
+            envelope.LAST_FAILURE: now,
+            envelope.EXCEPTION: type(error).__name__ if error else "",
+            envelope.ERROR_MESSAGE: _message(error)[:1024],
+            **extra,
+        })
+        return aio_pika.Message(
+            message.body, headers=headers, content_type=message.content_type,
+            content_encoding=message.content_encoding, message_id=event.id,
+            type=message.type, timestamp=message.timestamp, app_id=message.app_id,
+            correlation_id=message.correlation_id, priority=message.priority,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+
+
+def _message(error: BaseException | None) -> str:
+    if error is None:
+        return ""
+    if isinstance(error, EnvelopeError):
+        return error.detail
+    return str(error)
+
+
+def _describe(error: BaseException | None) -> str:
+    return f"{type(error).__name__}: {one_line(_message(error), 200)}" if error else "ok"
+
+
+def _short_traceback(error: BaseException | None) -> str:
+    """The last frames of the traceback, at most 2 KiB: enough to find the line, no locals."""
+    if error is None or error.__traceback__ is None:
+        return ""
+    text = "".join(traceback.format_exception(error, limit=-4, chain=False))
+    return text[-2048:]

@@ -1,0 +1,142 @@
+"""The whole exception tree of eventworker; each error knows the CLI exit code it maps to.
+
+Foreign exceptions (aio-pika, aiormq, pydantic, importlib) are translated into these at one
+boundary each, with ``raise ... from exc``, so callers only ever catch eventworker errors.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of the ``eventworker`` command; distinct per kind of failure."""
+
+    OK = 0
+    #: Some events were not published, or the worker stopped on an unexpected error.
+    FAILED = 1
+    #: click's own code for a malformed command line.
+    USAGE = 2
+    #: The TOML file, an environment variable or an option holds a bad value.
+    CONFIG = 3
+    #: A handler plugin failed to load or conflicts with another.
+    PLUGIN = 4
+    #: Input refused before anything was sent (bad JSON, bad routing key, too large).
+    INVALID_INPUT = 5
+    #: The broker could not be reached (refused, timed out, DNS).
+    BROKER_UNREACHABLE = 6
+    #: The broker refused the credentials or the virtual host.
+    BROKER_AUTH = 7
+    #: The broker refused an operation (topology conflict, missing exchange, no permission).
+    BROKER_REFUSED = 8
+    #: A second SIGTERM/SIGINT cut the graceful drain short.
+    INTERRUPTED = 130
+
+
+class EventworkerError(Exception):
+    """Base of every error eventworker raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.FAILED
+
+
+class ConfigError(EventworkerError):
+    """A setting is invalid; the message names the setting, never a secret value."""
+
+    exit_code = ExitCode.CONFIG
+
+
+class RegistryError(EventworkerError):
+    """A handler plugin cannot be used: import failure, no handler, bad key, duplicate name."""
+
+    exit_code = ExitCode.PLUGIN
+
+    def __init__(self, message: str, *, entry_point: str = "", distribution: str = "") -> None:
+        where = f"plugin {entry_point!r}" if entry_point else ""
+        if distribution:
+            where += f" (distribution {distribution})"
+        super().__init__(f"{where}: {message}" if where else message)
+        self.entry_point = entry_point
+        self.distribution = distribution
+
+
+class InvalidInputError(EventworkerError):
+    """Input from a user or producer refused before anything was sent."""
+
+    exit_code = ExitCode.INVALID_INPUT
+
+
+class EnvelopeError(EventworkerError):
+    """A delivered message cannot become an event; it is dead-lettered at once, never retried.
+
+    ``reason`` is the machine-readable cause written into the parked copy's headers:
+    ``too_large``, ``unsupported_content_type``, ``decode_error`` or ``schema_error``.
+    """
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class BrokerError(EventworkerError):
+    """RabbitMQ could not be reached or refused an operation."""
+
+    exit_code = ExitCode.BROKER_REFUSED
+
+
+class BrokerUnreachableError(BrokerError):
+    exit_code = ExitCode.BROKER_UNREACHABLE
+
+
+class BrokerAuthError(BrokerError):
+    exit_code = ExitCode.BROKER_AUTH
+
+
+class TopologyConflictError(BrokerError):
+    """A queue exists with other arguments than the ones eventworker would declare."""
+
+    def __init__(self, message: str, *, queue: str, argument: str) -> None:
+        super().__init__(message)
+        self.queue = queue
+        self.argument = argument
+
+
+class PublishError(BrokerError):
+    """An event was not confirmed by the broker (nacked, unroutable, timed out, connection lost)."""
+
+    exit_code = ExitCode.FAILED
+
+    def __init__(self, message: str, *, status: str, event_id: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.event_id = event_id
+
+
+class HandlerTimeoutError(EventworkerError):
+    """A handler ran longer than its timeout; counts as a failure for the retry policy."""
+
+
+class HandlerSignal(Exception):  # noqa: N818 -- an instruction from a handler, not an error
+    """Raised by a handler to steer what happens to the message; not a failure of eventworker."""
+
+
+class Retry(HandlerSignal):
+    """Ask for another attempt after ``delay`` seconds (or the policy's delay when None).
+
+    Still bounded by the policy's ``max_attempts``: the last attempt's Retry dead-letters.
+    """
+
+    def __init__(self, delay: float | None = None, reason: str = "") -> None:
+        if delay is not None and delay <= 0:
+            raise ValueError("Retry delay must be positive")
+        super().__init__(reason or (f"retry requested in {delay}s" if delay else "retry requested"))
+        self.delay = delay
+        self.reason = reason
+
+
+class Reject(HandlerSignal):
+    """Dead-letter the message at once, with ``reason`` in its diagnosis; never retried."""
+
+    def __init__(self, reason: str = "rejected by handler") -> None:
+        super().__init__(reason)
+        self.reason = reason

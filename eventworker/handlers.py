@@ -1,0 +1,191 @@
+"""The plugin API: ``@handler``, :class:`Handler`, :class:`RetryPolicy`, :class:`Context`.
+
+No aio-pika here, so a plugin's handlers can be imported and unit-tested without a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from loguru import logger as _root_logger
+from pydantic import BaseModel
+
+from eventworker.envelope import Event
+
+#: AMQP short strings (routing keys, queue names) are at most 255 bytes.
+MAX_SHORTSTR = 255
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """After failed attempt k the next waits ``delays[min(k-1, len(delays)-1)]`` seconds.
+
+    ``max_attempts`` counts the first delivery: ``max_attempts=4`` is one try and three retries.
+    """
+
+    max_attempts: int = 5
+    delays: tuple[float, ...] = (1.0, 10.0, 60.0, 300.0)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("RetryPolicy.max_attempts must be at least 1")
+        if not self.delays or any(d <= 0 for d in self.delays):
+            raise ValueError("RetryPolicy.delays must be one or more positive numbers of seconds")
+        object.__setattr__(self, "delays", tuple(float(d) for d in self.delays))
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        return self.delays[min(attempt - 1, len(self.delays) - 1)]
+
+
+class Publish(Protocol):
+    """What ``Context.publish`` calls: a confirmed, mandatory publish of a follow-up event."""
+
+    def __call__(self, routing_key: str, data: Any, *, id: str | None = None,
+                 headers: Mapping[str, Any] | None = None, correlation_id: str | None = None,
+                 causation_id: str | None = None) -> Awaitable[None]: ...
+
+
+class Logger(Protocol):
+    def debug(self, message: str, *args: Any, **kwargs: Any) -> None: ...
+    def info(self, message: str, *args: Any, **kwargs: Any) -> None: ...
+    def warning(self, message: str, *args: Any, **kwargs: Any) -> None: ...
+    def error(self, message: str, *args: Any, **kwargs: Any) -> None: ...
+    def exception(self, message: str, *args: Any, **kwargs: Any) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Context:
+    """What a handler gets besides its event: follow-up publishing, a bound logger, its name."""
+
+    handler: str
+    event: Event[Any]
+    _publish: Publish = field(repr=False)
+    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+
+    @property
+    def logger(self) -> Logger:
+        """A loguru logger bound to the handler name, event id, attempt and correlation id."""
+        return _root_logger.bind(handler=self.handler, event_id=self.event.id,
+                                 attempt=self.event.attempt,
+                                 correlation_id=self.event.correlation_id)
+
+    async def publish(self, routing_key: str, data: Any, *, id: str | None = None,
+                      headers: Mapping[str, Any] | None = None) -> None:
+        """Publish a follow-up event and wait for the broker's confirm.
+
+        It carries this event's correlation id, and this event's id as its causation id.
+
+        Raises:
+            eventworker.errors.PublishError: not confirmed (nacked, unroutable, timed out);
+                left unhandled, the handler's attempt fails and is retried per policy.
+        """
+        await self._publish(routing_key, data, id=id, headers=headers,
+                            correlation_id=self.event.correlation_id,
+                            causation_id=self.event.id)
+
+    def publish_blocking(self, routing_key: str, data: Any, *, id: str | None = None,
+                         headers: Mapping[str, Any] | None = None) -> None:
+        """``publish`` for sync (``def``) handlers, which run in a thread: blocks until confirmed."""
+        if self._loop is None:
+            raise RuntimeError("publish_blocking needs a running worker")
+        future: Future[None] = asyncio.run_coroutine_threadsafe(
+            self.publish(routing_key, data, id=id, headers=headers), self._loop)
+        future.result()
+
+
+HandlerFunc = Callable[[Event[Any], Context], Awaitable[None] | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Handler:
+    """A registered handler: the function plus everything the worker needs to run it.
+
+    Calling it calls the function, so plugin authors can unit-test handlers directly.
+    """
+
+    func: HandlerFunc
+    name: str
+    bindings: tuple[str, ...]
+    queue: str | None = None
+    model: type[BaseModel] | None = None
+    retry: RetryPolicy | None = None
+    concurrency: int | None = None
+    timeout: float | None = None
+    retry_on: tuple[type[BaseException], ...] = ()
+    give_up_on: tuple[type[BaseException], ...] = ()
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.func)
+
+    @property
+    def module(self) -> str:
+        return getattr(self.func, "__module__", "") or ""
+
+    def __call__(self, event: Event[Any], ctx: Context) -> Awaitable[None] | None:
+        return self.func(event, ctx)
+
+
+def check_binding_key(key: str) -> None:
+    """Refuse a binding key RabbitMQ would accept but that cannot mean what was intended.
+
+    Words are separated by dots; ``*`` matches one word and ``#`` zero or more, but only as a
+    whole word: ``orders.*created`` would match the literal word ``*created``.
+
+    Raises:
+        ValueError: naming the key and the problem.
+    """
+    if not key:
+        raise ValueError("empty binding key")
+    if len(key.encode()) > MAX_SHORTSTR:
+        raise ValueError(f"binding key {key[:40]!r}... is longer than {MAX_SHORTSTR} bytes")
+    for word in key.split("."):
+        if word in ("*", "#"):
+            continue
+        if not word:
+            raise ValueError(f"binding key {key!r} has an empty word (two dots or an edge dot)")
+        if "*" in word or "#" in word:
+            raise ValueError(f"binding key {key!r}: '*' and '#' must be whole words, "
+                             f"not part of {word!r}")
+
+
+def handler(*binding_keys: str, name: str | None = None, queue: str | None = None,
+            model: type[BaseModel] | None = None, retry: RetryPolicy | None = None,
+            concurrency: int | None = None, timeout: float | None = None,
+            retry_on: tuple[type[BaseException], ...] = (),
+            give_up_on: tuple[type[BaseException], ...] = ()) -> Callable[[HandlerFunc], Handler]:
+    """Declare a handler for events whose routing key matches any of ``binding_keys``.
+
+    Binding keys use RabbitMQ topic syntax. ``name`` defaults to the function's name and must
+    be unique among installed handlers; ``queue`` defaults to ``<queue_prefix><name>``.
+    ``retry_on`` lists the only exception types that are retried (others dead-letter at once);
+    ``give_up_on`` lists exception types that dead-letter at once.
+
+    Raises:
+        ValueError: a bad binding key or option, when the plugin module is imported.
+    """
+    if not binding_keys:
+        raise ValueError("@handler needs at least one binding key")
+    for key in binding_keys:
+        check_binding_key(key)
+    if concurrency is not None and concurrency < 1:
+        raise ValueError("concurrency must be at least 1")
+    if timeout is not None and timeout <= 0:
+        raise ValueError("timeout must be positive")
+    if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ValueError("model must be a pydantic BaseModel subclass")
+
+    def register(func: HandlerFunc) -> Handler:
+        if not callable(func):
+            raise ValueError("@handler decorates a function")
+        return Handler(func=func, name=name or func.__name__, bindings=tuple(binding_keys),
+                       queue=queue, model=model, retry=retry, concurrency=concurrency,
+                       timeout=timeout, retry_on=tuple(retry_on), give_up_on=tuple(give_up_on))
+
+    return register

@@ -1,0 +1,59 @@
+"""Logging set-up (loguru): the only module that adds sinks.
+
+The library stays silent (``logger.disable("eventworker")``) until the CLI calls
+:func:`configure`. Untrusted text (exception messages, routing keys) goes into log lines only
+through :func:`one_line`, so a producer cannot forge log lines or inject terminal escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from loguru import logger
+
+logger.disable("eventworker")
+
+_FORMAT = ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+           "<cyan>{extra[component]}</cyan> {message}{extra[context]}")
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """``text`` escaped onto one line (control characters as escapes) and truncated."""
+    shown = str(text)
+    escaped = shown.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."
+
+
+def _context(record: Any) -> None:
+    extra = record["extra"]
+    extra.setdefault("component", "eventworker")
+    fields = [f"{k}={extra[k]}" for k in ("handler", "event_id", "attempt") if k in extra]
+    extra["context"] = f" [{' '.join(fields)}]" if fields else ""
+
+
+class _Intercept(logging.Handler):
+    """Routes standard-library logging (aio-pika, aiormq, plugins) into loguru's sinks."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(exception=record.exc_info).bind(component=record.name).log(
+            level, "{}", one_line(record.getMessage(), 1000))
+
+
+def configure(level: str = "INFO") -> None:
+    """Send eventworker's (and the standard library's) log records to stderr at ``level``.
+
+    ``diagnose=False``: loguru would otherwise print variable values in tracebacks, which can
+    hold a message body or a password.
+    """
+    logger.remove()
+    logger.configure(patcher=_context)
+    logger.add(sys.stderr, level=level, format=_FORMAT, diagnose=False, backtrace=False,
+               colorize=None)
+    logger.enable("eventworker")
+    logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)

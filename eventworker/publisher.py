@@ -1,0 +1,186 @@
+"""Confirmed, mandatory publishing: an event is published only when the broker confirmed it.
+
+A nack, a return (unroutable), a confirm timeout and a lost connection are all "not
+published", reported per event. Batches keep a window of confirms in flight instead of
+waiting for each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq.exceptions import (
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    DeliveryError,
+)
+from aiormq.exceptions import PublishError as ReturnedError
+from pydantic import SecretStr
+
+from eventworker import envelope
+from eventworker.connection import connect
+from eventworker.errors import BrokerError, PublishError
+
+Status = Literal["confirmed", "nacked", "unroutable", "timeout", "connection_lost"]
+
+#: Confirms in flight at once in a batch: enough to keep the broker busy, bounded memory.
+DEFAULT_WINDOW = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One event to publish: routing key, JSON body bytes and metadata."""
+
+    routing_key: str
+    body: bytes
+    id: str
+    headers: Mapping[str, Any] | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    event_id: str
+    status: Status
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "confirmed"
+
+
+class Publisher:
+    """Publishes events to the topic exchange, and raw copies to queues, with confirms.
+
+    Use :meth:`connect` for a publisher with its own connection; the worker builds one on its
+    publishing connection (separate from consuming, so a blocked publisher cannot stop acks).
+    """
+
+    def __init__(self, channel: AbstractChannel, exchange: AbstractExchange, *,
+                 source: str | None, timeout: float) -> None:
+        self._channel = channel
+        self._exchange = exchange
+        self._source = source
+        self._timeout = timeout
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, url: str | SecretStr, *, exchange: str, source: str | None = None,
+                      timeout: float = 10.0, connect_timeout: float = 10.0,
+                      heartbeat: int = 30) -> AsyncIterator[Publisher]:
+        """A publisher on a connection of its own, closed on exit.
+
+        Raises:
+            BrokerUnreachableError, BrokerAuthError: the connection failed.
+            BrokerError: the exchange does not exist.
+        """
+        secret = url if isinstance(url, SecretStr) else SecretStr(url)
+        connection = await connect(secret, role="publisher", timeout=connect_timeout,
+                                   heartbeat=heartbeat)
+        try:
+            yield await cls.open(connection, exchange, source=source, timeout=timeout)
+        finally:
+            await connection.close()
+
+    @classmethod
+    async def open(cls, connection: AbstractConnection, exchange: str, *, source: str | None,
+                   timeout: float) -> Publisher:
+        """A publisher on a new confirm channel of ``connection``.
+
+        Raises:
+            BrokerError: the exchange does not exist.
+        """
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            target = await channel.get_exchange(exchange, ensure=True)
+        except ChannelNotFoundEntity:
+            await channel.close()
+            raise BrokerError(f"exchange {exchange!r} does not exist on the broker (a worker "
+                              f"declares it at start; or check the exchange setting)") from None
+        if channel.is_closed:  # pragma: no cover - the passive declare closed it
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        return cls(channel, target, source=source, timeout=timeout)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._channel.is_closed
+
+    async def publish(self, routing_key: str, data: Any, *, id: str | None = None,
+                      headers: Mapping[str, Any] | None = None,
+                      correlation_id: str | None = None,
+                      causation_id: str | None = None) -> None:
+        """Publish one event and wait for its confirm.
+
+        Raises:
+            PublishError: not confirmed; ``status`` says why.
+            TypeError: ``data`` is not JSON-serialisable.
+        """
+        result = await self.send(Outgoing(routing_key, envelope.encode_data(data),
+                                          id or envelope.new_id(), headers, correlation_id,
+                                          causation_id))
+        if not result.ok:
+            raise PublishError(f"event {result.event_id} to {routing_key!r} not published: "
+                               f"{result.status} {result.detail}".rstrip(),
+                               status=result.status, event_id=result.event_id)
+
+    async def send(self, event: Outgoing) -> PublishResult:
+        """Publish one event to the exchange; the result says whether it was confirmed."""
+        message = aio_pika.Message(
+            event.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            **envelope.properties(event_id=event.id, routing_key=event.routing_key,
+                                  source=self._source, correlation_id=event.correlation_id,
+                                  causation_id=event.causation_id, headers=event.headers))
+        return await self._confirmed(self._exchange, message, event.routing_key, event.id)
+
+    async def send_many(self, events: Iterable[Outgoing], *,
+                        window: int = DEFAULT_WINDOW) -> list[PublishResult]:
+        """Publish many events with up to ``window`` confirms in flight; results in order."""
+        slots = asyncio.Semaphore(window)
+
+        async def one(event: Outgoing) -> PublishResult:
+            try:
+                return await self.send(event)
+            finally:
+                slots.release()
+
+        tasks = []
+        for event in events:
+            await slots.acquire()
+            tasks.append(asyncio.ensure_future(one(event)))
+        return list(await asyncio.gather(*tasks))
+
+    async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None:
+        """Put ``message`` straight into ``queue`` (retry tier or dead-letter queue), confirmed.
+
+        Raises:
+            PublishError: not confirmed, or the queue does not exist (returned).
+        """
+        result = await self._confirmed(self._channel.default_exchange, message, queue,
+                                       message.message_id or "")
+        if not result.ok:
+            raise PublishError(f"copy of {result.event_id} to queue {queue!r} not published: "
+                               f"{result.status} {result.detail}".rstrip(),
+                               status=result.status, event_id=result.event_id)
+
+    async def _confirmed(self, exchange: AbstractExchange, message: aio_pika.Message,
+                         routing_key: str, event_id: str) -> PublishResult:
+        try:
+            await exchange.publish(message, routing_key, mandatory=True, timeout=self._timeout)
+        except ReturnedError:
+            return PublishResult(event_id, "unroutable", f"no queue is bound to {routing_key!r}")
+        except DeliveryError:
+            return PublishResult(event_id, "nacked", "the broker refused it")
+        except TimeoutError:
+            return PublishResult(event_id, "timeout",
+                                 f"no confirm within {self._timeout:g}s (broker blocked?)")
+        except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError) as exc:
+            return PublishResult(event_id, "connection_lost", type(exc).__name__)
+        return PublishResult(event_id, "confirmed")

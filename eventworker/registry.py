@@ -1,0 +1,147 @@
+"""Handler discovery from the ``eventworker.handlers`` entry-point group, and its validation.
+
+A plugin's entry point names a module (every handler defined in it) or one handler object.
+Everything that can be wrong with a plugin is found here, before the worker connects.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
+from types import ModuleType
+
+from eventworker.errors import RegistryError
+from eventworker.handlers import Handler
+
+#: The entry-point group plugins register their handlers under.
+GROUP = "eventworker.handlers"
+
+
+@dataclass(frozen=True, slots=True)
+class Plugin:
+    """Where handlers came from: the entry point and its installed distribution."""
+
+    entry_point: str
+    value: str
+    distribution: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    handler: Handler
+    plugin: Plugin
+
+
+def _plugin(ep: EntryPoint) -> Plugin:
+    dist = ep.dist
+    return Plugin(entry_point=ep.name, value=ep.value,
+                  distribution=dist.name if dist else "?", version=dist.version if dist else "?")
+
+
+def _from_working_directory(ep: EntryPoint) -> bool:
+    """True for a distribution whose metadata lies in the current directory.
+
+    Python puts the working directory on ``sys.path`` under ``python -m``, so a stray
+    ``*.dist-info`` there would otherwise register handlers: only installed distributions count.
+    """
+    if ep.dist is None:
+        return False
+    try:
+        location = Path(str(ep.dist.locate_file(""))).resolve()
+    except (OSError, NotImplementedError):
+        return False
+    return location == Path.cwd().resolve() and str(location) not in _site_dirs()
+
+
+def _site_dirs() -> set[str]:
+    return {str(Path(p).resolve()) for p in sys.path if p and "-packages" in p}
+
+
+def handlers_of(obj: object, plugin: Plugin) -> list[Handler]:
+    """The handlers an entry point's object stands for.
+
+    Raises:
+        RegistryError: it is neither a Handler nor a module defining at least one.
+    """
+    if isinstance(obj, Handler):
+        return [obj]
+    if isinstance(obj, ModuleType):
+        found = {id(v): v for v in vars(obj).values() if isinstance(v, Handler)}
+        if found:
+            return list(found.values())
+        raise RegistryError(f"module {obj.__name__} defines no @handler",
+                            entry_point=plugin.entry_point, distribution=plugin.distribution)
+    raise RegistryError(f"{plugin.value} is a {type(obj).__name__}, not a @handler or a module",
+                        entry_point=plugin.entry_point, distribution=plugin.distribution)
+
+
+def load(ep: EntryPoint) -> list[Registration]:
+    """Import one entry point and return its handlers.
+
+    Raises:
+        RegistryError: the import failed (a bad binding key raises while importing, too) or
+            it names no handler; the message names the entry point and its distribution.
+    """
+    plugin = _plugin(ep)
+    try:
+        obj = ep.load()
+    except Exception as exc:
+        raise RegistryError(f"cannot load {ep.value}: {type(exc).__name__}: {exc}",
+                            entry_point=ep.name, distribution=plugin.distribution) from exc
+    return [Registration(h, plugin) for h in handlers_of(obj, plugin)]
+
+
+def discover(*, plugins: Sequence[str] = (), names: Sequence[str] = (),
+             group: str = GROUP) -> list[Registration]:
+    """Every enabled handler of every installed plugin, validated.
+
+    ``plugins`` limits to those entry-point names and ``names`` to those handler names (empty:
+    all). Naming one that does not exist is an error rather than a silently smaller worker.
+
+    Raises:
+        RegistryError: a plugin failed to load, an unknown plugin or handler was asked for,
+            or two handlers share a name or a queue.
+    """
+    eps = [ep for ep in entry_points(group=group) if not _from_working_directory(ep)]
+    unknown = set(plugins) - {ep.name for ep in eps}
+    if unknown:
+        raise RegistryError(f"no installed plugin named {', '.join(sorted(unknown))} "
+                            f"in entry-point group {group!r}")
+    registrations = [r for ep in eps if not plugins or ep.name in plugins for r in load(ep)]
+    check_unique(registrations)
+    if names:
+        missing = set(names) - {r.handler.name for r in registrations}
+        if missing:
+            raise RegistryError(f"no enabled handler named {', '.join(sorted(missing))}")
+        registrations = [r for r in registrations if r.handler.name in names]
+    return registrations
+
+
+def check_unique(registrations: Iterable[Registration]) -> None:
+    """Raises RegistryError when two handlers share a name (or an explicit queue)."""
+    seen: dict[str, Registration] = {}
+    for reg in registrations:
+        for key in (f"name {reg.handler.name!r}", f"queue {reg.handler.queue!r}"):
+            if key.startswith("queue") and reg.handler.queue is None:
+                continue
+            other = seen.setdefault(key, reg)
+            if other is not reg:
+                raise RegistryError(
+                    f"handler {key} is defined twice: by plugin {other.plugin.entry_point!r} "
+                    f"({other.plugin.distribution}) and by plugin {reg.plugin.entry_point!r} "
+                    f"({reg.plugin.distribution}); set name= (or queue=) on one of them",
+                    entry_point=reg.plugin.entry_point, distribution=reg.plugin.distribution)
+
+
+def own_version() -> str:
+    """The installed version of eventworker itself."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("eventworker")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0+unknown"

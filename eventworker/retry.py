@@ -1,0 +1,88 @@
+"""The pure retry decision: (attempt, policy, what the handler did) -> what happens next."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from eventworker.errors import HandlerTimeoutError, Reject, Retry
+from eventworker.handlers import Handler, RetryPolicy
+from eventworker.settings import RetrySettings, Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The handler succeeded."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryIn:
+    """Send a copy to the retry tier of ``delay`` seconds, then ack the original."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Park a copy in the handler's dead-letter queue with ``reason``, then ack the original.
+
+    Reasons: ``rejected``, ``timeout``, ``exception`` and ``retry_requested`` (attempts spent),
+    ``give_up`` (a ``give_up_on`` type), plus the envelope's ``too_large``,
+    ``unsupported_content_type``, ``decode_error`` and ``schema_error``.
+    """
+
+    reason: str
+
+
+Decision = Ack | RetryIn | DeadLetter
+
+
+def decide(attempt: int, policy: RetryPolicy, error: BaseException | None, *,
+           tiers: tuple[float, ...], retry_on: tuple[type[BaseException], ...] = (),
+           give_up_on: tuple[type[BaseException], ...] = ()) -> Decision:
+    """What happens after attempt ``attempt`` ended with ``error`` (None: success)."""
+    match error:
+        case None:
+            return Ack()
+        case Reject():
+            return DeadLetter("rejected")
+        case Retry(delay=delay):
+            if attempt >= policy.max_attempts:
+                return DeadLetter("retry_requested")
+            return RetryIn(tier_for(delay or policy.delay_after(attempt), tiers))
+    reason = "timeout" if isinstance(error, HandlerTimeoutError | asyncio.TimeoutError) else "exception"
+    if isinstance(error, give_up_on) or (retry_on and not isinstance(error, retry_on)):
+        return DeadLetter("give_up")
+    if attempt >= policy.max_attempts:
+        return DeadLetter(reason)
+    return RetryIn(tier_for(policy.delay_after(attempt), tiers))
+
+
+def tier_for(delay: float, tiers: tuple[float, ...]) -> float:
+    """The declared retry tier for ``delay``: the shortest not shorter than it, else the longest.
+
+    A message is never retried earlier than asked; ``Retry(delay=7)`` with tiers 1, 10 and 60
+    waits 10 seconds.
+    """
+    for tier in tiers:
+        if tier >= delay:
+            return tier
+    return tiers[-1]
+
+
+def effective_policy(handler: Handler, settings: Settings) -> RetryPolicy:
+    """Settings' ``retry_overrides[name]`` beats the handler's own policy beats ``[retry]``."""
+    override = settings.retry_overrides.get(handler.name)
+    if override is not None:
+        return _policy(override)
+    return handler.retry or _policy(settings.retry)
+
+
+def _policy(retry: RetrySettings) -> RetryPolicy:
+    return RetryPolicy(max_attempts=retry.max_attempts, delays=retry.delays)
+
+
+def all_tiers(policies: Iterable[RetryPolicy]) -> tuple[float, ...]:
+    """Every delay any policy can ask for, sorted: one retry queue is declared per delay."""
+    return tuple(sorted({d for p in policies for d in p.delays}))

@@ -1,0 +1,160 @@
+"""Settings: defaults < TOML file < environment (``EVENTWORKER_*``) < command-line options.
+
+Read once by the CLI and passed down; nothing else in the package reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from eventworker.errors import ConfigError
+
+#: Environment variable naming the TOML file when ``--config`` is not given.
+CONFIG_ENV = "EVENTWORKER_CONFIG"
+#: The TOML file read from the working directory when neither option nor variable names one.
+DEFAULT_CONFIG_FILE = "eventworker.toml"
+
+_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@",
+                       re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``amqp://user:secret@host/vh`` -> ``amqp://user:***@host/vh``; works on malformed URLs too.
+
+    A regular expression rather than ``urllib.parse``, because a parser error would be the place
+    where the unredacted URL leaks (its message may quote the input).
+    """
+    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", url)
+
+
+class RetrySettings(BaseModel):
+    """A retry policy as the settings express it (``[retry]`` or ``[retry_overrides.NAME]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_attempts: int = Field(5, ge=1, le=1000)
+    delays: tuple[float, ...] = Field((1.0, 10.0, 60.0, 300.0), min_length=1)
+
+    @field_validator("delays")
+    @classmethod
+    def _positive(cls, delays: tuple[float, ...]) -> tuple[float, ...]:
+        if any(d <= 0 for d in delays):
+            raise ValueError("every retry delay must be a positive number of seconds")
+        return delays
+
+
+class Settings(BaseSettings):
+    """Every setting of eventworker; ``config.example.toml`` documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="EVENTWORKER_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        hide_input_in_errors=True,
+        frozen=True,
+    )
+
+    url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
+    exchange: str = Field("eventworker", min_length=1, max_length=200)
+    queue_prefix: str = Field("eventworker.", max_length=100)
+    queue_type: Literal["quorum", "classic"] = "quorum"
+    delivery_limit: int = Field(20, ge=0)
+    concurrency: int = Field(16, ge=1, le=10_000)
+    prefetch: int = Field(0, ge=0, le=65_535)
+    handler_timeout: float = Field(300.0, ge=0)
+    grace: float = Field(30.0, ge=0)
+    max_body_bytes: int = Field(1_048_576, ge=1)
+    publish_timeout: float = Field(10.0, gt=0)
+    connect_timeout: float = Field(10.0, gt=0)
+    heartbeat: int = Field(30, ge=0, le=3600)
+    plugins: tuple[str, ...] = ()
+    handlers: tuple[str, ...] = ()
+    retry: RetrySettings = RetrySettings()
+    retry_overrides: dict[str, RetrySettings] = {}
+    log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("url")
+    @classmethod
+    def _amqp_url(cls, url: SecretStr) -> SecretStr:
+        if not url.get_secret_value().lower().startswith(("amqp://", "amqps://")):
+            raise ValueError("the broker URL must start with amqp:// or amqps://")
+        return url
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = _toml_file.get()
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if toml is not None:
+            sources += (TomlConfigSettingsSource(settings_cls, toml_file=toml),)
+        return sources
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url.get_secret_value())
+
+    def effective_prefetch(self, concurrency: int) -> int:
+        """Prefetch per handler: the setting, or twice the handler's concurrency when 0."""
+        return self.prefetch or min(2 * concurrency, 65_535)
+
+
+_toml_file: ContextVar[Path | None] = ContextVar("_toml_file", default=None)
+
+
+def config_path(explicit: str | Path | None) -> Path | None:
+    """The TOML file to read: ``--config``, else ``$EVENTWORKER_CONFIG``, else ./eventworker.toml.
+
+    Raises:
+        ConfigError: an explicitly named file does not exist.
+    """
+    named = explicit or os.environ.get(CONFIG_ENV)
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        return path
+    default = Path(DEFAULT_CONFIG_FILE)
+    return default if default.is_file() else None
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from defaults, the TOML file, the environment and ``overrides``.
+
+    ``overrides`` are command-line values; ``None`` means "not given" and is dropped.
+
+    Raises:
+        ConfigError: the file is not valid TOML, or any value is invalid. The message names
+            the setting and the source, never the value (it may be a secret).
+    """
+    toml = config_path(path)
+    token = _toml_file.set(toml)
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors(include_input=False, include_url=False)
+        )
+        source = f" (file {toml}, environment or options)" if toml else ""
+        raise ConfigError(f"invalid settings{source}: {problems}") from None
+    except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError; it quotes no values
+        raise ConfigError(f"cannot read config file {toml}: {exc}") from None
+    finally:
+        _toml_file.reset(token)

@@ -1,0 +1,170 @@
+"""Topology as data: pure functions compute names and a declaration plan; ``apply`` runs it.
+
+Shape (RabbitMQ 3.10+, no plugins)::
+
+    <exchange> (topic) --binding keys--> <prefix><handler>            work queue, per handler
+    retry copy --> <prefix>retry.<delay>  (one fixed TTL per queue, shared by all handlers)
+         expiry --> <exchange>.return (headers) --x-eventworker-return-to=<work queue>--> work queue
+    parked copy --> <work queue>.dead                                 dead-letter queue
+
+Retry queues hold one delay each: RabbitMQ expires messages only at the head of a queue, so
+mixed delays in one queue would block each other. Expired copies go back through a headers
+exchange that matches on the failing handler's queue name, so a retry reaches that handler only,
+never the others bound to the same routing key. Retry queues are quorum queues with
+at-least-once dead-lettering: the TTL hop is RabbitMQ's one at-most-once hop otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel
+from aiormq.exceptions import AMQPChannelError, ChannelAccessRefused, ChannelPreconditionFailed
+
+from eventworker.envelope import RETURN_TO
+from eventworker.errors import BrokerError, TopologyConflictError
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeDecl:
+    name: str
+    type: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDecl:
+    name: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BindingDecl:
+    queue: str
+    exchange: str
+    routing_key: str
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HandlerQueues:
+    """The queues that belong to one handler."""
+
+    handler: str
+    queue: str
+    dead_letter_queue: str
+    bindings: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    exchanges: tuple[ExchangeDecl, ...]
+    queues: tuple[QueueDecl, ...]
+    bindings: tuple[BindingDecl, ...]
+    retry_queues: dict[float, str]
+
+
+def work_queue(prefix: str, handler_name: str, explicit: str | None = None) -> str:
+    return explicit or f"{prefix}{handler_name}"
+
+
+def dead_letter_queue(queue: str) -> str:
+    """``<work queue>.dead``: durable, no TTL, no length limit; parked copies wait for an operator."""
+    return f"{queue}.dead"
+
+
+def retry_queue(prefix: str, delay: float) -> str:
+    """``<prefix>retry.30s`` (or ``.1500ms`` for a delay that is not whole seconds)."""
+    ms = round(delay * 1000)
+    label = f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+    return f"{prefix}retry.{label}"
+
+
+def return_exchange(exchange: str) -> str:
+    return f"{exchange}.return"
+
+
+def handler_queues(name: str, bindings: Iterable[str], *, prefix: str,
+                   queue: str | None = None) -> HandlerQueues:
+    work = work_queue(prefix, name, queue)
+    return HandlerQueues(handler=name, queue=work, dead_letter_queue=dead_letter_queue(work),
+                         bindings=tuple(bindings))
+
+
+def plan(handlers: Iterable[HandlerQueues], *, exchange: str, prefix: str, queue_type: str,
+         delivery_limit: int, tiers: Iterable[float]) -> Plan:
+    """Everything to declare for ``handlers``; idempotent to apply again."""
+    back = return_exchange(exchange)
+    queues: list[QueueDecl] = []
+    bindings: list[BindingDecl] = []
+    for h in handlers:
+        args: dict[str, Any] = {
+            "x-queue-type": queue_type,
+            # Messages the broker itself dead-letters (the quorum delivery limit that stops
+            # a message crashing the worker forever) land in the handler's dead-letter queue.
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": h.dead_letter_queue,
+        }
+        if queue_type == "quorum" and delivery_limit:
+            args["x-delivery-limit"] = delivery_limit
+        queues.append(QueueDecl(h.queue, args))
+        queues.append(QueueDecl(h.dead_letter_queue, {"x-queue-type": queue_type}))
+        bindings += [BindingDecl(h.queue, exchange, key) for key in h.bindings]
+        bindings.append(BindingDecl(h.queue, back, "", {"x-match": "all", RETURN_TO: h.queue}))
+    retry_queues = {}
+    for delay in sorted(set(tiers)):
+        name = retry_queue(prefix, delay)
+        retry_queues[delay] = name
+        queues.append(QueueDecl(name, {
+            "x-queue-type": "quorum",
+            "x-message-ttl": round(delay * 1000),
+            "x-dead-letter-exchange": back,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }))
+    names = [q.name for q in queues]
+    duplicates = {n for n in names if names.count(n) > 1}
+    if duplicates:
+        raise BrokerError(f"two handlers would share queue(s) {', '.join(sorted(duplicates))}")
+    return Plan(exchanges=(ExchangeDecl(exchange, "topic"), ExchangeDecl(back, "headers")),
+                queues=tuple(queues), bindings=tuple(bindings), retry_queues=retry_queues)
+
+
+_INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>\w+) '(?P<name>[^']+)'")
+
+
+async def apply(plan: Plan, channel: AbstractChannel) -> None:
+    """Declare ``plan`` on ``channel`` (durable everything); safe to run again.
+
+    Raises:
+        TopologyConflictError: a queue or exchange exists with other arguments; names both.
+        BrokerError: the broker refused a declaration (for example no configure permission).
+    """
+    try:
+        exchanges = {}
+        for ex in plan.exchanges:
+            exchanges[ex.name] = await channel.declare_exchange(
+                ex.name, aio_pika.ExchangeType(ex.type), durable=True)
+        for q in plan.queues:
+            await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
+        for b in plan.bindings:
+            queue = await channel.get_queue(b.queue, ensure=False)
+            await queue.bind(exchanges[b.exchange], routing_key=b.routing_key,
+                             arguments=b.arguments or None)
+    except ChannelPreconditionFailed as exc:
+        text = str(exc)
+        match = _INEQUIVALENT.search(text)
+        if match is None:
+            raise BrokerError(f"broker refused the topology: {text}") from exc
+        raise TopologyConflictError(
+            f"{match['kind']} {match['name']!r} exists with a different {match['arg']!r} than "
+            f"eventworker declares ({text.split(' - ', 1)[-1]}); change the setting back, or "
+            f"drain and delete the {match['kind']} so it can be declared anew",
+            queue=match["name"], argument=match["arg"]) from exc
+    except ChannelAccessRefused as exc:
+        raise BrokerError(f"broker refused to declare the topology: {exc}") from exc
+    except AMQPChannelError as exc:
+        raise BrokerError(f"declaring the topology failed: {exc}") from exc

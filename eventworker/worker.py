@@ -1,0 +1,304 @@
+"""The worker's lifecycle: connect, declare, consume, reconnect, drain, stop.
+
+One connection consumes and acks; a second one publishes (retry and parked copies, follow-up
+events), so a broker that blocks publishers (resource alarm) cannot stop acks. The worker owns
+reconnection: after any loss it declares the topology and subscribes every queue again, so it
+never stays up with a queue that has no consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aiormq.exceptions import AMQPError
+from loguru import logger
+
+from eventworker import topology
+from eventworker.connection import connect
+from eventworker.dispatch import Dispatcher, Route
+from eventworker.errors import BrokerUnreachableError
+from eventworker.publisher import Publisher
+from eventworker.registry import Registration
+from eventworker.retry import all_tiers, effective_policy
+from eventworker.settings import Settings
+
+#: Reconnection back-off: first pause, growth factor and the longest pause, in seconds.
+BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_MAX = 0.5, 2.0, 15.0
+#: How long a broker round trip during shutdown may take before we stop waiting for it.
+CLOSE_TIMEOUT = 5.0
+
+
+class State(Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass(slots=True)
+class _Consumer:
+    queue: AbstractQueue
+    tag: str
+
+
+def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:
+    """Each handler with its queues, effective retry policy, concurrency and prefetch."""
+    policies = {r.handler.name: effective_policy(r.handler, settings) for r in registrations}
+    tiers = all_tiers(policies.values())
+    retry_queues = {d: topology.retry_queue(settings.queue_prefix, d) for d in tiers}
+    result = []
+    for reg in registrations:
+        h = reg.handler
+        queues = topology.handler_queues(h.name, h.bindings, prefix=settings.queue_prefix,
+                                         queue=h.queue)
+        concurrency = h.concurrency or settings.concurrency
+        timeout = h.timeout or settings.handler_timeout or None
+        result.append(Route(handler=h, queue=queues.queue,
+                            dead_letter_queue=queues.dead_letter_queue, policy=policies[h.name],
+                            retry_queues=retry_queues, timeout=timeout, concurrency=concurrency,
+                            prefetch=settings.effective_prefetch(concurrency)))
+    return result
+
+
+def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.Plan:
+    tiers = {d for r in route_list for d in r.retry_queues}
+    return topology.plan(
+        [topology.HandlerQueues(r.handler.name, r.queue, r.dead_letter_queue, r.handler.bindings)
+         for r in route_list],
+        exchange=settings.exchange, prefix=settings.queue_prefix,
+        queue_type=settings.queue_type, delivery_limit=settings.delivery_limit, tiers=tiers)
+
+
+class Worker:
+    """Runs handlers until :meth:`stop`; :meth:`run` returns after a graceful drain.
+
+    Raises from :meth:`run`: BrokerAuthError, TopologyConflictError and other BrokerErrors
+    (fatal: reconnecting would not help), BrokerUnreachableError when the broker cannot be
+    reached at start or stays away longer than ``reconnect_timeout``.
+    """
+
+    def __init__(self, registrations: Sequence[Registration], settings: Settings, *,
+                 reconnect_timeout: float = 300.0) -> None:
+        if not registrations:
+            raise ValueError("a worker needs at least one handler")
+        self.settings = settings
+        self.registrations = list(registrations)
+        self.routes = routes(registrations, settings)
+        self.plan = topology_plan(self.routes, settings)
+        self.state = State.STARTING
+        self.reconnect_timeout = reconnect_timeout
+        sync_slots = sum(r.concurrency for r in self.routes if not r.handler.is_async)
+        self.executor = ThreadPoolExecutor(max_workers=max(sync_slots, 1),
+                                           thread_name_prefix="eventworker-handler")
+        self.interrupted = False
+        self._stop: asyncio.Event | None = None
+        self._ready: asyncio.Event | None = None
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._running: set[asyncio.Task[Any]] = set()
+
+    # -- control ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Begin a graceful drain (idempotent); safe to call from a signal handler."""
+        if self._stop is not None:
+            self._stop.set()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every handler's queue has its consumer."""
+        while self._ready is None:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Serve until stopped, then drain. With ``handle_signals``, SIGTERM/SIGINT stop the
+        worker gracefully and a second one cancels the drain at once."""
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        if handle_signals:
+            self._install_signals(asyncio.current_task())
+        try:
+            lost_since: float | None = None
+            pause = BACKOFF_FIRST
+            while not self._stop.is_set():
+                try:
+                    await self._session()
+                    lost_since, pause = None, BACKOFF_FIRST
+                    if not self._stop.is_set():
+                        self.state = State.RECONNECTING
+                        logger.warning("connection to the broker lost; reconnecting")
+                        lost_since = time.monotonic()
+                except (BrokerUnreachableError, AMQPError, ConnectionError) as exc:
+                    if self.state is State.STARTING:
+                        raise
+                    self.state = State.RECONNECTING
+                    lost_since = lost_since or time.monotonic()
+                    if time.monotonic() - lost_since > self.reconnect_timeout:
+                        raise BrokerUnreachableError(
+                            f"broker unreachable for over {self.reconnect_timeout:g}s; giving "
+                            f"up: {exc}") from None
+                    logger.error("reconnect failed: {}; next try in {:g}s", exc, pause)
+                    await self._sleep_unless_stopped(pause)
+                    pause = min(pause * BACKOFF_FACTOR, BACKOFF_MAX)
+        finally:
+            self.state = State.STOPPED
+            self.executor.shutdown(wait=False, cancel_futures=True)
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        assert self._stop is not None
+        try:
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def _install_signals(self, main: asyncio.Task[Any] | None) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            if self.state is State.DRAINING or (self._stop and self._stop.is_set()):
+                logger.warning("second {}: stopping now, unfinished messages go back to the "
+                               "broker", signal.Signals(signum).name)
+                self.interrupted = True
+                if main is not None:
+                    main.cancel()
+                return
+            logger.info("{}: draining (grace {:g}s); send it again to stop at once",
+                        signal.Signals(signum).name, self.settings.grace)
+            self.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    async def _session(self) -> None:
+        """One connected period: declare, consume, wait for stop or loss; drain on stop."""
+        assert self._stop is not None and self._ready is not None
+        s = self.settings
+        consuming = await connect(s.url, role="worker", timeout=s.connect_timeout,
+                                  heartbeat=s.heartbeat)
+        publishing: AbstractConnection | None = None
+        try:
+            publishing = await connect(s.url, role="worker-publisher",
+                                       timeout=s.connect_timeout, heartbeat=s.heartbeat)
+            channel = await consuming.channel()
+            await topology.apply(self.plan, channel)
+            await channel.close()
+            publisher = await Publisher.open(publishing, s.exchange, source=None,
+                                             timeout=s.publish_timeout)
+            lost = asyncio.Event()
+            for conn in (consuming, publishing):
+                conn.close_callbacks.add(lambda *_: lost.set())
+            consumers = [await self._subscribe(consuming, route, publisher, lost)
+                         for route in self.routes]
+            if self.state is State.STARTING:
+                self._log_start()
+            else:
+                logger.info("reconnected: {} queue(s) consuming again", len(consumers))
+            self.state = State.RUNNING
+            self._ready.set()
+            stop_wait = asyncio.ensure_future(self._stop.wait())
+            lost_wait = asyncio.ensure_future(lost.wait())
+            await asyncio.wait({stop_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
+            stop_wait.cancel()
+            lost_wait.cancel()
+            self._ready.clear()
+            if self._stop.is_set():
+                await self._drain(consumers)
+        finally:
+            for conn in (consuming, publishing):
+                if conn is not None and not conn.is_closed:
+                    try:
+                        await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+                    except (TimeoutError, AMQPError, ConnectionError, RuntimeError):
+                        pass  # closing a broken connection: the broker requeues regardless
+
+    async def _subscribe(self, connection: AbstractConnection, route: Route,
+                         publisher: Publisher, lost: asyncio.Event) -> _Consumer:
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=route.prefetch)
+        # The broker cancels a consumer when its queue is deleted, and closes a channel on a
+        # consumer timeout: either way this session is broken; a new one re-declares all.
+        channel.close_callbacks.add(lambda *_: lost.set())
+        underlay = await channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(lambda *_: lost.set())
+        dispatcher = Dispatcher(route, moves=publisher, events=publisher,
+                                return_exchange=topology.return_exchange(self.settings.exchange),
+                                max_body_bytes=self.settings.max_body_bytes,
+                                executor=self.executor)
+        slots = asyncio.Semaphore(route.concurrency)
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            # aio-pika runs each delivery in a task of its own; the semaphore bounds how many
+            # run the handler at once (prefetch only bounds how many are delivered).
+            task = asyncio.current_task()
+            assert task is not None
+            self._waiting.add(task)
+            try:
+                async with slots:
+                    self._waiting.discard(task)
+                    if self.state is State.DRAINING:
+                        return  # unstarted: left unacked, the broker redelivers it
+                    self._running.add(task)
+                    await dispatcher.handle(message)
+            finally:
+                self._waiting.discard(task)
+                self._running.discard(task)
+
+        queue = await channel.get_queue(route.queue, ensure=False)
+        tag = await queue.consume(on_message)
+        return _Consumer(queue, tag)
+
+    async def _drain(self, consumers: list[_Consumer]) -> None:
+        """Stop consuming first, then let started handlers finish within the grace period.
+
+        Unstarted deliveries and handlers still running after the grace are left unacked:
+        closing the channel hands them back to the broker, and no attempt is consumed.
+        """
+        self.state = State.DRAINING
+        started = time.monotonic()
+        for consumer in consumers:
+            try:
+                await asyncio.wait_for(consumer.queue.cancel(consumer.tag), CLOSE_TIMEOUT)
+            except (TimeoutError, AMQPError, ConnectionError, RuntimeError):
+                pass  # a dead channel has no consumer left to cancel
+        for task in list(self._waiting):
+            task.cancel()
+        running = set(self._running)
+        pending: set[asyncio.Task[Any]] = set()
+        if running:
+            logger.info("waiting up to {:g}s for {} running handler(s)", self.settings.grace,
+                        len(running))
+            _, pending = await asyncio.wait(running, timeout=self.settings.grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=CLOSE_TIMEOUT) if pending else None
+        logger.info("drained in {:.1f}s: {} finished, {} unfinished handed back to the broker",
+                    time.monotonic() - started, len(running) - len(pending), len(pending))
+
+    def _log_start(self) -> None:
+        s = self.settings
+        logger.info("worker connected to {}: exchange {!r}, {} handler(s), {} queue type, "
+                    "grace {:g}s", s.redacted_url(), s.exchange, len(self.routes), s.queue_type,
+                    s.grace)
+        by_name = {r.handler.name: r.plugin for r in self.registrations}
+        for route in self.routes:
+            plugin = by_name[route.handler.name]
+            p = route.policy
+            logger.info(
+                "handler {} from {} {} (plugin {}): queue {} bound to {}; concurrency {}, "
+                "prefetch {}, timeout {}, retry {}x after {}s", route.handler.name,
+                plugin.distribution, plugin.version, plugin.entry_point, route.queue,
+                ", ".join(route.handler.bindings), route.concurrency, route.prefetch,
+                f"{route.timeout:g}s" if route.timeout else "none", p.max_attempts,
+                "/".join(f"{d:g}" for d in p.delays))

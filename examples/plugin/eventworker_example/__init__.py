@@ -1,0 +1,1 @@
+"""An example eventworker plugin; see handlers.py and audit.py."""

@@ -1,0 +1,50 @@
+"""Example handlers: one succeeds, one fails twice then succeeds, one always fails, one
+validates its payload with a model and publishes a follow-up event."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from eventworker import Context, Event, Reject, RetryPolicy, handler
+
+
+class OrderCreated(BaseModel):
+    order_id: str
+    total: float
+
+
+@handler("demo.greet")
+async def greet(event: Event[dict[str, str]], ctx: Context) -> None:
+    """Succeeds: acked on the first attempt."""
+    ctx.logger.info("hello, {}", event.data.get("name", "world"))
+
+
+@handler("demo.flaky", retry=RetryPolicy(max_attempts=4, delays=(1, 2)))
+async def flaky(event: Event[object], ctx: Context) -> None:
+    """Fails on attempts 1 and 2, succeeds on attempt 3: retried by the broker after 1 s and 2 s."""
+    if event.attempt < 3:
+        raise ConnectionError(f"downstream unavailable (attempt {event.attempt})")
+    ctx.logger.info("succeeded on attempt {}", event.attempt)
+
+
+@handler("demo.broken", retry=RetryPolicy(max_attempts=3, delays=(1,)))
+def broken(event: Event[object], ctx: Context) -> None:
+    """Always fails (a sync handler, run in a thread): three attempts, then the dead-letter queue."""
+    raise RuntimeError("this handler always fails")
+
+
+@handler("orders.created", "orders.*.created", model=OrderCreated,
+         retry=RetryPolicy(max_attempts=4, delays=(1, 10, 60)), concurrency=8, timeout=30)
+async def bill_order(event: Event[OrderCreated], ctx: Context) -> None:
+    """Validates the payload (a bad one is dead-lettered at once); publishes billing.charged."""
+    if event.data.total < 0:
+        raise Reject("negative total")
+    await ctx.publish("billing.charged", {"order_id": event.data.order_id,
+                                          "amount": event.data.total})
+
+
+@handler("billing.charged")
+async def record_charge(event: Event[dict[str, object]], ctx: Context) -> None:
+    """Receives the follow-up event; its causation id is the order event's id."""
+    ctx.logger.info("charged order {} (caused by {})", event.data.get("order_id"),
+                    event.causation_id)

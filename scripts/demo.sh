@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Quick start: set everything up and run a worker with the example plugin; demo events are
+# published so that a success, a retry and a dead letter show in the log. Ctrl-C stops it.
+# DEMO_SECONDS=N stops the worker by itself after N seconds (with SIGTERM, a graceful drain).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+export EVENTWORKER_EXCHANGE="${EVENTWORKER_EXCHANGE:-eventworker.demo}"
+export EVENTWORKER_QUEUE_PREFIX="${EVENTWORKER_QUEUE_PREFIX:-eventworker.demo.}"
+EW=.venv/bin/eventworker
+
+$EW handlers
+$EW run &
+worker=$!
+trap 'kill -TERM $worker 2>/dev/null; wait $worker' INT TERM
+sleep 3
+say "publishing demo events"
+$EW publish demo.greet '{"name": "Ada"}'                          # acked
+$EW publish demo.flaky '{"job": 1}'                               # fails twice, then acked
+$EW publish demo.broken '{"job": 2}'                              # three attempts, dead letter
+$EW publish orders.created '{"order_id": "o-1", "total": 12.5}'   # acked, publishes billing.charged
+$EW publish orders.eu.created '{"order_id": "o-2", "total": "n/a"}' # fails its model: dead letter
+say "watch the log; Ctrl-C drains and stops the worker"
+if [ -n "${DEMO_SECONDS:-}" ]; then
+  sleep "$DEMO_SECONDS"; kill -TERM $worker
+fi
+wait $worker
