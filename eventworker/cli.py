@@ -35,16 +35,22 @@ def _version() -> str:
 
 def config_option(func: F) -> F:
     return click.option(
-        "--config", "config", type=click.Path(dir_okay=False), default=None,
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False),
+        default=None,
         help="TOML settings file. Default: $EVENTWORKER_CONFIG, else ./eventworker.toml "
-             "if present.")(func)
+        "if present.",
+    )(func)
 
 
 def url_option(func: F) -> F:
     return click.option(
-        "--url", default=None,
+        "--url",
+        default=None,
         help="Broker URL, amqp://user:password@host:port/vhost. Prefer $EVENTWORKER_URL: "
-             "other users can read the command line.")(func)
+        "other users can read the command line.",
+    )(func)
 
 
 @contextmanager
@@ -69,19 +75,45 @@ def main() -> None:
 @main.command()
 @config_option
 @url_option
-@click.option("--handler", "handler_names", multiple=True, metavar="NAME",
-              help="Run only this handler (repeatable). Default: every enabled handler.")
-@click.option("--concurrency", type=click.IntRange(1), default=None,
-              help="Messages each handler runs at once (unless the handler sets its own).")
-@click.option("--prefetch", type=click.IntRange(0, 65535), default=None,
-              help="Messages the broker delivers ahead per handler; 0 = 2 x concurrency.")
-@click.option("--grace", type=click.FloatRange(0), default=None,
-              help="Seconds running handlers get to finish after SIGTERM/SIGINT.")
-@click.option("--log-level", type=click.Choice(["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"],
-                                               case_sensitive=False), default=None)
-def run(config: str | None, url: str | None, handler_names: Sequence[str],
-        concurrency: int | None, prefetch: int | None, grace: float | None,
-        log_level: str | None) -> None:
+@click.option(
+    "--handler",
+    "handler_names",
+    multiple=True,
+    metavar="NAME",
+    help="Run only this handler (repeatable). Default: every enabled handler.",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=None,
+    help="Messages each handler runs at once (unless the handler sets its own).",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Messages the broker delivers ahead per handler; 0 = 2 x concurrency.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(0),
+    default=None,
+    help="Seconds running handlers get to finish after SIGTERM/SIGINT.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default=None,
+)
+def run(
+    config: str | None,
+    url: str | None,
+    handler_names: Sequence[str],
+    concurrency: int | None,
+    prefetch: int | None,
+    grace: float | None,
+    log_level: str | None,
+) -> None:
     """Run the installed handlers until SIGTERM or SIGINT.
 
     Declares the exchange, one queue per handler, the retry queues and the dead-letter
@@ -93,15 +125,22 @@ def run(config: str | None, url: str | None, handler_names: Sequence[str],
     from eventworker.worker import Worker
 
     with _errors():
-        settings = load_settings(config, url=url, concurrency=concurrency, prefetch=prefetch,
-                                 grace=grace, log_level=log_level and log_level.upper(),
-                                 handlers=tuple(handler_names) or None)
+        settings = load_settings(
+            config,
+            url=url,
+            concurrency=concurrency,
+            prefetch=prefetch,
+            grace=grace,
+            log_level=log_level and log_level.upper(),
+            handlers=tuple(handler_names) or None,
+        )
         logs.configure(settings.log_level)
         registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
         if not registrations:
             raise InvalidInputError(
                 f"no handlers installed: no package registers any in the entry-point group "
-                f"{registry.GROUP!r}")
+                f"{registry.GROUP!r}"
+            )
         worker = Worker(registrations, settings)
         asyncio.run(worker.run(handle_signals=True))
     code = ExitCode.INTERRUPTED if worker.interrupted else ExitCode.OK
@@ -132,8 +171,11 @@ def _bodies(data: str | None, file: str | None, settings: Settings) -> list[byte
             lines = Path(file).read_bytes().splitlines()
         except OSError as exc:
             raise InvalidInputError(f"cannot read {file}: {exc.strerror}") from None
-        bodies = [_parse_json(line.strip(), f"{file} line {n}", limit)
-                  for n, line in enumerate(lines, 1) if line.strip()]
+        bodies = [
+            _parse_json(line.strip(), f"{file} line {n}", limit)
+            for n, line in enumerate(lines, 1)
+            if line.strip()
+        ]
         if not bodies:
             raise InvalidInputError(f"{file} holds no events")
         return bodies
@@ -170,20 +212,43 @@ def _shortstr(value: str | None, what: str) -> None:
 @main.command()
 @click.argument("routing_key")
 @click.argument("data", metavar="[JSON]", required=False)
-@click.option("--file", "file", type=click.Path(dir_okay=False), default=None,
-              help="Publish one event per line of this file (JSON Lines).")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Publish one event per line of this file (JSON Lines).",
+)
 @click.option("--id", "event_id", default=None, help="Event id (message_id); default: a UUID.")
-@click.option("--header", "header_pairs", multiple=True, metavar="NAME=VALUE",
-              help="Extra AMQP header (repeatable).")
+@click.option(
+    "--header",
+    "header_pairs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Extra AMQP header (repeatable).",
+)
 @click.option("--correlation-id", default=None, help="Correlation id carried by the event.")
 @click.option("--exchange", default=None, help="Exchange (default: the exchange setting).")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Seconds to wait for each confirm (default: publish_timeout).")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Seconds to wait for each confirm (default: publish_timeout).",
+)
 @config_option
 @url_option
-def publish(routing_key: str, data: str | None, file: str | None, event_id: str | None,
-            header_pairs: Sequence[str], correlation_id: str | None, exchange: str | None,
-            timeout: float | None, config: str | None, url: str | None) -> None:
+def publish(
+    routing_key: str,
+    data: str | None,
+    file: str | None,
+    event_id: str | None,
+    header_pairs: Sequence[str],
+    correlation_id: str | None,
+    exchange: str | None,
+    timeout: float | None,
+    config: str | None,
+    url: str | None,
+) -> None:
     """Publish events to the topic exchange with ROUTING_KEY, each confirmed by the broker.
 
     The event is JSON from the argument, from stdin, or one per line of --file. Input is
@@ -205,8 +270,10 @@ def publish(routing_key: str, data: str | None, file: str | None, event_id: str 
             raise InvalidInputError("--id names one event; a --file gets an id per event")
         bodies = _bodies(data, file, settings)
         headers = _headers(header_pairs)
-        outgoing = [envelope_outgoing(routing_key, body, event_id, headers, correlation_id)
-                    for body in bodies]
+        outgoing = [
+            envelope_outgoing(routing_key, body, event_id, headers, correlation_id)
+            for body in bodies
+        ]
         started = time.perf_counter()
         results = asyncio.run(_publish_all(settings, outgoing))
         elapsed = time.perf_counter() - started
@@ -214,8 +281,10 @@ def publish(routing_key: str, data: str | None, file: str | None, event_id: str 
     confirmed = len(results) - len(failed)
     rate = f" ({confirmed / elapsed:,.0f} events/s)" if elapsed > 0 and len(results) > 1 else ""
     ids = f" (id {results[0].event_id})" if len(results) == 1 and not failed else ""
-    click.echo(f"published {len(results)} event(s) to exchange {settings.exchange!r} as "
-               f"{routing_key!r}: {confirmed} confirmed in {elapsed:.2f}s{rate}{ids}")
+    click.echo(
+        f"published {len(results)} event(s) to exchange {settings.exchange!r} as "
+        f"{routing_key!r}: {confirmed} confirmed in {elapsed:.2f}s{rate}{ids}"
+    )
     for r in failed[:MAX_LISTED_FAILURES]:
         click.echo(f"not published: {r.event_id}: {r.status} {r.detail}".rstrip(), err=True)
     if len(failed) > MAX_LISTED_FAILURES:
@@ -223,22 +292,32 @@ def publish(routing_key: str, data: str | None, file: str | None, event_id: str 
     sys.exit(int(ExitCode.FAILED if failed else ExitCode.OK))
 
 
-def envelope_outgoing(routing_key: str, body: bytes, event_id: str | None,
-                      headers: dict[str, str], correlation_id: str | None) -> Any:
+def envelope_outgoing(
+    routing_key: str,
+    body: bytes,
+    event_id: str | None,
+    headers: dict[str, str],
+    correlation_id: str | None,
+) -> Any:
     from eventworker import envelope
     from eventworker.publisher import Outgoing
 
-    return Outgoing(routing_key, body, event_id or envelope.new_id(), headers or None,
-                    correlation_id)
+    return Outgoing(
+        routing_key, body, event_id or envelope.new_id(), headers or None, correlation_id
+    )
 
 
 async def _publish_all(settings: Settings, outgoing: list[Any]) -> list[Any]:
     from eventworker.publisher import Publisher
 
-    async with Publisher.connect(settings.url, exchange=settings.exchange, source="eventworker",
-                                 timeout=settings.publish_timeout,
-                                 connect_timeout=settings.connect_timeout,
-                                 heartbeat=settings.heartbeat) as publisher:
+    async with Publisher.connect(
+        settings.url,
+        exchange=settings.exchange,
+        source="eventworker",
+        timeout=settings.publish_timeout,
+        connect_timeout=settings.connect_timeout,
+        heartbeat=settings.heartbeat,
+    ) as publisher:
         return await publisher.send_many(outgoing)
 
 
@@ -253,18 +332,22 @@ def list_handlers(as_json: bool, config: str | None) -> None:
     with _errors():
         settings = load_settings(config)
         registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
-        rows = []
+        rows: list[dict[str, Any]] = []
         for reg, route in zip(registrations, routes(registrations, settings), strict=True):
-            rows.append({
-                "name": reg.handler.name,
-                "plugin": reg.plugin.entry_point,
-                "distribution": f"{reg.plugin.distribution} {reg.plugin.version}",
-                "bindings": list(reg.handler.bindings),
-                "queue": route.queue,
-                "dead_letter_queue": route.dead_letter_queue,
-                "retry": {"max_attempts": route.policy.max_attempts,
-                          "delays": list(route.policy.delays)},
-            })
+            rows.append(
+                {
+                    "name": reg.handler.name,
+                    "plugin": reg.plugin.entry_point,
+                    "distribution": f"{reg.plugin.distribution} {reg.plugin.version}",
+                    "bindings": list(reg.handler.bindings),
+                    "queue": route.queue,
+                    "dead_letter_queue": route.dead_letter_queue,
+                    "retry": {
+                        "max_attempts": route.policy.max_attempts,
+                        "delays": list(route.policy.delays),
+                    },
+                }
+            )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -273,9 +356,11 @@ def list_handlers(as_json: bool, config: str | None) -> None:
         return
     for row in rows:
         retry = row["retry"]
-        click.echo(f"{row['name']}  (plugin {row['plugin']}, {row['distribution']})\n"
-                   f"  bindings:          {', '.join(row['bindings'])}\n"
-                   f"  queue:             {row['queue']}\n"
-                   f"  dead-letter queue: {row['dead_letter_queue']}\n"
-                   f"  retry:             {retry['max_attempts']} attempts, delays "
-                   f"{', '.join(f'{d:g}s' for d in retry['delays'])}")
+        click.echo(
+            f"{row['name']}  (plugin {row['plugin']}, {row['distribution']})\n"
+            f"  bindings:          {', '.join(row['bindings'])}\n"
+            f"  queue:             {row['queue']}\n"
+            f"  dead-letter queue: {row['dead_letter_queue']}\n"
+            f"  retry:             {retry['max_attempts']} attempts, delays "
+            f"{', '.join(f'{d:g}s' for d in retry['delays'])}"
+        )

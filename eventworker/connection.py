@@ -12,11 +12,19 @@ import socket
 
 import aio_pika
 from aio_pika.abc import AbstractConnection
-from aiormq.exceptions import AMQPConnectionError, AMQPError, ProbableAuthenticationError
+from aiormq.exceptions import (
+    AMQPConnectionError,
+    AMQPError,
+    ChannelInvalidStateError,
+    ProbableAuthenticationError,
+)
 from pydantic import SecretStr
 
 from eventworker.errors import BrokerAuthError, BrokerUnreachableError
 from eventworker.settings import redact_url
+
+#: What an operation on a channel or connection that died under it raises.
+CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError)
 
 
 def connection_name(role: str) -> str:
@@ -24,8 +32,9 @@ def connection_name(role: str) -> str:
     return f"eventworker {role} {socket.gethostname()}:{os.getpid()}"
 
 
-async def connect(url: SecretStr, *, role: str, timeout: float,
-                  heartbeat: int) -> AbstractConnection:
+async def connect(
+    url: SecretStr, *, role: str, timeout: float, heartbeat: int
+) -> AbstractConnection:
     """Open a plain (not "robust") connection: the worker owns reconnection, so that it can
     verify topology and consumers after each one instead of trusting a hidden restore.
 
@@ -37,12 +46,18 @@ async def connect(url: SecretStr, *, role: str, timeout: float,
     shown = redact_url(secret)
     try:
         return await asyncio.wait_for(
-            aio_pika.connect(secret, client_properties={"connection_name": connection_name(role)},
-                             heartbeat=heartbeat, timeout=timeout),
-            timeout=timeout)
+            aio_pika.connect(
+                secret,
+                client_properties={"connection_name": connection_name(role)},
+                heartbeat=heartbeat,
+                timeout=timeout,
+            ),
+            timeout=timeout,
+        )
     except ProbableAuthenticationError:
-        raise BrokerAuthError(f"broker at {shown} refused the login (user, password or "
-                              f"virtual host)") from None
+        raise BrokerAuthError(
+            f"broker at {shown} refused the login (user, password or virtual host)"
+        ) from None
     except AMQPConnectionError as exc:
         text = redact_url(str(exc))
         if "ACCESS_REFUSED" in text or "NOT_ALLOWED" in text:
@@ -50,11 +65,14 @@ async def connect(url: SecretStr, *, role: str, timeout: float,
         raise BrokerUnreachableError(f"cannot connect to {shown}: {text[:200]}") from None
     except AMQPError:
         # RabbitMQ closes the handshake with Connection.Close for an unknown virtual host
-        raise BrokerAuthError(f"broker at {shown} closed the connection during the handshake "
-                              f"(unknown virtual host, or no access to it)") from None
+        raise BrokerAuthError(
+            f"broker at {shown} closed the connection during the handshake "
+            f"(unknown virtual host, or no access to it)"
+        ) from None
     except TimeoutError:
         raise BrokerUnreachableError(
-            f"cannot connect to {shown}: no answer within {timeout:g}s") from None
+            f"cannot connect to {shown}: no answer within {timeout:g}s"
+        ) from None
     except (OSError, ConnectionError) as exc:
         reason = exc.strerror or type(exc).__name__
         raise BrokerUnreachableError(f"cannot connect to {shown}: {reason}") from None

@@ -9,6 +9,7 @@ shutdown consumes no attempt.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import socket
@@ -21,11 +22,11 @@ from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
-from aiormq.exceptions import AMQPError, ChannelInvalidStateError
 from loguru import logger
 from pydantic import ValidationError
 
 from eventworker import envelope
+from eventworker.connection import CHANNEL_GONE
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
 from eventworker.handlers import Context, Handler, RetryPolicy
@@ -64,8 +65,16 @@ def _now() -> str:
 class Dispatcher:
     """Runs one handler on its deliveries; ``handle`` settles each delivery exactly once."""
 
-    def __init__(self, route: Route, *, moves: Publisher, events: Publisher,
-                 return_exchange: str, max_body_bytes: int, executor: Executor) -> None:
+    def __init__(
+        self,
+        route: Route,
+        *,
+        moves: Publisher,
+        events: Publisher,
+        return_exchange: str,
+        max_body_bytes: int,
+        executor: Executor,
+    ) -> None:
         self.route = route
         self._moves = moves
         self._events = events
@@ -76,8 +85,9 @@ class Dispatcher:
     async def handle(self, message: AbstractIncomingMessage) -> None:
         route = self.route
         trusted = message.exchange == self._return_exchange
-        event: Event[Any] = envelope.decode(message, None, trusted=trusted,
-                                            max_attempts=route.policy.max_attempts)
+        event: Event[Any] = envelope.decode(
+            message, None, trusted=trusted, max_attempts=route.policy.max_attempts
+        )
         error: BaseException | None
         try:
             event = dataclasses.replace(event, data=self._data(message))
@@ -86,13 +96,23 @@ class Dispatcher:
             await self._settle(message, event, exc, DeadLetter(exc.reason))
             return
         error = await self._run(event)
-        decision = decide(event.attempt, route.policy, error, tiers=route.tiers,
-                          retry_on=route.handler.retry_on, give_up_on=route.handler.give_up_on)
+        decision = decide(
+            event.attempt,
+            route.policy,
+            error,
+            tiers=route.tiers,
+            retry_on=route.handler.retry_on,
+            give_up_on=route.handler.give_up_on,
+        )
         await self._settle(message, event, error, decision)
 
     def _data(self, message: AbstractIncomingMessage) -> Any:
-        data = envelope.decode_body(message.body, message.content_type, message.content_encoding,
-                                    max_body_bytes=self._max_body_bytes)
+        data = envelope.decode_body(
+            message.body,
+            message.content_type,
+            message.content_encoding,
+            max_body_bytes=self._max_body_bytes,
+        )
         model = self.route.handler.model
         if model is None:
             return data
@@ -100,18 +120,23 @@ class Dispatcher:
             return model.model_validate(data)
         except ValidationError as exc:
             # Field paths and error types only: the input may hold secrets or personal data.
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['type']}"
-                                 for e in exc.errors(include_input=False, include_url=False))
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['type']}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
             raise EnvelopeError("schema_error", f"{model.__name__}: {problems}") from None
 
     async def _run(self, event: Event[Any]) -> BaseException | None:
         """Run the handler; return what it raised (None on success). Cancellation propagates."""
         handler = self.route.handler
         loop = asyncio.get_running_loop()
-        ctx = Context(handler=handler.name, event=event, _publish=self._events.publish,
-                      _loop=loop)
-        with logger.contextualize(handler=handler.name, event_id=event.id, attempt=event.attempt,
-                                  correlation_id=event.correlation_id):
+        ctx = Context(handler=handler.name, event=event, _publish=self._events.publish, _loop=loop)
+        with logger.contextualize(
+            handler=handler.name,
+            event_id=event.id,
+            attempt=event.attempt,
+            correlation_id=event.correlation_id,
+        ):
             try:
                 async with asyncio.timeout(self.route.timeout) as deadline:
                     if handler.is_async:
@@ -129,76 +154,121 @@ class Dispatcher:
                 return exc
         return None
 
-    async def _settle(self, message: AbstractIncomingMessage, event: Event[Any],
-                      error: BaseException | None, decision: Decision) -> None:
+    async def _settle(
+        self,
+        message: AbstractIncomingMessage,
+        event: Event[Any],
+        error: BaseException | None,
+        decision: Decision,
+    ) -> None:
         route = self.route
         name = route.handler.name
         match decision:
             case Ack():
                 logger.debug("{} handled {} [{}]", name, event.id, one_line(event.type, 100))
             case RetryIn(delay=delay):
-                copy = self._copy(message, event, error, {
-                    envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue})
+                copy = self._copy(
+                    message,
+                    event,
+                    error,
+                    {envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue},
+                )
                 if not await self._move(message, copy, route.retry_queues[delay]):
                     return
-                logger.warning("{} attempt {}/{} of {} failed: {}; retry in {:g}s", name,
-                               event.attempt, route.policy.max_attempts, event.id,
-                               _describe(error), delay)
+                logger.warning(
+                    "{} attempt {}/{} of {} failed: {}; retry in {:g}s",
+                    name,
+                    event.attempt,
+                    route.policy.max_attempts,
+                    event.id,
+                    _describe(error),
+                    delay,
+                )
             case DeadLetter(reason=reason):
-                copy = self._copy(message, event, error, {
-                    envelope.ATTEMPT: event.attempt, envelope.REASON: reason,
-                    envelope.TRACEBACK: _short_traceback(error), envelope.HOST: _HOST})
+                copy = self._copy(
+                    message,
+                    event,
+                    error,
+                    {
+                        envelope.ATTEMPT: event.attempt,
+                        envelope.REASON: reason,
+                        envelope.TRACEBACK: _short_traceback(error),
+                        envelope.HOST: _HOST,
+                    },
+                )
                 if not await self._move(message, copy, route.dead_letter_queue):
                     return
-                logger.error("{} dead-lettered {} after attempt {} ({}): {}", name, event.id,
-                             event.attempt, reason, _describe(error))
+                logger.error(
+                    "{} dead-lettered {} after attempt {} ({}): {}",
+                    name,
+                    event.id,
+                    event.attempt,
+                    reason,
+                    _describe(error),
+                )
         try:
             await message.ack()
-        except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError):
+        except CHANNEL_GONE:
             # The delivery died with its channel: the broker redelivers it. Never send its
             # tag on another channel.
-            logger.info("{} could not ack {}: channel closed; the broker will redeliver it",
-                        name, event.id)
+            logger.info(
+                "{} could not ack {}: channel closed; the broker will redeliver it", name, event.id
+            )
 
-    async def _move(self, message: AbstractIncomingMessage, copy: aio_pika.Message,
-                    queue: str) -> bool:
+    async def _move(
+        self, message: AbstractIncomingMessage, copy: aio_pika.Message, queue: str
+    ) -> bool:
         """Publish ``copy`` to ``queue`` with a confirm; on failure hand the original back."""
         try:
             await self._moves.send_to_queue(copy, queue)
             return True
         except PublishError as exc:
-            logger.error("{}: {}; returning the message to its queue", self.route.handler.name,
-                         exc)
+            logger.error("{}: {}; returning the message to its queue", self.route.handler.name, exc)
             await asyncio.sleep(REQUEUE_PAUSE)
-            try:
+            with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it
                 await message.nack(requeue=True)
-            except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError):
-                pass  # channel gone: the broker requeues it anyway
             return False
 
-    def _copy(self, message: AbstractIncomingMessage, event: Event[Any],
-              error: BaseException | None, extra: dict[str, Any]) -> aio_pika.Message:
+    def _copy(
+        self,
+        message: AbstractIncomingMessage,
+        event: Event[Any],
+        error: BaseException | None,
+        extra: dict[str, Any],
+    ) -> aio_pika.Message:
         """A copy for a retry tier or the dead-letter queue: the body byte for byte, the
         producer's properties and headers minus broker bookkeeping, plus the diagnosis."""
         now = _now()
-        first = event.headers.get(envelope.FIRST_FAILURE) if message.exchange == \
-            self._return_exchange else None
+        first = (
+            event.headers.get(envelope.FIRST_FAILURE)
+            if message.exchange == self._return_exchange
+            else None
+        )
         headers = envelope.carried_headers(message.headers or {})
-        headers.update({
-            envelope.ROUTING_KEY: event.type,
-            envelope.HANDLER: self.route.handler.name,
-            envelope.FIRST_FAILURE: first if isinstance(first, str) else now,
-            envelope.LAST_FAILURE: now,
-            envelope.EXCEPTION: type(error).__name__ if error else "",
-            envelope.ERROR_MESSAGE: _message(error)[:1024],
-            **extra,
-        })
+        headers.update(
+            {
+                envelope.ROUTING_KEY: event.type,
+                envelope.HANDLER: self.route.handler.name,
+                envelope.FIRST_FAILURE: first if isinstance(first, str) else now,
+                envelope.LAST_FAILURE: now,
+                envelope.EXCEPTION: type(error).__name__ if error else "",
+                envelope.ERROR_MESSAGE: _message(error)[:1024],
+                **extra,
+            }
+        )
         return aio_pika.Message(
-            message.body, headers=headers, content_type=message.content_type,
-            content_encoding=message.content_encoding, message_id=event.id,
-            type=message.type, timestamp=message.timestamp, app_id=message.app_id,
-            correlation_id=message.correlation_id, priority=message.priority,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            message.body,
+            headers=headers,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            message_id=event.id,
+            type=message.type,
+            timestamp=message.timestamp,
+            app_id=message.app_id,
+            correlation_id=message.correlation_id,
+            priority=message.priority,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
 
 
 def _message(error: BaseException | None) -> str:

@@ -40,9 +40,18 @@ HOST = "x-eventworker-host"
 #: RabbitMQ drop the copy as a dead-letter cycle (x-death), fan it out to other queues
 #: (CC/BCC, sender-selected distribution) or expire it (handled by not copying ``expiration``).
 _NOT_COPIED = frozenset(
-    {"x-death", "x-first-death-exchange", "x-first-death-queue", "x-first-death-reason",
-     "x-last-death-exchange", "x-last-death-queue", "x-last-death-reason", "x-delivery-count",
-     "cc", "bcc"}
+    {
+        "x-death",
+        "x-first-death-exchange",
+        "x-first-death-queue",
+        "x-first-death-reason",
+        "x-last-death-exchange",
+        "x-last-death-queue",
+        "x-last-death-reason",
+        "x-delivery-count",
+        "cc",
+        "bcc",
+    }
 )
 _OUR_PREFIX = "x-eventworker-"
 JSON = "application/json"
@@ -92,8 +101,9 @@ class Event(Generic[T]):
     redelivered: bool = False
 
 
-def decode_body(body: bytes, content_type: str | None, content_encoding: str | None,
-                *, max_body_bytes: int) -> Any:
+def decode_body(
+    body: bytes, content_type: str | None, content_encoding: str | None, *, max_body_bytes: int
+) -> Any:
     """The JSON value carried by a body, checked strictly.
 
     Size is checked before any decoding. A missing content type counts as JSON, so plain AMQP
@@ -113,8 +123,9 @@ def decode_body(body: bytes, content_type: str | None, content_encoding: str | N
         if media.strip().lower() != JSON or charset not in ("", "utf-8", "utf8"):
             raise EnvelopeError("unsupported_content_type", f"content type {content_type[:100]!r}")
     if content_encoding:
-        raise EnvelopeError("unsupported_content_type",
-                            f"content encoding {content_encoding[:100]!r}")
+        raise EnvelopeError(
+            "unsupported_content_type", f"content encoding {content_encoding[:100]!r}"
+        )
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -151,8 +162,11 @@ def decode(message: AmqpMessage, data: Any, *, trusted: bool, max_attempts: int)
     if trusted:
         routing_key = _text(headers.get(ROUTING_KEY)) or routing_key
         attempt = min(max(_int(headers.get(ATTEMPT), 1), 1), max_attempts)
-    event_id = (_text(message.message_id) or _text(headers.get("ce-id"))
-                or derived_id(routing_key, message.body, message.timestamp))
+    event_id = (
+        _text(message.message_id)
+        or _text(headers.get("ce-id"))
+        or derived_id(routing_key, message.body, message.timestamp)
+    )
     time = message.timestamp or _ce_time(headers.get("ce-time")) or datetime.now(UTC)
     if time.tzinfo is None:
         time = time.replace(tzinfo=UTC)
@@ -164,7 +178,8 @@ def decode(message: AmqpMessage, data: Any, *, trusted: bool, max_attempts: int)
         data=data,
         headers=MappingProxyType(dict(headers)),
         attempt=attempt,
-        correlation_id=_text(message.correlation_id) or _text(headers.get("ce-correlationid"))
+        correlation_id=_text(message.correlation_id)
+        or _text(headers.get("ce-correlationid"))
         or event_id,
         causation_id=_text(headers.get(CAUSATION_ID)) or _text(headers.get("ce-causationid")),
         redelivered=bool(message.redelivered),
@@ -193,10 +208,16 @@ def encode_data(data: Any) -> bytes:
         raise TypeError(f"event data is not JSON-serialisable: {exc}") from None
 
 
-def properties(*, event_id: str, routing_key: str, source: str | None,
-               correlation_id: str | None = None, causation_id: str | None = None,
-               headers: Mapping[str, Any] | None = None,
-               timestamp: datetime | None = None) -> dict[str, Any]:
+def properties(
+    *,
+    event_id: str,
+    routing_key: str,
+    source: str | None,
+    correlation_id: str | None = None,
+    causation_id: str | None = None,
+    headers: Mapping[str, Any] | None = None,
+    timestamp: datetime | None = None,
+) -> dict[str, Any]:
     """Keyword arguments for an outgoing message's AMQP properties (persistent, JSON)."""
     all_headers = dict(headers or {})
     if causation_id:
@@ -215,8 +236,11 @@ def properties(*, event_id: str, routing_key: str, source: str | None,
 def carried_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """The producer's headers a retried or parked copy keeps: all but broker bookkeeping,
     sender-selected routing (CC/BCC) and our own (which the copy sets afresh)."""
-    return {k: v for k, v in headers.items()
-            if k.lower() not in _NOT_COPIED and not k.startswith(_OUR_PREFIX) and k != RETURN_TO}
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() not in _NOT_COPIED and not k.startswith(_OUR_PREFIX) and k != RETURN_TO
+    }
 
 
 def new_id() -> str:
@@ -242,18 +266,25 @@ def check_routing_key(key: str) -> None:
         raise ValueError("the routing key is empty")
     if len(key.encode("utf-8", "surrogateescape")) > 255:
         raise ValueError("the routing key is longer than 255 bytes")
-    if "\udc80" <= max(key) and any("\udc80" <= c <= "\udcff" for c in key):
+    if any("\udc80" <= c <= "\udcff" for c in key):  # undecodable argv bytes
         raise ValueError("the routing key is not valid UTF-8")
     if "*" in key or "#" in key:
-        raise ValueError(f"the routing key {key!r} contains '*' or '#': those are binding "
-                         f"wildcards, literal when publishing")
+        raise ValueError(
+            f"the routing key {key!r} contains '*' or '#': those are binding "
+            f"wildcards, literal when publishing"
+        )
 
 
 def check_header(name: str) -> None:
     """Raises ValueError for a header name a producer must not set."""
     if not name or len(name.encode()) > 255:
         raise ValueError("a header name must be 1 to 255 bytes")
-    if (name.lower() in RESERVED_HEADERS or name.lower().startswith(_OUR_PREFIX)
-            or name.lower() == RETURN_TO):
-        raise ValueError(f"header {name!r} is reserved (it would re-route the message or forge "
-                         f"eventworker's bookkeeping)")
+    if (
+        name.lower() in RESERVED_HEADERS
+        or name.lower().startswith(_OUR_PREFIX)
+        or name.lower() == RETURN_TO
+    ):
+        raise ValueError(
+            f"header {name!r} is reserved (it would re-route the message or forge "
+            f"eventworker's bookkeeping)"
+        )

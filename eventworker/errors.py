@@ -116,7 +116,7 @@ class HandlerTimeoutError(EventworkerError):
     """A handler ran longer than its timeout; counts as a failure for the retry policy."""
 
 
-class HandlerSignal(Exception):  # noqa: N818 -- an instruction from a handler, not an error
+class HandlerSignal(Exception):
     """Raised by a handler to steer what happens to the message; not a failure of eventworker."""
 
 

@@ -46,9 +46,16 @@ class RetryPolicy:
 class Publish(Protocol):
     """What ``Context.publish`` calls: a confirmed, mandatory publish of a follow-up event."""
 
-    def __call__(self, routing_key: str, data: Any, *, id: str | None = None,
-                 headers: Mapping[str, Any] | None = None, correlation_id: str | None = None,
-                 causation_id: str | None = None) -> Awaitable[None]: ...
+    def __call__(
+        self,
+        routing_key: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> Awaitable[None]: ...
 
 
 class Logger(Protocol):
@@ -71,12 +78,21 @@ class Context:
     @property
     def logger(self) -> Logger:
         """A loguru logger bound to the handler name, event id, attempt and correlation id."""
-        return _root_logger.bind(handler=self.handler, event_id=self.event.id,
-                                 attempt=self.event.attempt,
-                                 correlation_id=self.event.correlation_id)
+        return _root_logger.bind(
+            handler=self.handler,
+            event_id=self.event.id,
+            attempt=self.event.attempt,
+            correlation_id=self.event.correlation_id,
+        )
 
-    async def publish(self, routing_key: str, data: Any, *, id: str | None = None,
-                      headers: Mapping[str, Any] | None = None) -> None:
+    async def publish(
+        self,
+        routing_key: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
         """Publish a follow-up event and wait for the broker's confirm.
 
         It carries this event's correlation id, and this event's id as its causation id.
@@ -85,17 +101,29 @@ class Context:
             eventworker.errors.PublishError: not confirmed (nacked, unroutable, timed out);
                 left unhandled, the handler's attempt fails and is retried per policy.
         """
-        await self._publish(routing_key, data, id=id, headers=headers,
-                            correlation_id=self.event.correlation_id,
-                            causation_id=self.event.id)
+        await self._publish(
+            routing_key,
+            data,
+            id=id,
+            headers=headers,
+            correlation_id=self.event.correlation_id,
+            causation_id=self.event.id,
+        )
 
-    def publish_blocking(self, routing_key: str, data: Any, *, id: str | None = None,
-                         headers: Mapping[str, Any] | None = None) -> None:
-        """``publish`` for sync (``def``) handlers, which run in a thread: blocks until confirmed."""
+    def publish_blocking(
+        self,
+        routing_key: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+    ) -> None:
+        """``publish`` for sync (``def``) handlers, in their thread: blocks until confirmed."""
         if self._loop is None:
             raise RuntimeError("publish_blocking needs a running worker")
         future: Future[None] = asyncio.run_coroutine_threadsafe(
-            self.publish(routing_key, data, id=id, headers=headers), self._loop)
+            self.publish(routing_key, data, id=id, headers=headers), self._loop
+        )
         future.result()
 
 
@@ -151,15 +179,22 @@ def check_binding_key(key: str) -> None:
         if not word:
             raise ValueError(f"binding key {key!r} has an empty word (two dots or an edge dot)")
         if "*" in word or "#" in word:
-            raise ValueError(f"binding key {key!r}: '*' and '#' must be whole words, "
-                             f"not part of {word!r}")
+            raise ValueError(
+                f"binding key {key!r}: '*' and '#' must be whole words, not part of {word!r}"
+            )
 
 
-def handler(*binding_keys: str, name: str | None = None, queue: str | None = None,
-            model: type[BaseModel] | None = None, retry: RetryPolicy | None = None,
-            concurrency: int | None = None, timeout: float | None = None,
-            retry_on: tuple[type[BaseException], ...] = (),
-            give_up_on: tuple[type[BaseException], ...] = ()) -> Callable[[HandlerFunc], Handler]:
+def handler(
+    *binding_keys: str,
+    name: str | None = None,
+    queue: str | None = None,
+    model: type[BaseModel] | None = None,
+    retry: RetryPolicy | None = None,
+    concurrency: int | None = None,
+    timeout: float | None = None,
+    retry_on: tuple[type[BaseException], ...] = (),
+    give_up_on: tuple[type[BaseException], ...] = (),
+) -> Callable[[HandlerFunc], Handler]:
     """Declare a handler for events whose routing key matches any of ``binding_keys``.
 
     Binding keys use RabbitMQ topic syntax. ``name`` defaults to the function's name and must
@@ -184,8 +219,17 @@ def handler(*binding_keys: str, name: str | None = None, queue: str | None = Non
     def register(func: HandlerFunc) -> Handler:
         if not callable(func):
             raise ValueError("@handler decorates a function")
-        return Handler(func=func, name=name or func.__name__, bindings=tuple(binding_keys),
-                       queue=queue, model=model, retry=retry, concurrency=concurrency,
-                       timeout=timeout, retry_on=tuple(retry_on), give_up_on=tuple(give_up_on))
+        return Handler(
+            func=func,
+            name=name or func.__name__,
+            bindings=tuple(binding_keys),
+            queue=queue,
+            model=model,
+            retry=retry,
+            concurrency=concurrency,
+            timeout=timeout,
+            retry_on=tuple(retry_on),
+            give_up_on=tuple(give_up_on),
+        )
 
     return register

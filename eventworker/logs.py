@@ -15,8 +15,10 @@ from loguru import logger
 
 logger.disable("eventworker")
 
-_FORMAT = ("<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
-           "<cyan>{extra[component]}</cyan> {message}{extra[context]}")
+_FORMAT = (
+    "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+    "<cyan>{extra[component]}</cyan> {message}{extra[context]}"
+)
 
 
 def one_line(text: object, limit: int = 300) -> str:
@@ -42,7 +44,8 @@ class _Intercept(logging.Handler):
         except ValueError:
             level = record.levelno
         logger.opt(exception=record.exc_info).bind(component=record.name).log(
-            level, "{}", one_line(record.getMessage(), 1000))
+            level, "{}", one_line(record.getMessage(), 1000)
+        )
 
 
 def configure(level: str = "INFO") -> None:
@@ -53,7 +56,8 @@ def configure(level: str = "INFO") -> None:
     """
     logger.remove()
     logger.configure(patcher=_context)
-    logger.add(sys.stderr, level=level, format=_FORMAT, diagnose=False, backtrace=False,
-               colorize=None)
+    logger.add(
+        sys.stderr, level=level, format=_FORMAT, diagnose=False, backtrace=False, colorize=None
+    )
     logger.enable("eventworker")
     logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)

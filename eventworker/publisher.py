@@ -64,8 +64,14 @@ class Publisher:
     publishing connection (separate from consuming, so a blocked publisher cannot stop acks).
     """
 
-    def __init__(self, channel: AbstractChannel, exchange: AbstractExchange, *,
-                 source: str | None, timeout: float) -> None:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        exchange: AbstractExchange,
+        *,
+        source: str | None,
+        timeout: float,
+    ) -> None:
         self._channel = channel
         self._exchange = exchange
         self._source = source
@@ -73,9 +79,16 @@ class Publisher:
 
     @classmethod
     @asynccontextmanager
-    async def connect(cls, url: str | SecretStr, *, exchange: str, source: str | None = None,
-                      timeout: float = 10.0, connect_timeout: float = 10.0,
-                      heartbeat: int = 30) -> AsyncIterator[Publisher]:
+    async def connect(
+        cls,
+        url: str | SecretStr,
+        *,
+        exchange: str,
+        source: str | None = None,
+        timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        heartbeat: int = 30,
+    ) -> AsyncIterator[Publisher]:
         """A publisher on a connection of its own, closed on exit.
 
         Raises:
@@ -83,16 +96,18 @@ class Publisher:
             BrokerError: the exchange does not exist.
         """
         secret = url if isinstance(url, SecretStr) else SecretStr(url)
-        connection = await connect(secret, role="publisher", timeout=connect_timeout,
-                                   heartbeat=heartbeat)
+        connection = await connect(
+            secret, role="publisher", timeout=connect_timeout, heartbeat=heartbeat
+        )
         try:
             yield await cls.open(connection, exchange, source=source, timeout=timeout)
         finally:
             await connection.close()
 
     @classmethod
-    async def open(cls, connection: AbstractConnection, exchange: str, *, source: str | None,
-                   timeout: float) -> Publisher:
+    async def open(
+        cls, connection: AbstractConnection, exchange: str, *, source: str | None, timeout: float
+    ) -> Publisher:
         """A publisher on a new confirm channel of ``connection``.
 
         Raises:
@@ -103,8 +118,10 @@ class Publisher:
             target = await channel.get_exchange(exchange, ensure=True)
         except ChannelNotFoundEntity:
             await channel.close()
-            raise BrokerError(f"exchange {exchange!r} does not exist on the broker (a worker "
-                              f"declares it at start; or check the exchange setting)") from None
+            raise BrokerError(
+                f"exchange {exchange!r} does not exist on the broker (a worker "
+                f"declares it at start; or check the exchange setting)"
+            ) from None
         if channel.is_closed:  # pragma: no cover - the passive declare closed it
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         return cls(channel, target, source=source, timeout=timeout)
@@ -113,35 +130,59 @@ class Publisher:
     def is_closed(self) -> bool:
         return self._channel.is_closed
 
-    async def publish(self, routing_key: str, data: Any, *, id: str | None = None,
-                      headers: Mapping[str, Any] | None = None,
-                      correlation_id: str | None = None,
-                      causation_id: str | None = None) -> None:
+    async def publish(
+        self,
+        routing_key: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> None:
         """Publish one event and wait for its confirm.
 
         Raises:
             PublishError: not confirmed; ``status`` says why.
             TypeError: ``data`` is not JSON-serialisable.
         """
-        result = await self.send(Outgoing(routing_key, envelope.encode_data(data),
-                                          id or envelope.new_id(), headers, correlation_id,
-                                          causation_id))
+        result = await self.send(
+            Outgoing(
+                routing_key,
+                envelope.encode_data(data),
+                id or envelope.new_id(),
+                headers,
+                correlation_id,
+                causation_id,
+            )
+        )
         if not result.ok:
-            raise PublishError(f"event {result.event_id} to {routing_key!r} not published: "
-                               f"{result.status} {result.detail}".rstrip(),
-                               status=result.status, event_id=result.event_id)
+            raise PublishError(
+                f"event {result.event_id} to {routing_key!r} not published: "
+                f"{result.status} {result.detail}".rstrip(),
+                status=result.status,
+                event_id=result.event_id,
+            )
 
     async def send(self, event: Outgoing) -> PublishResult:
         """Publish one event to the exchange; the result says whether it was confirmed."""
         message = aio_pika.Message(
-            event.body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            **envelope.properties(event_id=event.id, routing_key=event.routing_key,
-                                  source=self._source, correlation_id=event.correlation_id,
-                                  causation_id=event.causation_id, headers=event.headers))
+            event.body,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            **envelope.properties(
+                event_id=event.id,
+                routing_key=event.routing_key,
+                source=self._source,
+                correlation_id=event.correlation_id,
+                causation_id=event.causation_id,
+                headers=event.headers,
+            ),
+        )
         return await self._confirmed(self._exchange, message, event.routing_key, event.id)
 
-    async def send_many(self, events: Iterable[Outgoing], *,
-                        window: int = DEFAULT_WINDOW) -> list[PublishResult]:
+    async def send_many(
+        self, events: Iterable[Outgoing], *, window: int = DEFAULT_WINDOW
+    ) -> list[PublishResult]:
         """Publish many events with up to ``window`` confirms in flight; results in order."""
         slots = asyncio.Semaphore(window)
 
@@ -163,15 +204,20 @@ class Publisher:
         Raises:
             PublishError: not confirmed, or the queue does not exist (returned).
         """
-        result = await self._confirmed(self._channel.default_exchange, message, queue,
-                                       message.message_id or "")
+        result = await self._confirmed(
+            self._channel.default_exchange, message, queue, message.message_id or ""
+        )
         if not result.ok:
-            raise PublishError(f"copy of {result.event_id} to queue {queue!r} not published: "
-                               f"{result.status} {result.detail}".rstrip(),
-                               status=result.status, event_id=result.event_id)
+            raise PublishError(
+                f"copy of {result.event_id} to queue {queue!r} not published: "
+                f"{result.status} {result.detail}".rstrip(),
+                status=result.status,
+                event_id=result.event_id,
+            )
 
-    async def _confirmed(self, exchange: AbstractExchange, message: aio_pika.Message,
-                         routing_key: str, event_id: str) -> PublishResult:
+    async def _confirmed(
+        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, event_id: str
+    ) -> PublishResult:
         try:
             await exchange.publish(message, routing_key, mandatory=True, timeout=self._timeout)
         except ReturnedError:
@@ -179,8 +225,9 @@ class Publisher:
         except DeliveryError:
             return PublishResult(event_id, "nacked", "the broker refused it")
         except TimeoutError:
-            return PublishResult(event_id, "timeout",
-                                 f"no confirm within {self._timeout:g}s (broker blocked?)")
+            return PublishResult(
+                event_id, "timeout", f"no confirm within {self._timeout:g}s (broker blocked?)"
+            )
         except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError) as exc:
             return PublishResult(event_id, "connection_lost", type(exc).__name__)
         return PublishResult(event_id, "confirmed")

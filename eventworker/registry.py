@@ -38,8 +38,12 @@ class Registration:
 
 def _plugin(ep: EntryPoint) -> Plugin:
     dist = ep.dist
-    return Plugin(entry_point=ep.name, value=ep.value,
-                  distribution=dist.name if dist else "?", version=dist.version if dist else "?")
+    return Plugin(
+        entry_point=ep.name,
+        value=ep.value,
+        distribution=dist.name if dist else "?",
+        version=dist.version if dist else "?",
+    )
 
 
 def _from_working_directory(ep: EntryPoint) -> bool:
@@ -73,10 +77,16 @@ def handlers_of(obj: object, plugin: Plugin) -> list[Handler]:
         found = {id(v): v for v in vars(obj).values() if isinstance(v, Handler)}
         if found:
             return list(found.values())
-        raise RegistryError(f"module {obj.__name__} defines no @handler",
-                            entry_point=plugin.entry_point, distribution=plugin.distribution)
-    raise RegistryError(f"{plugin.value} is a {type(obj).__name__}, not a @handler or a module",
-                        entry_point=plugin.entry_point, distribution=plugin.distribution)
+        raise RegistryError(
+            f"module {obj.__name__} defines no @handler",
+            entry_point=plugin.entry_point,
+            distribution=plugin.distribution,
+        )
+    raise RegistryError(
+        f"{plugin.value} is a {type(obj).__name__}, not a @handler or a module",
+        entry_point=plugin.entry_point,
+        distribution=plugin.distribution,
+    )
 
 
 def load(ep: EntryPoint) -> list[Registration]:
@@ -90,13 +100,17 @@ def load(ep: EntryPoint) -> list[Registration]:
     try:
         obj = ep.load()
     except Exception as exc:
-        raise RegistryError(f"cannot load {ep.value}: {type(exc).__name__}: {exc}",
-                            entry_point=ep.name, distribution=plugin.distribution) from exc
+        raise RegistryError(
+            f"cannot load {ep.value}: {type(exc).__name__}: {exc}",
+            entry_point=ep.name,
+            distribution=plugin.distribution,
+        ) from exc
     return [Registration(h, plugin) for h in handlers_of(obj, plugin)]
 
 
-def discover(*, plugins: Sequence[str] = (), names: Sequence[str] = (),
-             group: str = GROUP) -> list[Registration]:
+def discover(
+    *, plugins: Sequence[str] = (), names: Sequence[str] = (), group: str = GROUP
+) -> list[Registration]:
     """Every enabled handler of every installed plugin, validated.
 
     ``plugins`` limits to those entry-point names and ``names`` to those handler names (empty:
@@ -109,8 +123,9 @@ def discover(*, plugins: Sequence[str] = (), names: Sequence[str] = (),
     eps = [ep for ep in entry_points(group=group) if not _from_working_directory(ep)]
     unknown = set(plugins) - {ep.name for ep in eps}
     if unknown:
-        raise RegistryError(f"no installed plugin named {', '.join(sorted(unknown))} "
-                            f"in entry-point group {group!r}")
+        raise RegistryError(
+            f"no installed plugin named {', '.join(sorted(unknown))} in entry-point group {group!r}"
+        )
     registrations = [r for ep in eps if not plugins or ep.name in plugins for r in load(ep)]
     check_unique(registrations)
     if names:
@@ -134,7 +149,9 @@ def check_unique(registrations: Iterable[Registration]) -> None:
                     f"handler {key} is defined twice: by plugin {other.plugin.entry_point!r} "
                     f"({other.plugin.distribution}) and by plugin {reg.plugin.entry_point!r} "
                     f"({reg.plugin.distribution}); set name= (or queue=) on one of them",
-                    entry_point=reg.plugin.entry_point, distribution=reg.plugin.distribution)
+                    entry_point=reg.plugin.entry_point,
+                    distribution=reg.plugin.distribution,
+                )
 
 
 def own_version() -> str:

@@ -38,9 +38,15 @@ class DeadLetter:
 Decision = Ack | RetryIn | DeadLetter
 
 
-def decide(attempt: int, policy: RetryPolicy, error: BaseException | None, *,
-           tiers: tuple[float, ...], retry_on: tuple[type[BaseException], ...] = (),
-           give_up_on: tuple[type[BaseException], ...] = ()) -> Decision:
+def decide(
+    attempt: int,
+    policy: RetryPolicy,
+    error: BaseException | None,
+    *,
+    tiers: tuple[float, ...],
+    retry_on: tuple[type[BaseException], ...] = (),
+    give_up_on: tuple[type[BaseException], ...] = (),
+) -> Decision:
     """What happens after attempt ``attempt`` ended with ``error`` (None: success)."""
     match error:
         case None:
@@ -51,7 +57,9 @@ def decide(attempt: int, policy: RetryPolicy, error: BaseException | None, *,
             if attempt >= policy.max_attempts:
                 return DeadLetter("retry_requested")
             return RetryIn(tier_for(delay or policy.delay_after(attempt), tiers))
-    reason = "timeout" if isinstance(error, HandlerTimeoutError | asyncio.TimeoutError) else "exception"
+    reason = (
+        "timeout" if isinstance(error, HandlerTimeoutError | asyncio.TimeoutError) else "exception"
+    )
     if isinstance(error, give_up_on) or (retry_on and not isinstance(error, retry_on)):
         return DeadLetter("give_up")
     if attempt >= policy.max_attempts:

@@ -26,8 +26,9 @@ CONFIG_ENV = "EVENTWORKER_CONFIG"
 #: The TOML file read from the working directory when neither option nor variable names one.
 DEFAULT_CONFIG_FILE = "eventworker.toml"
 
-_USERINFO = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@",
-                       re.IGNORECASE)
+_USERINFO = re.compile(
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@", re.IGNORECASE
+)
 
 
 def redact_url(url: str) -> str:
@@ -81,8 +82,8 @@ class Settings(BaseSettings):
     heartbeat: int = Field(30, ge=0, le=3600)
     plugins: tuple[str, ...] = ()
     handlers: tuple[str, ...] = ()
-    retry: RetrySettings = RetrySettings()
-    retry_overrides: dict[str, RetrySettings] = {}
+    retry: RetrySettings = Field(default_factory=RetrySettings)
+    retry_overrides: dict[str, RetrySettings] = Field(default_factory=dict)
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("url")

@@ -72,7 +72,7 @@ def work_queue(prefix: str, handler_name: str, explicit: str | None = None) -> s
 
 
 def dead_letter_queue(queue: str) -> str:
-    """``<work queue>.dead``: durable, no TTL, no length limit; parked copies wait for an operator."""
+    """``<work queue>.dead``: durable, no TTL, no length limit; parked copies wait there."""
     return f"{queue}.dead"
 
 
@@ -87,15 +87,27 @@ def return_exchange(exchange: str) -> str:
     return f"{exchange}.return"
 
 
-def handler_queues(name: str, bindings: Iterable[str], *, prefix: str,
-                   queue: str | None = None) -> HandlerQueues:
+def handler_queues(
+    name: str, bindings: Iterable[str], *, prefix: str, queue: str | None = None
+) -> HandlerQueues:
     work = work_queue(prefix, name, queue)
-    return HandlerQueues(handler=name, queue=work, dead_letter_queue=dead_letter_queue(work),
-                         bindings=tuple(bindings))
+    return HandlerQueues(
+        handler=name,
+        queue=work,
+        dead_letter_queue=dead_letter_queue(work),
+        bindings=tuple(bindings),
+    )
 
 
-def plan(handlers: Iterable[HandlerQueues], *, exchange: str, prefix: str, queue_type: str,
-         delivery_limit: int, tiers: Iterable[float]) -> Plan:
+def plan(
+    handlers: Iterable[HandlerQueues],
+    *,
+    exchange: str,
+    prefix: str,
+    queue_type: str,
+    delivery_limit: int,
+    tiers: Iterable[float],
+) -> Plan:
     """Everything to declare for ``handlers``; idempotent to apply again."""
     back = return_exchange(exchange)
     queues: list[QueueDecl] = []
@@ -118,19 +130,28 @@ def plan(handlers: Iterable[HandlerQueues], *, exchange: str, prefix: str, queue
     for delay in sorted(set(tiers)):
         name = retry_queue(prefix, delay)
         retry_queues[delay] = name
-        queues.append(QueueDecl(name, {
-            "x-queue-type": "quorum",
-            "x-message-ttl": round(delay * 1000),
-            "x-dead-letter-exchange": back,
-            "x-dead-letter-strategy": "at-least-once",
-            "x-overflow": "reject-publish",
-        }))
+        queues.append(
+            QueueDecl(
+                name,
+                {
+                    "x-queue-type": "quorum",
+                    "x-message-ttl": round(delay * 1000),
+                    "x-dead-letter-exchange": back,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
+        )
     names = [q.name for q in queues]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
         raise BrokerError(f"two handlers would share queue(s) {', '.join(sorted(duplicates))}")
-    return Plan(exchanges=(ExchangeDecl(exchange, "topic"), ExchangeDecl(back, "headers")),
-                queues=tuple(queues), bindings=tuple(bindings), retry_queues=retry_queues)
+    return Plan(
+        exchanges=(ExchangeDecl(exchange, "topic"), ExchangeDecl(back, "headers")),
+        queues=tuple(queues),
+        bindings=tuple(bindings),
+        retry_queues=retry_queues,
+    )
 
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>\w+) '(?P<name>[^']+)'")
@@ -147,13 +168,15 @@ async def apply(plan: Plan, channel: AbstractChannel) -> None:
         exchanges = {}
         for ex in plan.exchanges:
             exchanges[ex.name] = await channel.declare_exchange(
-                ex.name, aio_pika.ExchangeType(ex.type), durable=True)
+                ex.name, aio_pika.ExchangeType(ex.type), durable=True
+            )
         for q in plan.queues:
             await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
         for b in plan.bindings:
             queue = await channel.get_queue(b.queue, ensure=False)
-            await queue.bind(exchanges[b.exchange], routing_key=b.routing_key,
-                             arguments=b.arguments or None)
+            await queue.bind(
+                exchanges[b.exchange], routing_key=b.routing_key, arguments=b.arguments or None
+            )
     except ChannelPreconditionFailed as exc:
         text = str(exc)
         match = _INEQUIVALENT.search(text)
@@ -163,7 +186,9 @@ async def apply(plan: Plan, channel: AbstractChannel) -> None:
             f"{match['kind']} {match['name']!r} exists with a different {match['arg']!r} than "
             f"eventworker declares ({text.split(' - ', 1)[-1]}); change the setting back, or "
             f"drain and delete the {match['kind']} so it can be declared anew",
-            queue=match["name"], argument=match["arg"]) from exc
+            queue=match["name"],
+            argument=match["arg"],
+        ) from exc
     except ChannelAccessRefused as exc:
         raise BrokerError(f"broker refused to declare the topology: {exc}") from exc
     except AMQPChannelError as exc:

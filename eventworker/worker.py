@@ -9,6 +9,7 @@ never stays up with a queue that has no consumer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from aiormq.exceptions import AMQPError
 from loguru import logger
 
 from eventworker import topology
-from eventworker.connection import connect
+from eventworker.connection import CHANNEL_GONE, connect
 from eventworker.dispatch import Dispatcher, Route
 from eventworker.errors import BrokerUnreachableError
 from eventworker.publisher import Publisher
@@ -58,24 +59,39 @@ def routes(registrations: Sequence[Registration], settings: Settings) -> list[Ro
     result = []
     for reg in registrations:
         h = reg.handler
-        queues = topology.handler_queues(h.name, h.bindings, prefix=settings.queue_prefix,
-                                         queue=h.queue)
+        queues = topology.handler_queues(
+            h.name, h.bindings, prefix=settings.queue_prefix, queue=h.queue
+        )
         concurrency = h.concurrency or settings.concurrency
         timeout = h.timeout or settings.handler_timeout or None
-        result.append(Route(handler=h, queue=queues.queue,
-                            dead_letter_queue=queues.dead_letter_queue, policy=policies[h.name],
-                            retry_queues=retry_queues, timeout=timeout, concurrency=concurrency,
-                            prefetch=settings.effective_prefetch(concurrency)))
+        result.append(
+            Route(
+                handler=h,
+                queue=queues.queue,
+                dead_letter_queue=queues.dead_letter_queue,
+                policy=policies[h.name],
+                retry_queues=retry_queues,
+                timeout=timeout,
+                concurrency=concurrency,
+                prefetch=settings.effective_prefetch(concurrency),
+            )
+        )
     return result
 
 
 def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.Plan:
     tiers = {d for r in route_list for d in r.retry_queues}
     return topology.plan(
-        [topology.HandlerQueues(r.handler.name, r.queue, r.dead_letter_queue, r.handler.bindings)
-         for r in route_list],
-        exchange=settings.exchange, prefix=settings.queue_prefix,
-        queue_type=settings.queue_type, delivery_limit=settings.delivery_limit, tiers=tiers)
+        [
+            topology.HandlerQueues(r.handler.name, r.queue, r.dead_letter_queue, r.handler.bindings)
+            for r in route_list
+        ],
+        exchange=settings.exchange,
+        prefix=settings.queue_prefix,
+        queue_type=settings.queue_type,
+        delivery_limit=settings.delivery_limit,
+        tiers=tiers,
+    )
 
 
 class Worker:
@@ -86,8 +102,13 @@ class Worker:
     reached at start or stays away longer than ``reconnect_timeout``.
     """
 
-    def __init__(self, registrations: Sequence[Registration], settings: Settings, *,
-                 reconnect_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        registrations: Sequence[Registration],
+        settings: Settings,
+        *,
+        reconnect_timeout: float = 300.0,
+    ) -> None:
         if not registrations:
             raise ValueError("a worker needs at least one handler")
         self.settings = settings
@@ -97,24 +118,22 @@ class Worker:
         self.state = State.STARTING
         self.reconnect_timeout = reconnect_timeout
         sync_slots = sum(r.concurrency for r in self.routes if not r.handler.is_async)
-        self.executor = ThreadPoolExecutor(max_workers=max(sync_slots, 1),
-                                           thread_name_prefix="eventworker-handler")
+        self.executor = ThreadPoolExecutor(
+            max_workers=max(sync_slots, 1), thread_name_prefix="eventworker-handler"
+        )
         self.interrupted = False
-        self._stop: asyncio.Event | None = None
-        self._ready: asyncio.Event | None = None
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
         self._waiting: set[asyncio.Task[Any]] = set()
         self._running: set[asyncio.Task[Any]] = set()
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
         """Begin a graceful drain (idempotent); safe to call from a signal handler."""
-        if self._stop is not None:
-            self._stop.set()
+        self._stop.set()
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait until every handler's queue has its consumer."""
-        while self._ready is None:
-            await asyncio.sleep(0.01)
         await asyncio.wait_for(self._ready.wait(), timeout)
 
     @property
@@ -125,8 +144,6 @@ class Worker:
     async def run(self, *, handle_signals: bool = False) -> None:
         """Serve until stopped, then drain. With ``handle_signals``, SIGTERM/SIGINT stop the
         worker gracefully and a second one cancels the drain at once."""
-        self._stop = asyncio.Event()
-        self._ready = asyncio.Event()
         if handle_signals:
             self._install_signals(asyncio.current_task())
         try:
@@ -148,34 +165,43 @@ class Worker:
                     if time.monotonic() - lost_since > self.reconnect_timeout:
                         raise BrokerUnreachableError(
                             f"broker unreachable for over {self.reconnect_timeout:g}s; giving "
-                            f"up: {exc}") from None
+                            f"up: {exc}"
+                        ) from None
                     logger.error("reconnect failed: {}; next try in {:g}s", exc, pause)
                     await self._sleep_unless_stopped(pause)
                     pause = min(pause * BACKOFF_FACTOR, BACKOFF_MAX)
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
+            # Our own second-signal cancel: the sessions' finally blocks closed the
+            # connections, so the broker has every unfinished message back. Return normally.
+            logger.warning("stopped without draining")
         finally:
             self.state = State.STOPPED
             self.executor.shutdown(wait=False, cancel_futures=True)
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
-        assert self._stop is not None
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
-        except TimeoutError:
-            pass
 
     def _install_signals(self, main: asyncio.Task[Any] | None) -> None:
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
-            if self.state is State.DRAINING or (self._stop and self._stop.is_set()):
-                logger.warning("second {}: stopping now, unfinished messages go back to the "
-                               "broker", signal.Signals(signum).name)
+            if self._stop.is_set():
+                logger.warning(
+                    "second {}: stopping now, unfinished messages go back to the broker",
+                    signal.Signals(signum).name,
+                )
                 self.interrupted = True
                 if main is not None:
                     main.cancel()
                 return
-            logger.info("{}: draining (grace {:g}s); send it again to stop at once",
-                        signal.Signals(signum).name, self.settings.grace)
+            logger.info(
+                "{}: draining (grace {:g}s); send it again to stop at once",
+                signal.Signals(signum).name,
+                self.settings.grace,
+            )
             self.stop()
 
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -183,24 +209,27 @@ class Worker:
 
     async def _session(self) -> None:
         """One connected period: declare, consume, wait for stop or loss; drain on stop."""
-        assert self._stop is not None and self._ready is not None
         s = self.settings
-        consuming = await connect(s.url, role="worker", timeout=s.connect_timeout,
-                                  heartbeat=s.heartbeat)
+        consuming = await connect(
+            s.url, role="worker", timeout=s.connect_timeout, heartbeat=s.heartbeat
+        )
         publishing: AbstractConnection | None = None
         try:
-            publishing = await connect(s.url, role="worker-publisher",
-                                       timeout=s.connect_timeout, heartbeat=s.heartbeat)
+            publishing = await connect(
+                s.url, role="worker-publisher", timeout=s.connect_timeout, heartbeat=s.heartbeat
+            )
             channel = await consuming.channel()
             await topology.apply(self.plan, channel)
             await channel.close()
-            publisher = await Publisher.open(publishing, s.exchange, source=None,
-                                             timeout=s.publish_timeout)
+            publisher = await Publisher.open(
+                publishing, s.exchange, source=None, timeout=s.publish_timeout
+            )
             lost = asyncio.Event()
-            for conn in (consuming, publishing):
-                conn.close_callbacks.add(lambda *_: lost.set())
-            consumers = [await self._subscribe(consuming, route, publisher, lost)
-                         for route in self.routes]
+            for live in (consuming, publishing):
+                live.close_callbacks.add(lambda *_: lost.set())
+            consumers = [
+                await self._subscribe(consuming, route, publisher, lost) for route in self.routes
+            ]
             if self.state is State.STARTING:
                 self._log_start()
             else:
@@ -218,13 +247,17 @@ class Worker:
         finally:
             for conn in (consuming, publishing):
                 if conn is not None and not conn.is_closed:
-                    try:
+                    # Closing a broken connection: the broker requeues regardless.
+                    with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
                         await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
-                    except (TimeoutError, AMQPError, ConnectionError, RuntimeError):
-                        pass  # closing a broken connection: the broker requeues regardless
 
-    async def _subscribe(self, connection: AbstractConnection, route: Route,
-                         publisher: Publisher, lost: asyncio.Event) -> _Consumer:
+    async def _subscribe(
+        self,
+        connection: AbstractConnection,
+        route: Route,
+        publisher: Publisher,
+        lost: asyncio.Event,
+    ) -> _Consumer:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=route.prefetch)
         # The broker cancels a consumer when its queue is deleted, and closes a channel on a
@@ -232,10 +265,14 @@ class Worker:
         channel.close_callbacks.add(lambda *_: lost.set())
         underlay = await channel.get_underlay_channel()
         underlay.on_consumer_cancel_callbacks.add(lambda *_: lost.set())
-        dispatcher = Dispatcher(route, moves=publisher, events=publisher,
-                                return_exchange=topology.return_exchange(self.settings.exchange),
-                                max_body_bytes=self.settings.max_body_bytes,
-                                executor=self.executor)
+        dispatcher = Dispatcher(
+            route,
+            moves=publisher,
+            events=publisher,
+            return_exchange=topology.return_exchange(self.settings.exchange),
+            max_body_bytes=self.settings.max_body_bytes,
+            executor=self.executor,
+        )
         slots = asyncio.Semaphore(route.concurrency)
 
         async def on_message(message: AbstractIncomingMessage) -> None:
@@ -268,37 +305,54 @@ class Worker:
         self.state = State.DRAINING
         started = time.monotonic()
         for consumer in consumers:
-            try:
+            # A dead channel has no consumer left to cancel.
+            with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
                 await asyncio.wait_for(consumer.queue.cancel(consumer.tag), CLOSE_TIMEOUT)
-            except (TimeoutError, AMQPError, ConnectionError, RuntimeError):
-                pass  # a dead channel has no consumer left to cancel
         for task in list(self._waiting):
             task.cancel()
         running = set(self._running)
         pending: set[asyncio.Task[Any]] = set()
         if running:
-            logger.info("waiting up to {:g}s for {} running handler(s)", self.settings.grace,
-                        len(running))
+            logger.info(
+                "waiting up to {:g}s for {} running handler(s)", self.settings.grace, len(running)
+            )
             _, pending = await asyncio.wait(running, timeout=self.settings.grace)
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=CLOSE_TIMEOUT) if pending else None
-        logger.info("drained in {:.1f}s: {} finished, {} unfinished handed back to the broker",
-                    time.monotonic() - started, len(running) - len(pending), len(pending))
+        logger.info(
+            "drained in {:.1f}s: {} finished, {} unfinished handed back to the broker",
+            time.monotonic() - started,
+            len(running) - len(pending),
+            len(pending),
+        )
 
     def _log_start(self) -> None:
         s = self.settings
-        logger.info("worker connected to {}: exchange {!r}, {} handler(s), {} queue type, "
-                    "grace {:g}s", s.redacted_url(), s.exchange, len(self.routes), s.queue_type,
-                    s.grace)
+        logger.info(
+            "worker connected to {}: exchange {!r}, {} handler(s), {} queue type, grace {:g}s",
+            s.redacted_url(),
+            s.exchange,
+            len(self.routes),
+            s.queue_type,
+            s.grace,
+        )
         by_name = {r.handler.name: r.plugin for r in self.registrations}
         for route in self.routes:
             plugin = by_name[route.handler.name]
             p = route.policy
             logger.info(
                 "handler {} from {} {} (plugin {}): queue {} bound to {}; concurrency {}, "
-                "prefetch {}, timeout {}, retry {}x after {}s", route.handler.name,
-                plugin.distribution, plugin.version, plugin.entry_point, route.queue,
-                ", ".join(route.handler.bindings), route.concurrency, route.prefetch,
-                f"{route.timeout:g}s" if route.timeout else "none", p.max_attempts,
-                "/".join(f"{d:g}" for d in p.delays))
+                "prefetch {}, timeout {}, retry {}x after {}s",
+                route.handler.name,
+                plugin.distribution,
+                plugin.version,
+                plugin.entry_point,
+                route.queue,
+                ", ".join(route.handler.bindings),
+                route.concurrency,
+                route.prefetch,
+                f"{route.timeout:g}s" if route.timeout else "none",
+                p.max_attempts,
+                "/".join(f"{d:g}" for d in p.delays),
+            )

@@ -1,7 +1,9 @@
-"""Example handlers: one succeeds, one fails twice then succeeds, one always fails, one
-validates its payload with a model and publishes a follow-up event."""
+"""Example handlers: one succeeds, one fails twice then succeeds, one always fails, one is
+slow, one validates its payload with a model and publishes a follow-up event."""
 
 from __future__ import annotations
+
+import asyncio
 
 from pydantic import BaseModel
 
@@ -29,22 +31,39 @@ async def flaky(event: Event[object], ctx: Context) -> None:
 
 @handler("demo.broken", retry=RetryPolicy(max_attempts=3, delays=(1,)))
 def broken(event: Event[object], ctx: Context) -> None:
-    """Always fails (a sync handler, run in a thread): three attempts, then the dead-letter queue."""
+    """Always fails (a sync handler, run in a thread): 3 attempts, then the dead-letter queue."""
     raise RuntimeError("this handler always fails")
 
 
-@handler("orders.created", "orders.*.created", model=OrderCreated,
-         retry=RetryPolicy(max_attempts=4, delays=(1, 10, 60)), concurrency=8, timeout=30)
+@handler("demo.slow", timeout=120)
+async def slow(event: Event[dict[str, float]], ctx: Context) -> None:
+    """Sleeps ``seconds`` (default 1): shows a graceful drain waiting for running handlers."""
+    seconds = float(event.data.get("seconds", 1))
+    ctx.logger.info("working for {}s", seconds)
+    await asyncio.sleep(seconds)
+    ctx.logger.info("done after {}s", seconds)
+
+
+@handler(
+    "orders.created",
+    "orders.*.created",
+    model=OrderCreated,
+    retry=RetryPolicy(max_attempts=4, delays=(1, 10, 60)),
+    concurrency=8,
+    timeout=30,
+)
 async def bill_order(event: Event[OrderCreated], ctx: Context) -> None:
     """Validates the payload (a bad one is dead-lettered at once); publishes billing.charged."""
     if event.data.total < 0:
         raise Reject("negative total")
-    await ctx.publish("billing.charged", {"order_id": event.data.order_id,
-                                          "amount": event.data.total})
+    await ctx.publish(
+        "billing.charged", {"order_id": event.data.order_id, "amount": event.data.total}
+    )
 
 
 @handler("billing.charged")
 async def record_charge(event: Event[dict[str, object]], ctx: Context) -> None:
     """Receives the follow-up event; its causation id is the order event's id."""
-    ctx.logger.info("charged order {} (caused by {})", event.data.get("order_id"),
-                    event.causation_id)
+    ctx.logger.info(
+        "charged order {} (caused by {})", event.data.get("order_id"), event.causation_id
+    )

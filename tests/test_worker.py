@@ -1,0 +1,160 @@
+"""The worker's lifecycle against the real broker: start, drain, conflicts, reconnection."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from typing import Any
+
+import pytest
+
+from eventworker import Context, Event, handler
+from eventworker.errors import BrokerUnreachableError, TopologyConflictError
+from eventworker.settings import Settings
+from eventworker.worker import State
+from tests.broker import Broker, running, wait_for
+
+
+async def test_stop_drains_running_handlers_and_hands_back_unstarted_ones(
+    broker: Broker, settings: Settings
+) -> None:
+    started: list[str] = []
+    finished: list[str] = []
+    release = asyncio.Event()
+
+    @handler("drain.event", concurrency=2)
+    async def slow(event: Event[Any], ctx: Context) -> None:
+        started.append(event.id)
+        await release.wait()
+        finished.append(event.id)
+
+    s = settings.model_copy(update={"prefetch": 10})
+    async with running(broker, [slow], s) as worker:
+        queue = worker.routes[0].queue
+        for n in range(6):
+            await broker.publish("drain.event", b"{}", message_id=f"m{n}")
+        await wait_for(lambda: len(started) == 2)
+        worker.stop()
+        await wait_for(lambda: worker.state is State.DRAINING)
+        await asyncio.sleep(0.2)
+        release.set()
+    assert len(started) == 2, "no handler may start once draining began"
+    assert sorted(finished) == sorted(started)
+    # The two that ran were acked; the four prefetched but unstarted went back to the queue.
+    assert await broker.count(queue) == 4
+    assert await broker.count(f"{queue}.dead") == 0
+
+
+async def test_handlers_still_running_after_the_grace_are_left_for_redelivery(
+    broker: Broker, settings: Settings
+) -> None:
+    @handler("hang.event")
+    async def hangs(event: Event[Any], ctx: Context) -> None:
+        await asyncio.sleep(3600)
+
+    s = settings.model_copy(update={"grace": 0.5})
+    async with running(broker, [hangs], s) as worker:
+        await broker.publish("hang.event", b"{}", message_id="h1")
+        await wait_for(lambda: worker.in_flight == 1)
+    queue = worker.routes[0].queue
+    redelivered = await broker.take_all(queue, expect=1)
+    assert [m.message_id for m in redelivered] == ["h1"]
+    assert redelivered[0].redelivered
+    assert "x-eventworker-attempt" not in (redelivered[0].headers or {})
+    assert await broker.count(f"{queue}.dead") == 0
+
+
+async def test_a_queue_declared_with_other_arguments_stops_start_up_naming_it(
+    broker: Broker, settings: Settings
+) -> None:
+    @handler("conflict.event")
+    async def conflicted(event: Event[Any], ctx: Context) -> None:
+        pass
+
+    queue = f"{settings.queue_prefix}conflicted"
+    channel = await broker.connection.channel()
+    await channel.declare_queue(queue, durable=True, arguments={"x-queue-type": "classic"})
+    await channel.close()
+    with pytest.raises(TopologyConflictError) as caught:
+        async with running(broker, [conflicted], settings):
+            pass
+    assert caught.value.queue == queue
+    assert caught.value.argument.startswith("x-")
+    assert queue in str(caught.value)
+
+
+async def test_an_unreachable_broker_at_start_is_an_error_without_the_password(
+    broker: Broker, settings: Settings
+) -> None:
+    @handler("never.event")
+    async def never(event: Event[Any], ctx: Context) -> None:
+        pass
+
+    bad = settings.model_copy(
+        update={"url": type(settings.url)("amqp://guest:CANARY-p4ss-7d2e@127.0.0.1:1/")}
+    )
+    with pytest.raises(BrokerUnreachableError) as caught:
+        async with running(broker, [never], bad):
+            pass
+    assert "CANARY" not in str(caught.value)
+    assert "guest:***@127.0.0.1:1" in str(caught.value)
+
+
+def _rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", *args], check=True, capture_output=True, text=True, timeout=60
+    ).stdout
+
+
+needs_rabbitmqctl = pytest.mark.skipif(
+    subprocess.run(["sh", "-c", "command -v rabbitmqctl"], capture_output=True).returncode != 0,
+    reason="needs rabbitmqctl for the broker under test",
+)
+
+
+@needs_rabbitmqctl
+async def test_a_deleted_queue_is_declared_again_and_consumed(
+    broker: Broker, settings: Settings
+) -> None:
+    seen: list[str] = []
+
+    @handler("deleted.event")
+    async def survivor(event: Event[Any], ctx: Context) -> None:
+        seen.append(event.id)
+
+    async with running(broker, [survivor], settings) as worker:
+        queue = worker.routes[0].queue
+        _rabbitmqctl("delete_queue", queue)
+        await wait_for(lambda: worker.state is not State.RUNNING, timeout=10)
+        await worker.wait_ready(20)
+        await broker.publish("deleted.event", b"{}", message_id="after")
+        await wait_for(lambda: seen == ["after"])
+        assert await broker.consumers(queue) == 1
+
+
+@needs_rabbitmqctl
+async def test_a_closed_connection_is_reopened_and_consumers_restored(
+    broker: Broker, settings: Settings
+) -> None:
+    seen: list[str] = []
+
+    @handler("closed.event")
+    async def survivor(event: Event[Any], ctx: Context) -> None:
+        seen.append(event.id)
+
+    async with running(broker, [survivor], settings) as worker:
+        listing = _rabbitmqctl("list_connections", "pid", "client_properties", "-q")
+        ours = [
+            line.split("\t")[0]
+            for line in listing.splitlines()
+            if "eventworker worker " in line and f":{os.getpid()}" in line
+        ]
+        assert ours, listing
+        for pid in ours:
+            _rabbitmqctl("close_connection", pid, "test closes it")
+        await wait_for(lambda: worker.state is not State.RUNNING, timeout=10)
+        await worker.wait_ready(20)
+        await broker.publish("closed.event", b"{}", message_id="after")
+        await wait_for(lambda: seen == ["after"])
+        assert await broker.consumers(worker.routes[0].queue) == 1
