@@ -13,12 +13,14 @@ import contextlib
 import contextvars
 import dataclasses
 import socket
+import time
 import traceback
+from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -58,6 +60,21 @@ class Route:
         return tuple(sorted(self.retry_queues))
 
 
+class Observer(Protocol):
+    """Sees each delivery as it arrives and as it is settled (metrics implement this).
+
+    Called on the event loop for every message: must be quick and must not raise.
+    """
+
+    def received(self, route: Route, event: Event[Any]) -> None: ...
+
+    def settled(
+        self, route: Route, event: Event[Any], decision: Decision, *, moved: bool, seconds: float
+    ) -> None:
+        """``moved`` is False when the retry or parked copy could not be published and the
+        message went back to its queue instead; ``seconds`` is the time since receipt."""
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
@@ -74,6 +91,7 @@ class Dispatcher:
         return_exchange: str,
         max_body_bytes: int,
         executor: Executor,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.route = route
         self._moves = moves
@@ -81,30 +99,38 @@ class Dispatcher:
         self._return_exchange = return_exchange
         self._max_body_bytes = max_body_bytes
         self._executor = executor
+        self._observers = tuple(observers)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         route = self.route
+        received = time.monotonic()
         trusted = message.exchange == self._return_exchange
         event: Event[Any] = envelope.decode(
             message, None, trusted=trusted, max_attempts=route.policy.max_attempts
         )
+        for observer in self._observers:
+            observer.received(route, event)
         error: BaseException | None
+        decision: Decision
         try:
             event = dataclasses.replace(event, data=self._data(message))
         except EnvelopeError as exc:
             # Input that can never succeed: parked at once, attempts = 1.
-            await self._settle(message, event, exc, DeadLetter(exc.reason))
-            return
-        error = await self._run(event)
-        decision = decide(
-            event.attempt,
-            route.policy,
-            error,
-            tiers=route.tiers,
-            retry_on=route.handler.retry_on,
-            give_up_on=route.handler.give_up_on,
-        )
-        await self._settle(message, event, error, decision)
+            error, decision = exc, DeadLetter(exc.reason)
+        else:
+            error = await self._run(event)
+            decision = decide(
+                event.attempt,
+                route.policy,
+                error,
+                tiers=route.tiers,
+                retry_on=route.handler.retry_on,
+                give_up_on=route.handler.give_up_on,
+            )
+        moved = await self._settle(message, event, error, decision)
+        seconds = time.monotonic() - received
+        for observer in self._observers:
+            observer.settled(route, event, decision, moved=moved, seconds=seconds)
 
     def _data(self, message: AbstractIncomingMessage) -> Any:
         data = envelope.decode_body(
@@ -160,7 +186,9 @@ class Dispatcher:
         event: Event[Any],
         error: BaseException | None,
         decision: Decision,
-    ) -> None:
+    ) -> bool:
+        """Settle the delivery as ``decision`` says; False when its copy could not be moved
+        (the message went back to its queue instead)."""
         route = self.route
         name = route.handler.name
         match decision:
@@ -174,7 +202,7 @@ class Dispatcher:
                     {envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue},
                 )
                 if not await self._move(message, copy, route.retry_queues[delay]):
-                    return
+                    return False
                 logger.warning(
                     "{} attempt {}/{} of {} failed: {}; retry in {:g}s",
                     name,
@@ -197,7 +225,7 @@ class Dispatcher:
                     },
                 )
                 if not await self._move(message, copy, route.dead_letter_queue):
-                    return
+                    return False
                 logger.error(
                     "{} dead-lettered {} after attempt {} ({}): {}",
                     name,
@@ -214,6 +242,7 @@ class Dispatcher:
             logger.info(
                 "{} could not ack {}: channel closed; the broker will redeliver it", name, event.id
             )
+        return True
 
     async def _move(
         self, message: AbstractIncomingMessage, copy: aio_pika.Message, queue: str

@@ -24,7 +24,7 @@ from loguru import logger
 
 from eventworker import topology
 from eventworker.connection import CHANNEL_GONE, connect
-from eventworker.dispatch import Dispatcher, Route
+from eventworker.dispatch import Dispatcher, Observer, Route
 from eventworker.errors import BrokerUnreachableError
 from eventworker.publisher import Publisher
 from eventworker.registry import Registration
@@ -108,6 +108,7 @@ class Worker:
         settings: Settings,
         *,
         reconnect_timeout: float = 300.0,
+        observers: Sequence[Observer] = (),
     ) -> None:
         if not registrations:
             raise ValueError("a worker needs at least one handler")
@@ -117,6 +118,7 @@ class Worker:
         self.plan = topology_plan(self.routes, settings)
         self.state = State.STARTING
         self.reconnect_timeout = reconnect_timeout
+        self.observers = tuple(observers)
         sync_slots = sum(r.concurrency for r in self.routes if not r.handler.is_async)
         self.executor = ThreadPoolExecutor(
             max_workers=max(sync_slots, 1), thread_name_prefix="eventworker-handler"
@@ -272,6 +274,7 @@ class Worker:
             return_exchange=topology.return_exchange(self.settings.exchange),
             max_body_bytes=self.settings.max_body_bytes,
             executor=self.executor,
+            observers=self.observers,
         )
         slots = asyncio.Semaphore(route.concurrency)
 

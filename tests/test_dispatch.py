@@ -372,3 +372,44 @@ async def test_forged_attempt_headers_and_cc_do_not_leak_into_retries(
     assert "CC" not in retried
     # x-death now holds only the broker's record of the retry tier, not the forged entry.
     assert all("junk" not in death for death in retried["x-death"])
+
+
+class Recorder:
+    """An Observer that records what it sees."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.outcomes: list[tuple[str, str, bool]] = []
+
+    def received(self, route: Any, event: Event[Any]) -> None:
+        self.seen.append(event.id)
+
+    def settled(
+        self, route: Any, event: Event[Any], decision: Any, *, moved: bool, seconds: float
+    ) -> None:
+        assert seconds >= 0
+        self.outcomes.append((event.id, type(decision).__name__, moved))
+
+
+async def test_observers_see_every_delivery_and_how_it_was_settled(
+    broker: Broker, settings: Settings
+) -> None:
+    recorder = Recorder()
+
+    @handler("obs.event", retry=RetryPolicy(max_attempts=2, delays=(1,)))
+    async def observed(event: Event[Any], ctx: Context) -> None:
+        if event.id == "bad":
+            raise RuntimeError("fails")
+
+    async with running(broker, [observed], settings, observers=[recorder]):
+        await broker.publish("obs.event", b"{}", message_id="good")
+        await broker.publish("obs.event", b"{}", message_id="bad")
+        await broker.publish("obs.event", b"nope", message_id="junk")
+        await wait_for(lambda: len(recorder.outcomes) == 4, timeout=15)
+    assert sorted(recorder.seen) == ["bad", "bad", "good", "junk"]
+    assert sorted(recorder.outcomes) == [
+        ("bad", "DeadLetter", True),
+        ("bad", "RetryIn", True),
+        ("good", "Ack", True),
+        ("junk", "DeadLetter", True),
+    ]
