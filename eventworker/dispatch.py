@@ -274,6 +274,8 @@ class Dispatcher:
             else None
         )
         headers = envelope.carried_headers(message.headers or {})
+        if event.causation_id:
+            headers[envelope.CAUSATION_ID] = event.causation_id
         headers.update(
             {
                 envelope.ROUTING_KEY: event.type,

@@ -239,7 +239,9 @@ def carried_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: v
         for k, v in headers.items()
-        if k.lower() not in _NOT_COPIED and not k.startswith(_OUR_PREFIX) and k != RETURN_TO
+        if k.lower() not in _NOT_COPIED
+        and not k.lower().startswith(_OUR_PREFIX)
+        and k.lower() != RETURN_TO
     }
 
 
@@ -264,10 +266,10 @@ def check_routing_key(key: str) -> None:
     """
     if not key:
         raise ValueError("the routing key is empty")
-    if len(key.encode("utf-8", "surrogateescape")) > 255:
-        raise ValueError("the routing key is longer than 255 bytes")
-    if any("\udc80" <= c <= "\udcff" for c in key):  # undecodable argv bytes
+    if any("\ud800" <= c <= "\udfff" for c in key):  # undecodable argv bytes, lone surrogates
         raise ValueError("the routing key is not valid UTF-8")
+    if len(key.encode("utf-8")) > 255:
+        raise ValueError("the routing key is longer than 255 bytes")
     if "*" in key or "#" in key:
         raise ValueError(
             f"the routing key {key!r} contains '*' or '#': those are binding "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -19,6 +20,11 @@ from eventworker.envelope import Event
 
 #: AMQP short strings (routing keys, queue names) are at most 255 bytes.
 MAX_SHORTSTR = 255
+
+
+def _positive(value: float) -> bool:
+    """A positive, finite number (NaN and infinity are refused)."""
+    return math.isfinite(value) and value > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,9 +40,10 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
             raise ValueError("RetryPolicy.max_attempts must be at least 1")
-        if not self.delays or any(d <= 0 for d in self.delays):
+        if not self.delays or not all(_positive(d) for d in self.delays):
             raise ValueError("RetryPolicy.delays must be one or more positive numbers of seconds")
-        object.__setattr__(self, "delays", tuple(float(d) for d in self.delays))
+        # Millisecond precision: retry queues are named and their TTLs set in milliseconds.
+        object.__setattr__(self, "delays", tuple(round(float(d), 3) for d in self.delays))
 
     def delay_after(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (1-based)."""
@@ -211,7 +218,7 @@ def handler(
         check_binding_key(key)
     if concurrency is not None and concurrency < 1:
         raise ValueError("concurrency must be at least 1")
-    if timeout is not None and timeout <= 0:
+    if timeout is not None and not _positive(timeout):
         raise ValueError("timeout must be positive")
     if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise ValueError("model must be a pydantic BaseModel subclass")

@@ -57,10 +57,12 @@ def decide(
             if attempt >= policy.max_attempts:
                 return DeadLetter("retry_requested")
             return RetryIn(tier_for(delay or policy.delay_after(attempt), tiers))
-    reason = (
-        "timeout" if isinstance(error, HandlerTimeoutError | asyncio.TimeoutError) else "exception"
-    )
-    if isinstance(error, give_up_on) or (retry_on and not isinstance(error, retry_on)):
+    timed_out = isinstance(error, HandlerTimeoutError | asyncio.TimeoutError)
+    reason = "timeout" if timed_out else "exception"
+    # A timeout is retried even with retry_on set: it says nothing about the input.
+    if isinstance(error, give_up_on) or (
+        retry_on and not timed_out and not isinstance(error, retry_on)
+    ):
         return DeadLetter("give_up")
     if attempt >= policy.max_attempts:
         return DeadLetter(reason)
@@ -70,8 +72,8 @@ def decide(
 def tier_for(delay: float, tiers: tuple[float, ...]) -> float:
     """The declared retry tier for ``delay``: the shortest not shorter than it, else the longest.
 
-    A message is never retried earlier than asked; ``Retry(delay=7)`` with tiers 1, 10 and 60
-    waits 10 seconds.
+    ``Retry(delay=7)`` with tiers 1, 10 and 60 waits 10 seconds; a delay longer than every
+    tier waits the longest (retry queues are declared up front, one per delay).
     """
     for tier in tiers:
         if tier >= delay:

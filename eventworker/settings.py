@@ -9,13 +9,15 @@ import os
 import re
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -26,8 +28,10 @@ CONFIG_ENV = "EVENTWORKER_CONFIG"
 #: The TOML file read from the working directory when neither option nor variable names one.
 DEFAULT_CONFIG_FILE = "eventworker.toml"
 
+#: The password runs to the *last* ``@``, as URL parsers read it: a password may hold an
+#: unencoded ``/`` or ``@``. A vhost with ``@`` in it is over-redacted, which is the safe side.
 _USERINFO = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<password>[^@/]*)@", re.IGNORECASE
+    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<password>\S*)@", re.IGNORECASE
 )
 
 
@@ -43,7 +47,7 @@ def redact_url(url: str) -> str:
 class RetrySettings(BaseModel):
     """A retry policy as the settings express it (``[retry]`` or ``[retry_overrides.NAME]``)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     max_attempts: int = Field(5, ge=1, le=1000)
     delays: tuple[float, ...] = Field((1.0, 10.0, 60.0, 300.0), min_length=1)
@@ -53,7 +57,7 @@ class RetrySettings(BaseModel):
     def _positive(cls, delays: tuple[float, ...]) -> tuple[float, ...]:
         if any(d <= 0 for d in delays):
             raise ValueError("every retry delay must be a positive number of seconds")
-        return delays
+        return tuple(round(d, 3) for d in delays)
 
 
 class Settings(BaseSettings):
@@ -65,6 +69,7 @@ class Settings(BaseSettings):
         extra="forbid",
         hide_input_in_errors=True,
         frozen=True,
+        allow_inf_nan=False,
     )
 
     url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
@@ -80,11 +85,19 @@ class Settings(BaseSettings):
     publish_timeout: float = Field(10.0, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
     heartbeat: int = Field(30, ge=0, le=3600)
-    plugins: tuple[str, ...] = ()
-    handlers: tuple[str, ...] = ()
+    plugins: Annotated[tuple[str, ...], NoDecode] = ()
+    handlers: Annotated[tuple[str, ...], NoDecode] = ()
     retry: RetrySettings = Field(default_factory=RetrySettings)
     retry_overrides: dict[str, RetrySettings] = Field(default_factory=dict)
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("plugins", "handlers", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        """``EVENTWORKER_HANDLERS=greet,flaky`` as well as a TOML array."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
 
     @field_validator("url")
     @classmethod
@@ -155,6 +168,8 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
         )
         source = f" (file {toml}, environment or options)" if toml else ""
         raise ConfigError(f"invalid settings{source}: {problems}") from None
+    except SettingsError as exc:  # an environment variable that does not parse
+        raise ConfigError(f"cannot read a setting from the environment: {exc}") from None
     except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError; it quotes no values
         raise ConfigError(f"cannot read config file {toml}: {exc}") from None
     finally:

@@ -4,7 +4,7 @@ Shape (RabbitMQ 3.10+, no plugins)::
 
     <exchange> (topic) --binding keys--> <prefix><handler>            work queue, per handler
     retry copy --> <prefix>retry.<delay>  (one fixed TTL per queue, shared by all handlers)
-         expiry --> <exchange>.return (headers) --x-eventworker-return-to=<work queue>--> work queue
+         expiry --> <exchange>.return (headers) --eventworker-return-to=<work queue>--> work queue
     parked copy --> <work queue>.dead                                 dead-letter queue
 
 Retry queues hold one delay each: RabbitMQ expires messages only at the head of a queue, so
@@ -120,8 +120,13 @@ def plan(
             "x-dead-letter-exchange": "",
             "x-dead-letter-routing-key": h.dead_letter_queue,
         }
-        if queue_type == "quorum" and delivery_limit:
-            args["x-delivery-limit"] = delivery_limit
+        if queue_type == "quorum":
+            # The broker's own dead-lettering is at-most-once unless told otherwise;
+            # at-least-once needs reject-publish (harmless here: work queues have no limit).
+            args["x-dead-letter-strategy"] = "at-least-once"
+            args["x-overflow"] = "reject-publish"
+            if delivery_limit:
+                args["x-delivery-limit"] = delivery_limit
         queues.append(QueueDecl(h.queue, args))
         queues.append(QueueDecl(h.dead_letter_queue, {"x-queue-type": queue_type}))
         bindings += [BindingDecl(h.queue, exchange, key) for key in h.bindings]

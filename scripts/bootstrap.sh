@@ -23,7 +23,17 @@ setup_venv() {
   if [ ! -x .venv/bin/python ]; then
     local py; py="$(pick_python)"
     say "creating .venv with $py"
-    "$py" -m venv .venv || { say "python venv module missing: apt-get install python3-venv"; return 1; }
+    if ! "$py" -m venv .venv 2>/dev/null; then
+      rm -rf .venv
+      if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing python3-venv from the OS packages"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+        "$py" -m venv .venv
+      else
+        say "the Python venv module is missing: sudo apt-get install python3-venv"; return 1
+      fi
+    fi
   fi
   # A stamp of the package metadata: skip pip when nothing changed since the last install.
   local stamp=.venv/.eventworker-installed

@@ -2,6 +2,9 @@
 # Set everything up and run every check: ruff (format and lint), mypy --strict, then the whole
 # test suite against a real RabbitMQ. Extra arguments go to pytest (e.g. -k retry, -m slow).
 set -euo pipefail
+# The tests use $EVENTWORKER_TEST_URL; make sure that is the broker the set-up checks.
+export EVENTWORKER_TEST_URL="${EVENTWORKER_TEST_URL:-${EVENTWORKER_URL:-amqp://guest:guest@localhost:5672/}}"
+export EVENTWORKER_URL="$EVENTWORKER_TEST_URL"
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 say "ruff"
 .venv/bin/ruff format --check eventworker tests examples benchmarks

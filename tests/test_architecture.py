@@ -1,0 +1,136 @@
+"""The package's shape: imports point down the layer table, foreign libraries stay at their
+boundaries, and ``__all__`` is the public API exactly."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+import eventworker
+
+PACKAGE = Path(eventworker.__file__).parent
+
+#: Each module of eventworker and its layer; a module imports only from strictly lower layers.
+LAYERS = {
+    "errors": 0,
+    "settings": 1,
+    "envelope": 1,
+    "handlers": 2,
+    "retry": 3,
+    "registry": 3,
+    "topology": 3,
+    "connection": 3,
+    "logs": 3,
+    "publisher": 4,
+    "dispatch": 5,
+    "worker": 6,
+    "cli": 7,
+    "__main__": 7,
+    "__init__": 7,
+}
+#: Same-layer imports that are the module's whole purpose: ``python -m eventworker`` runs the CLI.
+ALLOWED = {("__main__", "cli")}
+#: Third-party packages and the only modules that may import them.
+BOUNDARIES = {
+    "aio_pika": {"connection", "topology", "publisher", "dispatch", "worker"},
+    "aiormq": {"connection", "topology", "publisher", "dispatch", "worker"},
+    "click": {"cli"},
+    "importlib.metadata": {"registry"},
+    "importlib_metadata": {"registry"},
+}
+MODULES = sorted(p.stem for p in PACKAGE.glob("*.py"))
+
+
+def _imports(module: str) -> set[str]:
+    """Every module ``module`` imports, anywhere in its source, as absolute dotted names.
+
+    ``from eventworker import x`` counts as ``eventworker.x`` when x is a submodule and as the
+    package itself (``eventworker.__init__``) otherwise.
+    """
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text(encoding="utf-8"))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                base = "eventworker" + (f".{base}" if base else "")
+            if base == "eventworker":
+                found.update(
+                    f"eventworker.{a.name}" if a.name in MODULES else "eventworker.__init__"
+                    for a in node.names
+                )
+            elif base == "importlib":
+                found.update(f"importlib.{a.name}" for a in node.names)
+            else:
+                found.add(base)
+    return found
+
+
+def _internal(module: str) -> set[str]:
+    """The eventworker modules ``module`` imports (``__init__`` for the package itself)."""
+    imports = _imports(module)
+    return {name.split(".")[1] for name in imports if name.startswith("eventworker.")} | (
+        {"__init__"} if "eventworker" in imports else set()
+    )
+
+
+def test_every_module_of_the_package_has_a_layer() -> None:
+    assert set(MODULES) == set(LAYERS)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_a_module_imports_only_from_lower_layers(module: str) -> None:
+    upward = sorted(
+        f"{module} (L{LAYERS[module]}) imports {other} (L{LAYERS[other]})"
+        for other in _internal(module) - {module}
+        if LAYERS[other] >= LAYERS[module] and (module, other) not in ALLOWED
+    )
+    assert upward == []
+
+
+def test_the_package_init_never_imports_the_cli() -> None:
+    assert "cli" not in _internal("__init__")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_foreign_libraries_are_imported_only_at_their_boundaries(module: str) -> None:
+    misplaced = sorted(
+        name
+        for name in _imports(module)
+        for library, allowed in BOUNDARIES.items()
+        if (name == library or name.startswith(f"{library}.")) and module not in allowed
+    )
+    assert misplaced == []
+
+
+def test_the_import_scanner_sees_imports_inside_functions() -> None:
+    # cli imports the registry only inside a command, to keep --help fast.
+    assert "registry" in _internal("cli")
+
+
+def test_the_public_names_are_sorted_in_all() -> None:
+    assert eventworker.__all__ == sorted(eventworker.__all__)
+
+
+def test_every_name_in_all_resolves() -> None:
+    namespace: dict[str, object] = {}
+    exec("from eventworker import *", namespace)  # raises AttributeError for a missing name
+    assert set(eventworker.__all__) <= set(namespace)
+
+
+def test_all_lists_every_public_name_the_package_exports() -> None:
+    exported = {
+        name
+        for name, value in vars(eventworker).items()
+        if not name.startswith("_") and not isinstance(value, ModuleType)
+    }
+    assert exported == set(eventworker.__all__)
+
+
+def test_all_has_no_duplicates() -> None:
+    assert len(eventworker.__all__) == len(set(eventworker.__all__))
