@@ -7,8 +7,8 @@ export EVENTWORKER_TEST_URL="${EVENTWORKER_TEST_URL:-${EVENTWORKER_URL:-amqp://g
 export EVENTWORKER_URL="$EVENTWORKER_TEST_URL"
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 say "ruff"
-.venv/bin/ruff format --check eventworker tests examples benchmarks
-.venv/bin/ruff check eventworker tests examples benchmarks
+.venv/bin/ruff format --check .
+.venv/bin/ruff check .
 say "mypy --strict"
 .venv/bin/mypy
 say "pytest"
