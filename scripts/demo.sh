@@ -13,6 +13,9 @@ $EW run &
 worker=$!
 trap 'kill -TERM $worker 2>/dev/null; wait $worker' INT TERM
 sleep 3
+if ! kill -0 $worker 2>/dev/null; then
+  wait $worker; exit $?   # the worker could not start; its error is above
+fi
 say "publishing demo events"
 $EW publish demo.greet '{"name": "Ada"}'                          # acked
 $EW publish demo.flaky '{"job": 1}'                               # fails twice, then acked
