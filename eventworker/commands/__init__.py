@@ -1,0 +1,47 @@
+"""The commands of the ``eventworker`` CLI, one module each, and what they share.
+
+Heavy imports (aio-pika, the worker) happen inside the commands, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import click
+
+from eventworker.errors import EventworkerError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def config_option(func: F) -> F:
+    return click.option(
+        "--config",
+        "config",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="TOML settings file. Default: $EVENTWORKER_CONFIG, else ./eventworker.toml "
+        "if present.",
+    )(func)
+
+
+def url_option(func: F) -> F:
+    return click.option(
+        "--url",
+        default=None,
+        help="Broker URL, amqp://user:password@host:port/vhost. Prefer $EVENTWORKER_URL: "
+        "other users can read the command line.",
+    )(func)
+
+
+@contextmanager
+def errors() -> Iterator[None]:
+    """Every eventworker error becomes one line on stderr and its exit code."""
+    try:
+        yield
+    except EventworkerError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(int(exc.exit_code))
