@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from eventworker import envelope
 from eventworker.connection import connect
 from eventworker.errors import BrokerError, PublishError
+from eventworker.settings import TlsSettings
 
 Status = Literal["confirmed", "nacked", "unroutable", "timeout", "connection_lost"]
 
@@ -88,6 +89,7 @@ class Publisher:
         timeout: float = 10.0,
         connect_timeout: float = 10.0,
         heartbeat: int = 30,
+        tls: TlsSettings | None = None,
     ) -> AsyncIterator[Publisher]:
         """A publisher on a connection of its own, closed on exit.
 
@@ -97,7 +99,7 @@ class Publisher:
         """
         secret = url if isinstance(url, SecretStr) else SecretStr(url)
         connection = await connect(
-            secret, role="publisher", timeout=connect_timeout, heartbeat=heartbeat
+            secret, role="publisher", timeout=connect_timeout, heartbeat=heartbeat, tls=tls
         )
         try:
             yield await cls.open(connection, exchange, source=source, timeout=timeout)
@@ -226,7 +228,9 @@ class Publisher:
             return PublishResult(event_id, "nacked", "the broker refused it")
         except TimeoutError:
             return PublishResult(
-                event_id, "timeout", f"no confirm within {self._timeout:g}s (broker blocked?)"
+                event_id,
+                "timeout",
+                f"no confirm within {self._timeout:g}s (broker blocked by a resource alarm?)",
             )
         except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError) as exc:
             return PublishResult(event_id, "connection_lost", type(exc).__name__)

@@ -60,6 +60,18 @@ class RetrySettings(BaseModel):
         return tuple(round(d, 3) for d in delays)
 
 
+class TlsSettings(BaseModel):
+    """TLS for ``amqps://`` URLs (``[tls]``). The broker's certificate chain and host name are
+    verified by default; ``insecure`` turns both checks off and logs a warning."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
 class Settings(BaseSettings):
     """Every setting of eventworker; ``config.example.toml`` documents each one."""
 
@@ -85,6 +97,9 @@ class Settings(BaseSettings):
     publish_timeout: float = Field(10.0, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
     heartbeat: int = Field(30, ge=0, le=3600)
+    broker_consumer_timeout: float = Field(1800.0, ge=0)
+    watchdog_interval: float = Field(30.0, ge=0)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     plugins: Annotated[tuple[str, ...], NoDecode] = ()
     handlers: Annotated[tuple[str, ...], NoDecode] = ()
     retry: RetrySettings = Field(default_factory=RetrySettings)

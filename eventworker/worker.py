@@ -16,9 +16,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from aiormq.exceptions import AMQPError
 from loguru import logger
 
@@ -49,6 +55,7 @@ class State(Enum):
 class _Consumer:
     queue: AbstractQueue
     tag: str
+    channel: AbstractChannel
 
 
 def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:
@@ -126,6 +133,8 @@ class Worker:
         self.interrupted = False
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
+        #: The consumers of the current session (empty while not connected).
+        self.consumers: list[_Consumer] = []
         self._waiting: set[asyncio.Task[Any]] = set()
         self._running: set[asyncio.Task[Any]] = set()
 
@@ -213,12 +222,16 @@ class Worker:
         """One connected period: declare, consume, wait for stop or loss; drain on stop."""
         s = self.settings
         consuming = await connect(
-            s.url, role="worker", timeout=s.connect_timeout, heartbeat=s.heartbeat
+            s.url, role="worker", timeout=s.connect_timeout, heartbeat=s.heartbeat, tls=s.tls
         )
         publishing: AbstractConnection | None = None
         try:
             publishing = await connect(
-                s.url, role="worker-publisher", timeout=s.connect_timeout, heartbeat=s.heartbeat
+                s.url,
+                role="worker-publisher",
+                timeout=s.connect_timeout,
+                heartbeat=s.heartbeat,
+                tls=s.tls,
             )
             channel = await consuming.channel()
             await topology.apply(self.plan, channel)
@@ -229,7 +242,7 @@ class Worker:
             lost = asyncio.Event()
             for live in (consuming, publishing):
                 live.close_callbacks.add(lambda *_: lost.set())
-            consumers = [
+            consumers = self.consumers = [
                 await self._subscribe(consuming, route, publisher, lost) for route in self.routes
             ]
             if self.state is State.STARTING:
@@ -238,12 +251,16 @@ class Worker:
                 logger.info("reconnected: {} queue(s) consuming again", len(consumers))
             self.state = State.RUNNING
             self._ready.set()
-            stop_wait = asyncio.ensure_future(self._stop.wait())
-            lost_wait = asyncio.ensure_future(lost.wait())
-            await asyncio.wait({stop_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
-            stop_wait.cancel()
-            lost_wait.cancel()
+            waits = {
+                asyncio.ensure_future(self._stop.wait()),
+                asyncio.ensure_future(lost.wait()),
+                asyncio.ensure_future(self._watchdog(consuming, consumers, lost)),
+            }
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
             self._ready.clear()
+            self.consumers = []
             if self._stop.is_set():
                 await self._drain(consumers)
         finally:
@@ -297,7 +314,49 @@ class Worker:
 
         queue = await channel.get_queue(route.queue, ensure=False)
         tag = await queue.consume(on_message)
-        return _Consumer(queue, tag)
+        return _Consumer(queue, tag, channel)
+
+    async def _watchdog(
+        self, connection: AbstractConnection, consumers: list[_Consumer], lost: asyncio.Event
+    ) -> None:
+        """Every ``watchdog_interval`` seconds, check that each queue we serve still has our
+        consumer; if one lost it without any notice we saw, end the session so the next one
+        subscribes everything again. A worker never stays up with a queue nobody consumes."""
+        interval = self.settings.watchdog_interval
+        if not interval:
+            await lost.wait()
+            return
+        while not lost.is_set():
+            await asyncio.sleep(interval)
+            missing = await self._unserved(connection, consumers)
+            if missing:
+                logger.error(
+                    "watchdog: no consumer of ours on {}; subscribing again", ", ".join(missing)
+                )
+                lost.set()
+
+    async def _unserved(
+        self, connection: AbstractConnection, consumers: list[_Consumer]
+    ) -> list[str]:
+        """The queues among ``consumers`` that our consumer no longer serves."""
+        missing = []
+        probe = await connection.channel()
+        try:
+            for consumer in consumers:
+                underlay = cast(aiormq.Channel, await consumer.channel.get_underlay_channel())
+                if consumer.channel.is_closed or consumer.tag not in underlay.consumers:
+                    missing.append(consumer.queue.name)
+                    continue
+                declared = await probe.declare_queue(consumer.queue.name, passive=True)
+                if not declared.declaration_result.consumer_count:
+                    missing.append(consumer.queue.name)
+        except CHANNEL_GONE:
+            # The probe channel died: a queue was deleted (404) or the connection went.
+            missing.append("(queue gone or connection lost)")
+        finally:
+            with contextlib.suppress(*CHANNEL_GONE):
+                await probe.close()
+        return missing
 
     async def _drain(self, consumers: list[_Consumer]) -> None:
         """Stop consuming first, then let started handlers finish within the grace period.
@@ -341,6 +400,10 @@ class Worker:
             s.grace,
         )
         by_name = {r.handler.name: r.plugin for r in self.registrations}
+        for unknown in sorted(set(s.retry_overrides) - set(by_name)):
+            logger.warning(
+                "retry_overrides names {!r}, which is no handler of this worker", unknown
+            )
         for route in self.routes:
             plugin = by_name[route.handler.name]
             p = route.policy
@@ -359,3 +422,14 @@ class Worker:
                 p.max_attempts,
                 "/".join(f"{d:g}" for d in p.delays),
             )
+            limit = s.broker_consumer_timeout
+            if limit and (route.timeout is None or route.timeout >= limit):
+                # The broker closes the channel of a delivery unacked for longer than its
+                # consumer_timeout; every other in-flight message on it is redelivered.
+                logger.warning(
+                    "handler {}: timeout {} is not below the broker's consumer timeout {:g}s "
+                    "(broker_consumer_timeout): a long handling gets its channel closed",
+                    route.handler.name,
+                    f"{route.timeout:g}s" if route.timeout else "none",
+                    limit,
+                )

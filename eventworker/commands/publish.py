@@ -187,5 +187,6 @@ async def _publish_all(settings: Settings, outgoing: list[Any]) -> list[Any]:
         timeout=settings.publish_timeout,
         connect_timeout=settings.connect_timeout,
         heartbeat=settings.heartbeat,
+        tls=settings.tls,
     ) as publisher:
         return await publisher.send_many(outgoing)
