@@ -10,6 +10,7 @@ import asyncio
 import os
 import socket
 import ssl
+from collections.abc import Sequence
 
 import aio_pika
 from aio_pika.abc import AbstractConnection
@@ -23,7 +24,7 @@ from loguru import logger
 from pydantic import SecretStr
 
 from eventworker.errors import BrokerAuthError, BrokerUnreachableError
-from eventworker.settings import TlsSettings, redact_url
+from eventworker.settings import TlsSettings, redact_url, split_urls
 
 #: What an operation on a channel or connection that died under it raises.
 CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError)
@@ -57,21 +58,48 @@ def tls_context(tls: TlsSettings) -> ssl.SSLContext:
 
 
 async def connect(
-    url: SecretStr,
+    urls: SecretStr | Sequence[SecretStr],
     *,
     role: str,
     timeout: float,
     heartbeat: int,
     tls: TlsSettings | None = None,
 ) -> AbstractConnection:
-    """Open a plain (not "robust") connection: the worker owns reconnection, so that it can
-    verify topology and consumers after each one instead of trusting a hidden restore.
+    """Open a plain (not "robust") connection to the first broker of ``urls`` that answers.
+
+    Plain, because the worker owns reconnection: it verifies topology and consumers after each
+    one instead of trusting a hidden restore. ``urls`` is one URL, a comma-separated list or a
+    sequence (the nodes of a cluster); each is tried in turn, so a reconnect after a node loss
+    moves on to the next live node.
 
     Raises:
-        BrokerAuthError: credentials or virtual host refused.
-        BrokerUnreachableError: refused, timed out, unknown host, or a malformed URL.
+        BrokerAuthError: credentials or virtual host refused (not retried on other nodes: a
+            cluster shares its users).
+        BrokerUnreachableError: no broker answered; the message names each redacted URL.
     """
-    secret = url.get_secret_value()
+    candidates = (
+        [SecretStr(u) for u in split_urls(urls.get_secret_value())]
+        if isinstance(urls, SecretStr)
+        else list(urls)
+    )
+    failures = []
+    for url in candidates:
+        try:
+            return await _connect_one(
+                url.get_secret_value(), role=role, timeout=timeout, heartbeat=heartbeat, tls=tls
+            )
+        except BrokerUnreachableError as exc:
+            failures.append(exc)
+    if len(failures) == 1:
+        raise failures[0]
+    raise BrokerUnreachableError(
+        f"no broker of {len(failures)} answered: " + "; ".join(str(f) for f in failures)
+    )
+
+
+async def _connect_one(
+    secret: str, *, role: str, timeout: float, heartbeat: int, tls: TlsSettings | None
+) -> AbstractConnection:
     shown = redact_url(secret)
     context = tls_context(tls or TlsSettings()) if secret.lower().startswith("amqps:") else None
     try:

@@ -8,7 +8,7 @@ waiting for each one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -82,7 +82,7 @@ class Publisher:
     @asynccontextmanager
     async def connect(
         cls,
-        url: str | SecretStr,
+        url: str | SecretStr | Sequence[SecretStr],
         *,
         exchange: str,
         source: str | None = None,
@@ -97,9 +97,9 @@ class Publisher:
             BrokerUnreachableError, BrokerAuthError: the connection failed.
             BrokerError: the exchange does not exist.
         """
-        secret = url if isinstance(url, SecretStr) else SecretStr(url)
+        urls = SecretStr(url) if isinstance(url, str) else url
         connection = await connect(
-            secret, role="publisher", timeout=connect_timeout, heartbeat=heartbeat, tls=tls
+            urls, role="publisher", timeout=connect_timeout, heartbeat=heartbeat, tls=tls
         )
         try:
             yield await cls.open(connection, exchange, source=source, timeout=timeout)

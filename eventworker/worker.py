@@ -69,7 +69,8 @@ def routes(registrations: Sequence[Registration], settings: Settings) -> list[Ro
         queues = topology.handler_queues(
             h.name, h.bindings, prefix=settings.queue_prefix, queue=h.queue
         )
-        concurrency = h.concurrency or settings.concurrency
+        # One at a time keeps the order a single active consumer exists for.
+        concurrency = h.concurrency or (1 if h.single_active_consumer else settings.concurrency)
         timeout = h.timeout or settings.handler_timeout or None
         result.append(
             Route(
@@ -90,7 +91,13 @@ def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.P
     tiers = {d for r in route_list for d in r.retry_queues}
     return topology.plan(
         [
-            topology.HandlerQueues(r.handler.name, r.queue, r.dead_letter_queue, r.handler.bindings)
+            topology.HandlerQueues(
+                r.handler.name,
+                r.queue,
+                r.dead_letter_queue,
+                r.handler.bindings,
+                single_active_consumer=r.handler.single_active_consumer,
+            )
             for r in route_list
         ],
         exchange=settings.exchange,
@@ -98,6 +105,7 @@ def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.P
         queue_type=settings.queue_type,
         delivery_limit=settings.delivery_limit,
         tiers=tiers,
+        initial_group_size=settings.quorum_initial_group_size,
     )
 
 
@@ -221,14 +229,21 @@ class Worker:
     async def _session(self) -> None:
         """One connected period: declare, consume, wait for stop or loss; drain on stop."""
         s = self.settings
+        urls = s.urls()
+        names = ",".join(r.handler.name for r in self.routes)
+        names = names if len(names) <= 120 else names[:117] + "..."
         consuming = await connect(
-            s.url, role="worker", timeout=s.connect_timeout, heartbeat=s.heartbeat, tls=s.tls
+            urls,
+            role=f"worker [{names}]",
+            timeout=s.connect_timeout,
+            heartbeat=s.heartbeat,
+            tls=s.tls,
         )
         publishing: AbstractConnection | None = None
         try:
             publishing = await connect(
-                s.url,
-                role="worker-publisher",
+                urls,
+                role=f"worker-publisher [{names}]",
                 timeout=s.connect_timeout,
                 heartbeat=s.heartbeat,
                 tls=s.tls,

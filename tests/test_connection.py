@@ -56,3 +56,25 @@ async def test_a_wrong_password_is_an_auth_error(broker_url: str) -> None:
     with pytest.raises(BrokerAuthError) as caught:
         await connect(SecretStr(url), role="test", timeout=5, heartbeat=5)
     assert CANARY not in str(caught.value)
+
+
+async def test_a_list_of_brokers_connects_to_the_first_that_answers(broker_url: str) -> None:
+    dead = f"amqp://guest:{CANARY}@127.0.0.1:1/"
+    connection = await connect(
+        SecretStr(f"{dead},{broker_url}"), role="test", timeout=3, heartbeat=5
+    )
+    try:
+        assert not connection.is_closed
+        assert str(connection.url.port) == broker_url.rsplit(":", 1)[1].split("/")[0]
+    finally:
+        await connection.close()
+
+
+async def test_when_no_broker_of_a_list_answers_each_is_named_without_its_password() -> None:
+    urls = [SecretStr(f"amqp://u:{CANARY}@127.0.0.1:{port}/") for port in (1, 2)]
+    with pytest.raises(BrokerUnreachableError) as caught:
+        await connect(urls, role="test", timeout=3, heartbeat=5)
+    text = str(caught.value)
+    assert "no broker of 2 answered" in text
+    assert "127.0.0.1:1" in text and "127.0.0.1:2" in text
+    assert CANARY not in text
