@@ -20,7 +20,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -73,6 +73,13 @@ class Observer(Protocol):
     ) -> None:
         """``moved`` is False when the retry or parked copy could not be published and the
         message went back to its queue instead; ``seconds`` is the time since receipt."""
+
+    def published(self, route: Route, *, kind: PublishKind, status: str) -> None:
+        """A publish by this handling ended: a follow-up ``event``, a ``retry`` copy or a
+        ``dead_letter`` copy, ``confirmed`` or why not (``nacked``, ``unroutable``, ...)."""
+
+
+PublishKind = Literal["event", "retry", "dead_letter"]
 
 
 def _now() -> str:
@@ -156,7 +163,7 @@ class Dispatcher:
         """Run the handler; return what it raised (None on success). Cancellation propagates."""
         handler = self.route.handler
         loop = asyncio.get_running_loop()
-        ctx = Context(handler=handler.name, event=event, _publish=self._events.publish, _loop=loop)
+        ctx = Context(handler=handler.name, event=event, _publish=self._publish, _loop=loop)
         with logger.contextualize(
             handler=handler.name,
             event_id=event.id,
@@ -180,6 +187,19 @@ class Dispatcher:
                 return exc
         return None
 
+    async def _publish(self, routing_key: str, data: Any, **options: Any) -> None:
+        """``Context.publish``: a follow-up event, its outcome told to the observers."""
+        try:
+            await self._events.publish(routing_key, data, **options)
+        except PublishError as exc:
+            self._published("event", exc.status)
+            raise
+        self._published("event", "confirmed")
+
+    def _published(self, kind: PublishKind, status: str) -> None:
+        for observer in self._observers:
+            observer.published(self.route, kind=kind, status=status)
+
     async def _settle(
         self,
         message: AbstractIncomingMessage,
@@ -201,7 +221,7 @@ class Dispatcher:
                     error,
                     {envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue},
                 )
-                if not await self._move(message, copy, route.retry_queues[delay]):
+                if not await self._move(message, copy, route.retry_queues[delay], "retry"):
                     return False
                 logger.warning(
                     "{} attempt {}/{} of {} failed: {}; retry in {:g}s",
@@ -224,7 +244,7 @@ class Dispatcher:
                         envelope.HOST: _HOST,
                     },
                 )
-                if not await self._move(message, copy, route.dead_letter_queue):
+                if not await self._move(message, copy, route.dead_letter_queue, "dead_letter"):
                     return False
                 logger.error(
                     "{} dead-lettered {} after attempt {} ({}): {}",
@@ -245,13 +265,19 @@ class Dispatcher:
         return True
 
     async def _move(
-        self, message: AbstractIncomingMessage, copy: aio_pika.Message, queue: str
+        self,
+        message: AbstractIncomingMessage,
+        copy: aio_pika.Message,
+        queue: str,
+        kind: PublishKind,
     ) -> bool:
         """Publish ``copy`` to ``queue`` with a confirm; on failure hand the original back."""
         try:
             await self._moves.send_to_queue(copy, queue)
+            self._published(kind, "confirmed")
             return True
         except PublishError as exc:
+            self._published(kind, exc.status)
             logger.error("{}: {}; returning the message to its queue", self.route.handler.name, exc)
             await asyncio.sleep(REQUEUE_PAUSE)
             with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it
