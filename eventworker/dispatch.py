@@ -27,7 +27,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from loguru import logger
 from pydantic import ValidationError
 
-from eventworker import envelope
+from eventworker import envelope, logs, tracing
 from eventworker.connection import CHANNEL_GONE
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
@@ -119,22 +119,35 @@ class Dispatcher:
             observer.received(route, event)
         error: BaseException | None
         decision: Decision
-        try:
-            event = dataclasses.replace(event, data=self._data(message))
-        except EnvelopeError as exc:
-            # Input that can never succeed: parked at once, attempts = 1.
-            error, decision = exc, DeadLetter(exc.reason)
-        else:
-            error = await self._run(event)
-            decision = decide(
-                event.attempt,
-                route.policy,
-                error,
-                tiers=route.tiers,
-                retry_on=route.handler.retry_on,
-                give_up_on=route.handler.give_up_on,
-            )
-        moved = await self._settle(message, event, error, decision)
+        # The span and the log fields cover the whole handling, the settle's lines included.
+        with (
+            tracing.consuming(
+                handler=route.handler.name,
+                queue=route.queue,
+                event_id=event.id,
+                event_type=event.type,
+                attempt=event.attempt,
+                headers=event.headers,
+            ) as span,
+            logs.handling(route.handler.name, event, trace_id=span.trace_id),
+        ):
+            try:
+                event = dataclasses.replace(event, data=self._data(message))
+            except EnvelopeError as exc:
+                # Input that can never succeed: parked at once, attempts = 1.
+                error, decision = exc, DeadLetter(exc.reason)
+            else:
+                error = await self._run(event)
+                decision = decide(
+                    event.attempt,
+                    route.policy,
+                    error,
+                    tiers=route.tiers,
+                    retry_on=route.handler.retry_on,
+                    give_up_on=route.handler.give_up_on,
+                )
+            moved = await self._settle(message, event, error, decision)
+            span.record(outcome=type(decision).__name__, error=error)
         seconds = time.monotonic() - received
         for observer in self._observers:
             observer.settled(route, event, decision, moved=moved, seconds=seconds)
@@ -164,27 +177,21 @@ class Dispatcher:
         handler = self.route.handler
         loop = asyncio.get_running_loop()
         ctx = Context(handler=handler.name, event=event, _publish=self._publish, _loop=loop)
-        with logger.contextualize(
-            handler=handler.name,
-            event_id=event.id,
-            attempt=event.attempt,
-            correlation_id=event.correlation_id,
-        ):
-            try:
-                async with asyncio.timeout(self.route.timeout) as deadline:
-                    if handler.is_async:
-                        await handler(event, ctx)  # type: ignore[misc]  # is_async checked
-                    else:
-                        # A thread, so the event loop (heartbeats, acks) never blocks; the
-                        # context copy carries the log context into the thread.
-                        call = partial(contextvars.copy_context().run, handler.func, event, ctx)
-                        await loop.run_in_executor(self._executor, call)
-            except TimeoutError as exc:
-                if deadline.expired():
-                    return HandlerTimeoutError(f"handler ran longer than {self.route.timeout:g}s")
-                return exc
-            except Exception as exc:
-                return exc
+        try:
+            async with asyncio.timeout(self.route.timeout) as deadline:
+                if handler.is_async:
+                    await handler(event, ctx)  # type: ignore[misc]  # is_async checked
+                else:
+                    # A thread, so the event loop (heartbeats, acks) never blocks; the context
+                    # copy carries the log fields and the trace span into the thread.
+                    call = partial(contextvars.copy_context().run, handler.func, event, ctx)
+                    await loop.run_in_executor(self._executor, call)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return HandlerTimeoutError(f"handler ran longer than {self.route.timeout:g}s")
+            return exc
+        except Exception as exc:
+            return exc
         return None
 
     async def _publish(self, routing_key: str, data: Any, **options: Any) -> None:

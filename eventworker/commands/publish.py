@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import click
 import orjson
 
 from eventworker.commands import config_option, errors, url_option
+from eventworker.commands.progress import progress
 from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
 
@@ -145,7 +146,8 @@ def publish(
             for body in bodies
         ]
         started = time.perf_counter()
-        results = asyncio.run(_publish_all(settings, outgoing))
+        with progress(len(outgoing), label="publishing") as advance:
+            results = asyncio.run(_publish_all(settings, outgoing, lambda _: advance(1)))
         elapsed = time.perf_counter() - started
     failed = [r for r in results if not r.ok]
     confirmed = len(results) - len(failed)
@@ -177,7 +179,9 @@ def envelope_outgoing(
     )
 
 
-async def _publish_all(settings: Settings, outgoing: list[Any]) -> list[Any]:
+async def _publish_all(
+    settings: Settings, outgoing: list[Any], on_result: Callable[[Any], None]
+) -> list[Any]:
     from eventworker.publisher import Publisher
 
     async with Publisher.connect(
@@ -189,4 +193,4 @@ async def _publish_all(settings: Settings, outgoing: list[Any]) -> list[Any]:
         heartbeat=settings.heartbeat,
         tls=settings.tls,
     ) as publisher:
-        return await publisher.send_many(outgoing)
+        return await publisher.send_many(outgoing, on_result=on_result)
