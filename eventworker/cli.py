@@ -8,6 +8,7 @@ from eventworker.commands.handlers import list_handlers
 from eventworker.commands.plugins import list_plugins
 from eventworker.commands.publish import publish
 from eventworker.commands.run import run
+from eventworker.commands.status import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,5 +20,5 @@ def main() -> None:
     """
 
 
-for command in (run, publish, list_handlers, list_plugins):
+for command in (run, publish, status, list_handlers, list_plugins):
     main.add_command(command)

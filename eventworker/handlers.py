@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from loguru import logger as _root_logger
 from pydantic import BaseModel
 
+from eventworker import tracing
 from eventworker.envelope import Event
 
 #: AMQP short strings (routing keys, queue names) are at most 255 bytes.
@@ -84,10 +85,12 @@ class Context:
 
     @property
     def logger(self) -> Logger:
-        """A loguru logger bound to the handler name, event id, attempt and correlation id."""
+        """A loguru logger bound to the handler name, event id and type, attempt and
+        correlation id."""
         return _root_logger.bind(
             handler=self.handler,
             event_id=self.event.id,
+            event_type=self.event.type,
             attempt=self.event.attempt,
             correlation_id=self.event.correlation_id,
         )
@@ -102,20 +105,25 @@ class Context:
     ) -> None:
         """Publish a follow-up event and wait for the broker's confirm.
 
-        It carries this event's correlation id, and this event's id as its causation id.
+        It carries this event's correlation id, this event's id as its causation id, and its
+        W3C trace context (``traceparent``, ``tracestate``) unless ``headers`` set their own.
 
         Raises:
             eventworker.errors.PublishError: not confirmed (nacked, unroutable, timed out);
                 left unhandled, the handler's attempt fails and is retried per policy.
         """
-        await self._publish(
-            routing_key,
-            data,
-            id=id,
-            headers=headers,
-            correlation_id=self.event.correlation_id,
-            causation_id=self.event.id,
-        )
+        own = dict(headers or {})
+        with tracing.producing(routing_key, received=self.event.headers) as trace_headers:
+            # A handler's own traceparent wins, and the carried tracestate is not its state.
+            carried = {} if tracing.TRACEPARENT in own else trace_headers
+            await self._publish(
+                routing_key,
+                data,
+                id=id,
+                headers={**carried, **own} or None,
+                correlation_id=self.event.correlation_id,
+                causation_id=self.event.id,
+            )
 
     def publish_blocking(
         self,

@@ -8,7 +8,7 @@ waiting for each one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -183,14 +183,22 @@ class Publisher:
         return await self._confirmed(self._exchange, message, event.routing_key, event.id)
 
     async def send_many(
-        self, events: Iterable[Outgoing], *, window: int = DEFAULT_WINDOW
+        self,
+        events: Iterable[Outgoing],
+        *,
+        window: int = DEFAULT_WINDOW,
+        on_result: Callable[[PublishResult], None] | None = None,
     ) -> list[PublishResult]:
-        """Publish many events with up to ``window`` confirms in flight; results in order."""
+        """Publish many events with up to ``window`` confirms in flight; results in order.
+        ``on_result`` sees each result as it comes (a progress bar)."""
         slots = asyncio.Semaphore(window)
 
         async def one(event: Outgoing) -> PublishResult:
             try:
-                return await self.send(event)
+                result = await self.send(event)
+                if on_result is not None:
+                    on_result(result)
+                return result
             finally:
                 slots.release()
 

@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     retry_overrides: dict[str, RetrySettings] = Field(default_factory=dict)
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["pretty", "json"] = "pretty"
+    metrics_port: int = Field(0, ge=0, le=65_535)
+    metrics_host: str = Field("0.0.0.0", min_length=1)
+    metrics_poll_interval: float = Field(15.0, ge=0)
 
     @field_validator("plugins", "handlers", mode="before")
     @classmethod

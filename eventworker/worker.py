@@ -143,6 +143,8 @@ class Worker:
         self._ready = asyncio.Event()
         #: The consumers of the current session (empty while not connected).
         self.consumers: list[_Consumer] = []
+        #: Sessions that connected again after a loss (metrics read it).
+        self.reconnects = 0
         self._waiting: set[asyncio.Task[Any]] = set()
         self._running: set[asyncio.Task[Any]] = set()
 
@@ -158,6 +160,12 @@ class Worker:
     @property
     def in_flight(self) -> int:
         return len(self._running)
+
+    @property
+    def ready(self) -> bool:
+        """Connected, topology declared and every queue consumed; False while starting,
+        reconnecting, draining and stopped (``/readyz`` answers with it)."""
+        return self.state is State.RUNNING and self._ready.is_set() and not self._stop.is_set()
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self, *, handle_signals: bool = False) -> None:
@@ -263,6 +271,7 @@ class Worker:
             if self.state is State.STARTING:
                 self._log_start()
             else:
+                self.reconnects += 1
                 logger.info("reconnected: {} queue(s) consuming again", len(consumers))
             self.state = State.RUNNING
             self._ready.set()
