@@ -89,6 +89,8 @@ class Inbox:
         self.owner = owner_id()
         self.handlers: tuple[str, ...] = ()
         self._cleanup: asyncio.Task[None] | None = None
+        #: Tokens of claims whose handler's transaction committed the done mark already.
+        self._committed: set[str] = set()
 
     @property
     def transactional(self) -> bool:
@@ -191,6 +193,9 @@ class Inbox:
         A done mark that cannot be written is logged, not raised: the handler's effect has
         happened and the message is acked regardless; a later duplicate may run it again.
         """
+        if claim.token in self._committed:
+            self._committed.discard(claim.token)
+            return
         key = claim.key
         deadline = time.monotonic() + self.wait
         pause = FIRST_POLL
@@ -219,8 +224,12 @@ class Inbox:
     async def release(self, claim: Claim) -> None:
         """Drop the claim after a failed attempt so its retry can claim the event at once.
 
-        A failure is logged only: the claim then runs out with its lease.
+        A failure is logged only: the claim then runs out with its lease. After the handler's
+        transaction committed, the event is done and there is nothing to release.
         """
+        if claim.token in self._committed:
+            self._committed.discard(claim.token)
+            return
         try:
             await self._call(self.store.release(claim.key, token=claim.token))
         except InboxError as exc:
@@ -242,7 +251,13 @@ class Inbox:
             raise InboxError(
                 f"ctx.transaction() needs the PostgreSQL inbox; this worker's is {self.store.url}"
             )
-        return self.store.transaction(claim.key, token=claim.token)
+        return self._committing(self.store, claim)
+
+    @asynccontextmanager
+    async def _committing(self, store: TransactionalStore, claim: Claim) -> AsyncIterator[Any]:
+        async with store.transaction(claim.key, token=claim.token) as conn:
+            yield conn
+        self._committed.add(claim.token)
 
     async def _renew(self, claim: Claim) -> None:
         while True:

@@ -8,30 +8,14 @@ import collections
 from typing import Any
 
 from eventworker import Context, Event, RetryPolicy, handler
-from eventworker.dispatch import Route
 from eventworker.errors import InboxError
 from eventworker.idempotency import Claimed, Key, body_hash
 from eventworker.inbox_memory import MemoryStore
-from eventworker.retry import Decision
 from eventworker.settings import InboxSettings, Settings
 from tests.broker import Broker, running, wait_for
+from tests.inbox_worker import Decisions
 
 H = "x-eventworker-"
-
-
-class Decisions:
-    """An observer that counts settle decisions by kind (what metrics will export)."""
-
-    def __init__(self) -> None:
-        self.counts: collections.Counter[str] = collections.Counter()
-
-    def received(self, route: Route, event: Event[Any]) -> None:
-        pass
-
-    def settled(
-        self, route: Route, event: Event[Any], decision: Decision, *, moved: bool, seconds: float
-    ) -> None:
-        self.counts[type(decision).__name__] += 1
 
 
 def with_inbox(settings: Settings, **inbox: Any) -> Settings:
