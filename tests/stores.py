@@ -1,6 +1,8 @@
 """Test helpers for the inbox stores: where the real PostgreSQL and Redis are, and cleanup.
 
-PostgreSQL is the one at $EVENTWORKER_TEST_POSTGRES_URL, else postgres@127.0.0.1:5432/test;
+PostgreSQL is the one at $EVENTWORKER_TEST_POSTGRES_URL, else postgres@127.0.0.1:5432/test
+(password "postgres", which a trust-auth server ignores and scripts/bootstrap.sh sets on a
+PostgreSQL it installs);
 Redis the one at $EVENTWORKER_TEST_REDIS_URL, else 127.0.0.1:6379/0 (scripts/bootstrap.sh
 starts both when they are not running). When one cannot be reached, the tests of that store
 are skipped with the reason. Every test gets its own table name / key prefix and drops it.
@@ -21,7 +23,7 @@ from eventworker.settings import InboxSettings
 T = TypeVar("T")
 
 POSTGRES_URL = os.environ.get(
-    "EVENTWORKER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+    "EVENTWORKER_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test"
 )
 REDIS_URL = os.environ.get("EVENTWORKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 #: The stores that outlive a process (shared by worker processes), and all of them.
