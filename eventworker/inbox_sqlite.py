@@ -44,6 +44,12 @@ class SqliteStore(SqlStore):
     async def open(self, *, create: bool = True) -> None:
         if not create and not self.path.is_file():
             raise InboxError(f"no SQLite inbox at {self.path}")
+        if not self.path.parent.is_dir():
+            # Checked here rather than left to SQLite: its error says only "unable to open".
+            raise InboxError(
+                f"cannot open the SQLite inbox {self.path}: folder {self.path.parent} does not "
+                f"exist"
+            )
         try:
             self._db = await aiosqlite.connect(
                 self.path, isolation_level=None, timeout=BUSY_TIMEOUT

@@ -119,3 +119,21 @@ async def test_a_done_mark_that_cannot_be_written_is_logged_not_raised() -> None
     claim = await box.admit(K, b"{}")
     assert isinstance(claim, Claim)
     await box.complete(claim)  # gives up after the wait, without raising
+
+
+async def test_a_started_inbox_removes_entries_older_than_the_retention_by_itself() -> None:
+    store = MemoryStore()
+    box = Inbox(store, lease=5, wait=5, retention=0.2, cleanup_interval=0.05)
+    await box.start()
+    try:
+        claim = await box.admit(K, b"{}")
+        assert isinstance(claim, Claim)
+        await box.complete(claim)
+        assert [s.completed for s in await store.stats()] == [1]
+        deadline = time.monotonic() + 5
+        while await store.stats():
+            assert time.monotonic() < deadline, "the done entry was never cleaned up"
+            await asyncio.sleep(0.05)
+        assert isinstance(await box.admit(K, b"{}"), Claim), "gone: a late duplicate runs again"
+    finally:
+        await box.close()

@@ -194,7 +194,8 @@ class Rig:
 
     async def publish(self, events: list[tuple[str, bytes]]) -> None:
         s = self.settings
-        async with Publisher.connect(s.url, exchange=s.exchange) as publisher:
+        # A generous confirm timeout: the broker is shared with other tests on 2 cores.
+        async with Publisher.connect(s.url, exchange=s.exchange, timeout=120) as publisher:
             results = await publisher.send_many(
                 [Outgoing(ROUTING_KEY, body, event_id) for event_id, body in events]
             )
@@ -257,7 +258,7 @@ async def test_g1_duplicates_across_two_worker_processes_run_each_effect_once(ri
         st = await rig.stats()
         return st.completed == 1010 and st.duplicates == 2000
 
-    await until(settled)
+    await until(settled, timeout=300)
     dead = await rig.broker.take_all(f"{rig.queue}.dead", expect=10)
     decisions: collections.Counter[str] = collections.Counter()
     for w in workers:
