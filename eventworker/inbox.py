@@ -42,6 +42,7 @@ from eventworker.idempotency import (
     TransactionalStore,
     body_hash,
 )
+from eventworker.settings import redact_url
 
 #: Longest a single store operation may take before it counts as a failure.
 STORE_TIMEOUT = 10.0
@@ -294,12 +295,19 @@ class Inbox:
         """One store operation, bounded by :data:`STORE_TIMEOUT`.
 
         Raises:
-            InboxError: the store failed or did not answer in time.
+            InboxError: the store failed or did not answer in time. Anything else a store
+                raises becomes one too: a delivery must never die with an unexpected error
+                and stay unsettled.
         """
         try:
             async with asyncio.timeout(STORE_TIMEOUT):
                 return await operation
+        except InboxError:
+            raise
         except TimeoutError:
             raise InboxError(
                 f"the inbox at {self.store.url} did not answer within {STORE_TIMEOUT:g}s"
             ) from None
+        except Exception as exc:
+            detail = redact_url(f"{type(exc).__name__}: {exc}")
+            raise InboxError(f"the inbox at {self.store.url} failed: {detail}") from exc

@@ -80,6 +80,14 @@ async def test_a_failing_store_requeues_after_the_wait() -> None:
     assert await inbox(FailingStore(), wait=0.2).admit(K, b"{}") == Requeue("inbox_unavailable")
 
 
+async def test_an_unexpected_error_of_a_store_counts_as_the_store_failing() -> None:
+    class Buggy(MemoryStore):
+        async def claim(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
+            raise KeyError("a driver bug")
+
+    assert await inbox(Buggy(), wait=0.1).admit(K, b"{}") == Requeue("inbox_unavailable")
+
+
 async def test_the_same_id_with_another_body_is_a_conflict_naming_both_hashes() -> None:
     box = inbox()
     await box.admit(K, b'{"a": 1}')
