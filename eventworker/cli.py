@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from eventworker.commands.handlers import list_handlers
+from eventworker.commands.inbox import inbox
 from eventworker.commands.plugins import list_plugins
 from eventworker.commands.publish import publish
 from eventworker.commands.run import run
@@ -20,5 +21,5 @@ def main() -> None:
     """
 
 
-for command in (run, publish, status, list_handlers, list_plugins):
+for command in (run, publish, status, list_handlers, list_plugins, inbox):
     main.add_command(command)

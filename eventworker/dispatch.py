@@ -15,8 +15,9 @@ import dataclasses
 import socket
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -30,8 +31,15 @@ from pydantic import ValidationError
 from eventworker import envelope, logs, tracing
 from eventworker.connection import CHANNEL_GONE
 from eventworker.envelope import Event
-from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
+from eventworker.errors import (
+    EnvelopeError,
+    HandlerTimeoutError,
+    IdempotencyConflictError,
+    PublishError,
+)
 from eventworker.handlers import Context, Handler, RetryPolicy
+from eventworker.idempotency import CONFLICT_REASON, Duplicate, Key, Requeue
+from eventworker.inbox import Claim, Inbox
 from eventworker.logs import one_line
 from eventworker.publisher import Publisher
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn, decide
@@ -54,6 +62,7 @@ class Route:
     timeout: float | None
     concurrency: int
     prefetch: int
+    idempotent: bool = False
 
     @property
     def tiers(self) -> tuple[float, ...]:
@@ -63,7 +72,9 @@ class Route:
 class Observer(Protocol):
     """Sees each delivery as it arrives and as it is settled (metrics implement this).
 
-    Called on the event loop for every message: must be quick and must not raise.
+    Called on the event loop for every message: must be quick and must not raise. A
+    ``Duplicate`` decision is a duplicate an idempotent handler skipped; ``Requeue``, one
+    handed back to its queue because another worker held it.
     """
 
     def received(self, route: Route, event: Event[Any]) -> None: ...
@@ -99,6 +110,7 @@ class Dispatcher:
         max_body_bytes: int,
         executor: Executor,
         observers: Sequence[Observer] = (),
+        inbox: Inbox | None = None,
     ) -> None:
         self.route = route
         self._moves = moves
@@ -107,6 +119,7 @@ class Dispatcher:
         self._max_body_bytes = max_body_bytes
         self._executor = executor
         self._observers = tuple(observers)
+        self._inbox = inbox if route.idempotent else None
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         route = self.route
@@ -137,15 +150,11 @@ class Dispatcher:
                 # Input that can never succeed: parked at once, attempts = 1.
                 error, decision = exc, DeadLetter(exc.reason)
             else:
-                error = await self._run(event)
-                decision = decide(
-                    event.attempt,
-                    route.policy,
-                    error,
-                    tiers=route.tiers,
-                    retry_on=route.handler.retry_on,
-                    give_up_on=route.handler.give_up_on,
-                )
+                if self._inbox is not None:
+                    error, decision = await self._run_once(self._inbox, event, message.body)
+                else:
+                    error = await self._run(event)
+                    decision = self._decide(event, error)
             moved = await self._settle(message, event, error, decision)
             span.record(outcome=type(decision).__name__, error=error)
         seconds = time.monotonic() - received
@@ -172,11 +181,53 @@ class Dispatcher:
             )
             raise EnvelopeError("schema_error", f"{model.__name__}: {problems}") from None
 
-    async def _run(self, event: Event[Any]) -> BaseException | None:
+    def _decide(self, event: Event[Any], error: BaseException | None) -> Decision:
+        route = self.route
+        return decide(
+            event.attempt,
+            route.policy,
+            error,
+            tiers=route.tiers,
+            retry_on=route.handler.retry_on,
+            give_up_on=route.handler.give_up_on,
+        )
+
+    async def _run_once(
+        self, inbox: Inbox, event: Event[Any], body: bytes
+    ) -> tuple[BaseException | None, Decision]:
+        """Run an idempotent handler under its claim in the inbox: a duplicate is skipped, a
+        conflicting body dead-lettered; success marks the event done before the ack, failure
+        releases the claim so the retry can take it."""
+        admission = await inbox.admit(Key(self.route.handler.name, event.id), body)
+        if not isinstance(admission, Claim):
+            if isinstance(admission, IdempotencyConflictError):
+                return admission, DeadLetter(CONFLICT_REASON)
+            return None, admission
+        async with inbox.holding(admission):
+            error = await self._run(event, transaction=partial(inbox.transaction, admission))
+        decision = self._decide(event, error)
+        if isinstance(decision, Ack):
+            await inbox.complete(admission)
+        else:
+            await inbox.release(admission)
+        return error, decision
+
+    async def _run(
+        self,
+        event: Event[Any],
+        *,
+        transaction: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> BaseException | None:
         """Run the handler; return what it raised (None on success). Cancellation propagates."""
         handler = self.route.handler
         loop = asyncio.get_running_loop()
-        ctx = Context(handler=handler.name, event=event, _publish=self._publish, _loop=loop)
+        ctx = Context(
+            handler=handler.name,
+            event=event,
+            _publish=self._publish,
+            _loop=loop,
+            _transaction=transaction,
+        )
         try:
             async with asyncio.timeout(self.route.timeout) as deadline:
                 if handler.is_async:
@@ -221,6 +272,13 @@ class Dispatcher:
         match decision:
             case Ack():
                 logger.debug("{} handled {} [{}]", name, event.id, one_line(event.type, 100))
+            case Duplicate():
+                logger.debug("{} skipped {}: a duplicate of a handled event", name, event.id)
+            case Requeue(reason=reason):
+                logger.info("{} handed {} back to its queue unrun ({})", name, event.id, reason)
+                with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it
+                    await message.nack(requeue=True)
+                return True
             case RetryIn(delay=delay):
                 copy = self._copy(
                     message,

@@ -37,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from eventworker import stats, topology
 from eventworker.dispatch import Route
 from eventworker.envelope import Event
+from eventworker.idempotency import Duplicate, Requeue
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn
 from eventworker.settings import Settings
 
@@ -58,7 +59,13 @@ PUBLISH_STATUSES = ("confirmed", "nacked", "unroutable", "timeout", "connection_
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 #: Message ages: the AMQP timestamp has whole seconds; retries make ages of hours plausible.
 AGE_BUCKETS = (1, 2, 5, 10, 30, 60, 120, 300, 900, 1800, 3600, 7200, 21600, 86400)
-_OUTCOMES = {Ack: "ack", RetryIn: "retry", DeadLetter: "dead_letter"}
+_OUTCOMES = {
+    Ack: "ack",
+    RetryIn: "retry",
+    DeadLetter: "dead_letter",
+    Duplicate: "duplicate",
+    Requeue: "requeued",
+}
 
 
 class WorkerView(Protocol):
@@ -190,6 +197,10 @@ class Metrics:
                 self.retried_total.labels(name, topology.delay_label(delay)).inc()
             case DeadLetter(reason=reason):
                 self.dead_lettered_total.labels(name, reason).inc()
+            case Duplicate():
+                self.duplicate(route)
+            case Requeue():
+                self.requeued_total.labels(name).inc()
 
     def published(self, route: Route, *, kind: str, status: str) -> None:
         self.publishes_total.labels(route.handler.name, kind, status).inc()

@@ -85,6 +85,40 @@ class TlsSettings(BaseModel):
     insecure: bool = False
 
 
+#: Store URL schemes of the inbox (``postgres`` is an alias of ``postgresql``).
+INBOX_SCHEMES = ("sqlite", "postgresql", "postgres", "redis", "rediss", "memory")
+
+
+class InboxSettings(BaseModel):
+    """The inbox of idempotent handlers (``[inbox]``); docs/idempotency.md explains each."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, hide_input_in_errors=True
+    )
+
+    url: SecretStr = SecretStr("sqlite:///eventworker-inbox.db")
+    name: str = Field("eventworker_inbox", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
+    idempotent: bool = False
+    lease: float = Field(30.0, gt=0)
+    wait: float = Field(60.0, gt=0)
+    retention: float = Field(604_800.0, gt=0)
+    cleanup_interval: float = Field(3600.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, url: SecretStr) -> SecretStr:
+        scheme = url.get_secret_value().partition("://")[0].lower()
+        if scheme not in INBOX_SCHEMES or "://" not in url.get_secret_value():
+            raise ValueError(
+                "the inbox URL must start with sqlite:///, postgresql://, redis://, rediss:// "
+                "or memory://"
+            )
+        return url
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url.get_secret_value())
+
+
 class Settings(BaseSettings):
     """Every setting of eventworker; ``config.example.toml`` documents each one."""
 
@@ -119,6 +153,7 @@ class Settings(BaseSettings):
     handlers: Annotated[tuple[str, ...], NoDecode] = ()
     retry: RetrySettings = Field(default_factory=RetrySettings)
     retry_overrides: dict[str, RetrySettings] = Field(default_factory=dict)
+    inbox: InboxSettings = Field(default_factory=InboxSettings)
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["pretty", "json"] = "pretty"
     metrics_port: int = Field(0, ge=0, le=65_535)

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Set everything up and run every check: ruff (format and lint), mypy --strict, then the whole
-# test suite against a real RabbitMQ. Extra arguments go to pytest (e.g. -k retry, -m slow).
+# test suite against a real RabbitMQ, PostgreSQL and Redis (the inbox stores). Extra arguments
+# go to pytest (e.g. -k retry, -m slow).
 set -euo pipefail
 # The tests use $EVENTWORKER_TEST_URL; make sure that is the broker the set-up checks.
 export EVENTWORKER_TEST_URL="${EVENTWORKER_TEST_URL:-${EVENTWORKER_URL:-amqp://guest:guest@localhost:5672/}}"
 export EVENTWORKER_URL="$EVENTWORKER_TEST_URL"
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
+ensure_inbox_stores
 say "ruff"
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .

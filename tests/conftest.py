@@ -11,12 +11,14 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 
-from eventworker.settings import Settings, load_settings
+from eventworker.settings import InboxSettings, Settings, load_settings
+from tests import stores
 from tests.broker import Broker
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
@@ -110,3 +112,27 @@ async def broker(broker_url: str, settings: Settings) -> AsyncIterator[Broker]:
     finally:
         await helper.cleanup()
         await connection.close()
+
+
+def _inbox(kind: str, tmp_path: Path) -> Iterator[InboxSettings]:
+    reason = stores.unavailable(kind)
+    if reason:
+        pytest.skip(f"{kind} inbox tests skipped: {reason}")
+    inbox = InboxSettings.model_validate(
+        {"url": stores.store_url(kind, tmp_path), "name": stores.unique_name()}
+    )
+    yield inbox
+    stores.run_sync(stores.drop(inbox))
+
+
+@pytest.fixture(params=stores.ALL_STORES)
+def inbox_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InboxSettings]:
+    """Inbox settings of each store in turn (memory, SQLite, PostgreSQL, Redis), with a table
+    name / key prefix of this test alone; skipped for a store that is not reachable."""
+    yield from _inbox(request.param, tmp_path)
+
+
+@pytest.fixture(params=stores.SHARED_STORES)
+def shared_inbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InboxSettings]:
+    """As ``inbox_settings``, for the stores worker processes can share (not memory)."""
+    yield from _inbox(request.param, tmp_path)
