@@ -4,6 +4,8 @@ boundaries, and ``__all__`` is the public API exactly."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -25,8 +27,10 @@ LAYERS = {
     "connection": 3,
     "logs": 3,
     "publisher": 4,
+    "producer": 5,
     "dispatch": 5,
     "worker": 6,
+    "blocking": 6,
     "__init__": 7,
     "commands": 7,
     "commands.handlers": 8,
@@ -40,7 +44,7 @@ LAYERS = {
 ALLOWED = {("__main__", "cli")}
 #: Third-party packages and the only modules that may import them.
 BOUNDARIES = {
-    "aio_pika": {"connection", "topology", "publisher", "dispatch", "worker"},
+    "aio_pika": {"connection", "topology", "publisher", "dispatch", "worker", "producer"},
     "aiormq": {"connection", "topology", "publisher", "dispatch", "worker"},
     "click": {
         "cli",
@@ -150,7 +154,13 @@ def test_all_lists_every_public_name_the_package_exports() -> None:
         for name, value in vars(eventworker).items()
         if not name.startswith("_") and not isinstance(value, ModuleType)
     }
-    assert exported == set(eventworker.__all__)
+    # The lazy names (PEP 562 __getattr__) appear on first use only.
+    assert exported | set(eventworker._LAZY) == set(eventworker.__all__)
+
+
+def test_importing_the_package_does_not_import_aio_pika() -> None:
+    code = "import sys, eventworker; sys.exit('aio_pika' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
 
 
 def test_all_has_no_duplicates() -> None:
