@@ -29,6 +29,8 @@ class ExitCode(IntEnum):
     BROKER_AUTH = 7
     #: The broker refused an operation (topology conflict, missing exchange, no permission).
     BROKER_REFUSED = 8
+    #: The outbox database could not be reached, or refused an operation.
+    DATABASE = 9
     #: A second SIGTERM/SIGINT cut the graceful drain short.
     INTERRUPTED = 130
 
@@ -110,6 +112,12 @@ class PublishError(BrokerError):
         super().__init__(message)
         self.status = status
         self.event_id = event_id
+
+
+class OutboxError(EventworkerError):
+    """The outbox database could not be reached or refused an operation (the relay retries)."""
+
+    exit_code = ExitCode.DATABASE
 
 
 class HandlerTimeoutError(EventworkerError):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -248,7 +248,15 @@ class Publisher:
                 outgoing.append(prepare(event, max_body_bytes=self.max_body_bytes))
             except InvalidInputError as exc:
                 raise InvalidInputError(f"event {n} ({event.routing_key[:100]!r}): {exc}") from None
-        results: list[PublishResult] = [PublishResult(o.id, "connection_lost") for o in outgoing]
+        return await self.send_many(outgoing, window=window)
+
+    async def send_many(
+        self, outgoing: Sequence[Outgoing], *, window: int | None = None
+    ) -> list[PublishResult]:
+        """Publish events already in wire form (checked by the caller, e.g. with
+        :func:`prepare`); results as :meth:`publish_many`. Events whose confirm was lost with
+        the connection are sent again, with the same id, on a new one."""
+        results = [PublishResult(o.id, "connection_lost") for o in outgoing]
         todo = list(range(len(outgoing)))
         failed: ChannelPublisher | None = None
         for send in range(MAX_SENDS):
