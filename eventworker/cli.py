@@ -9,6 +9,7 @@ from eventworker.commands.outbox import outbox_group
 from eventworker.commands.plugins import list_plugins
 from eventworker.commands.publish import publish
 from eventworker.commands.run import run
+from eventworker.commands.serve import serve
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,5 +21,5 @@ def main() -> None:
     """
 
 
-for command in (run, publish, list_handlers, list_plugins, outbox_group):
+for command in (run, publish, list_handlers, list_plugins, outbox_group, serve):
     main.add_command(command)

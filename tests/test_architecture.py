@@ -33,6 +33,7 @@ LAYERS = {
     "dispatch": 5,
     "worker": 6,
     "blocking": 6,
+    "ingress": 6,
     "relay": 6,
     "__init__": 7,
     "commands": 7,
@@ -41,6 +42,7 @@ LAYERS = {
     "commands.plugins": 8,
     "commands.publish": 8,
     "commands.run": 8,
+    "commands.serve": 8,
     "cli": 9,
     "__main__": 9,
 }
@@ -58,6 +60,7 @@ BOUNDARIES = {
         "commands.plugins",
         "commands.publish",
         "commands.run",
+        "commands.serve",
     },
     "asyncpg": {"outbox_store", "commands.outbox"},
     "sqlalchemy": {"outbox"},
