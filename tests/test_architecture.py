@@ -37,6 +37,7 @@ LAYERS = {
     "relay": 6,
     "__init__": 7,
     "commands": 7,
+    "testing": 7,
     "commands.handlers": 8,
     "commands.outbox": 8,
     "commands.plugins": 8,
@@ -50,7 +51,15 @@ LAYERS = {
 ALLOWED = {("__main__", "cli")}
 #: Third-party packages and the only modules that may import them.
 BOUNDARIES = {
-    "aio_pika": {"connection", "topology", "publisher", "dispatch", "worker", "producer"},
+    "aio_pika": {
+        "connection",
+        "topology",
+        "publisher",
+        "dispatch",
+        "worker",
+        "producer",
+        "testing",
+    },
     "aiormq": {"connection", "topology", "publisher", "dispatch", "worker"},
     "click": {
         "cli",
