@@ -88,5 +88,36 @@ ensure_rabbitmq() {
   return 1
 }
 
+# -- PostgreSQL for the outbox tests (issue 8) ------------------------------------------------
+# Use the one at 127.0.0.1:5432 if it answers; else start the local cluster; else install it
+# from the OS packages when root; else tell the tests to skip with the reason.
+pg_answers() {
+  .venv/bin/python -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2).close()' 2>/dev/null
+}
+
+ensure_postgres_for_outbox() {
+  pg_answers && return 0
+  if ! command -v pg_ctlcluster >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing postgresql from the OS packages (outbox tests)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null || true
+  fi
+  if command -v pg_ctlcluster >/dev/null && [ -d /etc/postgresql ]; then
+    say "starting the local PostgreSQL cluster"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -1)" main start >/dev/null 2>&1 || true
+    for _ in $(seq 1 30); do pg_answers && break; sleep 1; done
+  fi
+  if pg_answers; then
+    # Tests connect as postgres to the database test, with trust authentication on loopback.
+    if command -v psql >/dev/null && [ "$(id -u)" = 0 ] && id postgres >/dev/null 2>&1; then
+      su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname = 'test'\" | grep -q 1 || createdb test" >/dev/null 2>&1 || true
+    fi
+    return 0
+  fi
+  export EVENTWORKER_TEST_PG_SKIP="no PostgreSQL at 127.0.0.1:5432 and none could be started or installed"
+  say "no PostgreSQL: the outbox tests on PostgreSQL will be skipped"
+}
+
 setup_venv
 ensure_rabbitmq
+ensure_postgres_for_outbox

@@ -11,5 +11,7 @@ say "ruff"
 .venv/bin/ruff check .
 say "mypy --strict"
 .venv/bin/mypy
+say "docs (mkdocs build --strict)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 say "pytest"
 .venv/bin/pytest --cov=eventworker --cov-report=term-missing:skip-covered "$@"

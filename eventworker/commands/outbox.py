@@ -113,6 +113,7 @@ async def _init_postgres(url: str, table: str) -> None:
     "--log-level",
     type=click.Choice(["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default=None,
+    help="Log level (default: the log_level setting).",
 )
 def relay(
     config: str | None,

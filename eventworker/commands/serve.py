@@ -23,6 +23,7 @@ from eventworker.settings import load_settings
     "--log-level",
     type=click.Choice(["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default=None,
+    help="Log level (default: the log_level setting).",
 )
 def serve(
     config: str | None, url: str | None, host: str | None, port: int | None, log_level: str | None
