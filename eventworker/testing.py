@@ -5,9 +5,10 @@ the worker's own dispatch (decoding, model validation, timeout, sync handlers in
 retry decision): the :class:`Outcome` says what the worker would do (ack, retry in N seconds,
 dead-letter with a reason), what the handler raised and what it published.
 
-:func:`running_worker` (and the pytest fixture ``eventworker_worker``, registered through the
-``pytest11`` entry point) runs a real worker with chosen handlers against a test broker, on an
-exchange and queues of its own, and waits for outcomes.
+:func:`running_worker` (and the pytest fixture ``eventworker_worker``: add
+``pytest_plugins = ["eventworker.testing"]`` to the top-level ``conftest.py``) runs a real
+worker with chosen handlers against a test broker, on an exchange and queues of its own, and
+waits for outcomes.
 """
 
 from __future__ import annotations
