@@ -163,17 +163,19 @@ class Relay:
                     done.sent.append(row.seq)
                 else:
                     self._failed(row, f"{result.status} {result.detail}".strip(), done, blocked)
+        if done.failed:
+            # One line per batch: a broker outage fails every row of it alike.
+            seq, error = done.failed[0]
+            logger.error(
+                "{} outbox row(s) not published, kept pending; first: row {}: {}",
+                len(done.failed),
+                seq,
+                one_line(error, 300),
+            )
         return done
 
     @staticmethod
     def _failed(row: Row, error: str, done: Done, blocked: set[str]) -> None:
-        logger.error(
-            "outbox row {} (event {}, {}) not published: {}",
-            row.seq,
-            one_line(row.event_id, 100),
-            one_line(row.routing_key, 100),
-            one_line(error, 300),
-        )
         done.failed.append((row.seq, error[:1000]))
         if row.aggregate_key is not None:
             blocked.add(row.aggregate_key)
