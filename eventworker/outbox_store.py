@@ -110,7 +110,9 @@ class PostgresStore:
             work = await asyncpg.connect(dsn, timeout=10)
             listener = await asyncpg.connect(dsn, timeout=10)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            raise OutboxError(f"cannot connect to {redact_url(dsn)}: {exc}") from None
+            raise OutboxError(
+                f"cannot connect to {redact_url(dsn)}: {redact_url(str(exc))}"
+            ) from None
         store = cls(work, listener, table=table, delete_sent=delete_sent)
         if await work.fetchval("SELECT to_regclass($1)", table) is None:
             await store.close()

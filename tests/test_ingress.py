@@ -16,6 +16,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from eventworker.errors import ConfigError
 from eventworker.ingress import create_app, topic_matches
 from eventworker.settings import Settings
 from tests.broker import Broker
@@ -233,3 +234,11 @@ async def test_eventworker_serve_answers_over_http_and_stops_on_sigterm(
     log = (await server.stderr.read()).decode()
     assert "HTTP ingress on http://127.0.0.1" in log and "s3cret-t0ken" not in log
     assert len(await broker.take_all(queue, expect=1)) == 1
+
+
+def test_an_allow_list_pattern_that_is_no_binding_key_is_a_config_error(settings: Settings) -> None:
+    bad = settings.model_copy(
+        update={"http": settings.http.model_copy(update={"allowed_keys": ("orders.*x",)})}
+    )
+    with pytest.raises(ConfigError, match="allowed_keys"):
+        create_app(bad)

@@ -81,7 +81,7 @@ async def _init_postgres(url: str, table: str) -> None:
     try:
         conn = await asyncpg.connect(url, timeout=10)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        raise OutboxError(f"cannot connect to {redact_url(url)}: {exc}") from None
+        raise OutboxError(f"cannot connect to {redact_url(url)}: {redact_url(str(exc))}") from None
     try:
         async with conn.transaction():
             await outbox.create(conn, table)
