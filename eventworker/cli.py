@@ -6,9 +6,11 @@ import click
 
 from eventworker.commands.handlers import list_handlers
 from eventworker.commands.inbox import inbox
+from eventworker.commands.outbox import outbox_group
 from eventworker.commands.plugins import list_plugins
 from eventworker.commands.publish import publish
 from eventworker.commands.run import run
+from eventworker.commands.serve import serve
 from eventworker.commands.status import status
 
 
@@ -21,5 +23,14 @@ def main() -> None:
     """
 
 
-for command in (run, publish, status, list_handlers, list_plugins, inbox):
+for command in (
+    run,
+    publish,
+    status,
+    list_handlers,
+    list_plugins,
+    inbox,
+    outbox_group,
+    serve,
+):
     main.add_command(command)

@@ -31,6 +31,8 @@ class ExitCode(IntEnum):
     BROKER_REFUSED = 8
     #: The inbox store (SQLite, PostgreSQL, Redis) could not be opened or failed.
     INBOX_UNAVAILABLE = 9
+    #: The outbox database could not be reached, or refused an operation.
+    DATABASE = 10
     #: A second SIGTERM/SIGINT cut the graceful drain short.
     INTERRUPTED = 130
 
@@ -135,6 +137,12 @@ class IdempotencyConflictError(EventworkerError):
         super().__init__(message)
         self.event_id = event_id
         self.handler = handler
+
+
+class OutboxError(EventworkerError):
+    """The outbox database could not be reached or refused an operation (the relay retries)."""
+
+    exit_code = ExitCode.DATABASE
 
 
 class HandlerTimeoutError(EventworkerError):

@@ -57,6 +57,16 @@ class PublishResult:
     def ok(self) -> bool:
         return self.status == "confirmed"
 
+    def check(self, what: str) -> None:
+        """Raises PublishError unless confirmed; ``what`` names the message, as in
+        ``event <id> to 'orders.created'``."""
+        if not self.ok:
+            raise PublishError(
+                f"{what} not published: {self.status} {self.detail}".rstrip(),
+                status=self.status,
+                event_id=self.event_id,
+            )
+
 
 class Publisher:
     """Publishes events to the topic exchange, and raw copies to queues, with confirms.
@@ -158,13 +168,7 @@ class Publisher:
                 causation_id,
             )
         )
-        if not result.ok:
-            raise PublishError(
-                f"event {result.event_id} to {routing_key!r} not published: "
-                f"{result.status} {result.detail}".rstrip(),
-                status=result.status,
-                event_id=result.event_id,
-            )
+        result.check(f"event {result.event_id} to {routing_key!r}")
 
     async def send(self, event: Outgoing) -> PublishResult:
         """Publish one event to the exchange; the result says whether it was confirmed."""
@@ -217,13 +221,7 @@ class Publisher:
         result = await self._confirmed(
             self._channel.default_exchange, message, queue, message.message_id or ""
         )
-        if not result.ok:
-            raise PublishError(
-                f"copy of {result.event_id} to queue {queue!r} not published: "
-                f"{result.status} {result.detail}".rstrip(),
-                status=result.status,
-                event_id=result.event_id,
-            )
+        result.check(f"copy of {result.event_id} to queue {queue!r}")
 
     async def _confirmed(
         self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, event_id: str

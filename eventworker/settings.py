@@ -119,6 +119,43 @@ class InboxSettings(BaseModel):
         return redact_url(self.url.get_secret_value())
 
 
+class HttpSettings(BaseModel):
+    """The HTTP ingress (``eventworker serve``, ``[http]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65_535)
+    #: Binding-key patterns (``*``, ``#``) a routing key must match to be accepted.
+    allowed_keys: tuple[str, ...] = ("#",)
+    token: SecretStr | None = None
+    hmac_secret: SecretStr | None = None
+    signature_header: str = Field("X-Signature-256", min_length=1, max_length=100)
+    max_batch_events: int = Field(1000, ge=1, le=100_000)
+    max_batch_bytes: int = Field(10_485_760, ge=1)
+
+
+class OutboxSettings(BaseModel):
+    """The outbox relay (``eventworker outbox relay``, ``[outbox]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    dsn: SecretStr | None = None
+    table: str = Field("eventworker_outbox", min_length=1, max_length=83)
+    batch_size: int = Field(500, ge=1, le=10_000)
+    poll_interval: float = Field(5.0, gt=0)
+    retention: float = Field(604_800.0, ge=0)
+
+    @field_validator("dsn")
+    @classmethod
+    def _known_database(cls, dsn: SecretStr | None) -> SecretStr | None:
+        if dsn is not None and not dsn.get_secret_value().startswith(
+            ("postgresql://", "postgres://", "sqlite:///")
+        ):
+            raise ValueError("expected postgresql://user:password@host/db or sqlite:///path")
+        return dsn
+
+
 class Settings(BaseSettings):
     """Every setting of eventworker; ``config.example.toml`` documents each one."""
 
@@ -159,6 +196,8 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65_535)
     metrics_host: str = Field("0.0.0.0", min_length=1)
     metrics_poll_interval: float = Field(15.0, ge=0)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
 
     @field_validator("plugins", "handlers", mode="before")
     @classmethod

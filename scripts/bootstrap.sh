@@ -182,5 +182,12 @@ ensure_inbox_stores() {
   ensure_redis
 }
 
+ensure_postgres_for_outbox() {  # the outbox tests use the same PostgreSQL as the inbox tests
+  ensure_postgres
+  if ! service_answers "$EVENTWORKER_TEST_POSTGRES_URL" 5432; then
+    export EVENTWORKER_TEST_PG_SKIP="no PostgreSQL at 127.0.0.1:5432 and none could be started or installed"
+  fi
+}
+
 setup_venv
 ensure_rabbitmq

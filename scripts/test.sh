@@ -8,10 +8,13 @@ export EVENTWORKER_TEST_URL="${EVENTWORKER_TEST_URL:-${EVENTWORKER_URL:-amqp://g
 export EVENTWORKER_URL="$EVENTWORKER_TEST_URL"
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 ensure_inbox_stores
+ensure_postgres_for_outbox
 say "ruff"
 .venv/bin/ruff format --check .
 .venv/bin/ruff check .
 say "mypy --strict"
 .venv/bin/mypy
+say "docs (mkdocs build --strict)"
+NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 say "pytest"
 .venv/bin/pytest --cov=eventworker --cov-report=term-missing:skip-covered "$@"
