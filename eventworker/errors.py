@@ -69,7 +69,8 @@ class EnvelopeError(EventworkerError):
     """A delivered message cannot become an event; it is dead-lettered at once, never retried.
 
     ``reason`` is the machine-readable cause written into the parked copy's headers:
-    ``too_large``, ``unsupported_content_type``, ``decode_error`` or ``schema_error``.
+    ``too_large``, ``unsupported_content_type``, ``decode_error``, ``schema_error`` or
+    ``no_handler`` (the routing key matches none of the handler's binding keys).
     """
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -18,6 +18,7 @@ LAYERS = {
     "errors": 0,
     "settings": 1,
     "envelope": 1,
+    "routing": 1,
     "handlers": 2,
     "retry": 3,
     "registry": 3,
