@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from eventworker.commands.dlq import dlq
+from eventworker.commands.dlq_replay import purge, replay
 from eventworker.commands.handlers import list_handlers
 from eventworker.commands.publish import publish
 from eventworker.commands.run import run
@@ -18,5 +20,7 @@ def main() -> None:
     """
 
 
-for command in (run, publish, list_handlers):
+for command in (run, publish, list_handlers, dlq):
     main.add_command(command)
+for command in (replay, purge):
+    dlq.add_command(command)

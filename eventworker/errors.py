@@ -29,7 +29,7 @@ class ExitCode(IntEnum):
     BROKER_AUTH = 7
     #: The broker refused an operation (topology conflict, missing exchange, no permission).
     BROKER_REFUSED = 8
-    #: A second SIGTERM/SIGINT cut the graceful drain short.
+    #: A second SIGTERM/SIGINT cut the graceful drain short; or a signal stopped a dlq command.
     INTERRUPTED = 130
 
 
@@ -111,6 +111,12 @@ class PublishError(BrokerError):
         super().__init__(message)
         self.status = status
         self.event_id = event_id
+
+
+class Interrupted(EventworkerError):
+    """A signal stopped an operation between two messages; what it reported done is done."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 class HandlerTimeoutError(EventworkerError):

@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     retry: RetrySettings = Field(default_factory=RetrySettings)
     retry_overrides: dict[str, RetrySettings] = Field(default_factory=dict)
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # -- dead letters and topology (issue 4) ------------------------------------------------
+    #: A queue for events no binding matches, fed by the exchange's alternate exchange; "" = off.
+    unrouted_queue: str = Field("", max_length=255)
 
     @field_validator("plugins", "handlers", mode="before")
     @classmethod

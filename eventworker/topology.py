@@ -6,6 +6,8 @@ Shape (RabbitMQ 3.10+, no plugins)::
     retry copy --> <prefix>retry.<delay>  (one fixed TTL per queue, shared by all handlers)
          expiry --> <exchange>.return (headers) --eventworker-return-to=<work queue>--> work queue
     parked copy --> <work queue>.dead                                 dead-letter queue
+    unroutable --> <exchange>.unrouted (fanout, the alternate exchange) --> unrouted queue
+                   (only with the unrouted_queue setting)
 
 Retry queues hold one delay each: RabbitMQ expires messages only at the head of a queue, so
 mixed delays in one queue would block each other. Expired copies go back through a headers
@@ -33,6 +35,7 @@ from eventworker.errors import BrokerError, TopologyConflictError
 class ExchangeDecl:
     name: str
     type: str
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +90,11 @@ def return_exchange(exchange: str) -> str:
     return f"{exchange}.return"
 
 
+def unrouted_exchange(exchange: str) -> str:
+    """The alternate exchange of ``exchange`` when the unrouted queue is on (fanout)."""
+    return f"{exchange}.unrouted"
+
+
 def handler_queues(
     name: str, bindings: Iterable[str], *, prefix: str, queue: str | None = None
 ) -> HandlerQueues:
@@ -107,11 +115,24 @@ def plan(
     queue_type: str,
     delivery_limit: int,
     tiers: Iterable[float],
+    unrouted_queue: str = "",
 ) -> Plan:
-    """Everything to declare for ``handlers``; idempotent to apply again."""
+    """Everything to declare for ``handlers``; idempotent to apply again.
+
+    With ``unrouted_queue``, the exchange gets an alternate exchange that feeds that queue
+    every event no binding matches (an exchange argument: every worker and the broker's
+    exchange must agree on it, see docs/operating-dead-letters.md).
+    """
     back = return_exchange(exchange)
+    exchanges = [ExchangeDecl(exchange, "topic"), ExchangeDecl(back, "headers")]
     queues: list[QueueDecl] = []
     bindings: list[BindingDecl] = []
+    if unrouted_queue:
+        spare = unrouted_exchange(exchange)
+        exchanges[0] = ExchangeDecl(exchange, "topic", {"alternate-exchange": spare})
+        exchanges.append(ExchangeDecl(spare, "fanout"))
+        queues.append(QueueDecl(unrouted_queue, {"x-queue-type": queue_type}))
+        bindings.append(BindingDecl(unrouted_queue, spare, ""))
     for h in handlers:
         args: dict[str, Any] = {
             "x-queue-type": queue_type,
@@ -152,7 +173,7 @@ def plan(
     if duplicates:
         raise BrokerError(f"two handlers would share queue(s) {', '.join(sorted(duplicates))}")
     return Plan(
-        exchanges=(ExchangeDecl(exchange, "topic"), ExchangeDecl(back, "headers")),
+        exchanges=tuple(exchanges),
         queues=tuple(queues),
         bindings=tuple(bindings),
         retry_queues=retry_queues,
@@ -173,7 +194,7 @@ async def apply(plan: Plan, channel: AbstractChannel) -> None:
         exchanges = {}
         for ex in plan.exchanges:
             exchanges[ex.name] = await channel.declare_exchange(
-                ex.name, aio_pika.ExchangeType(ex.type), durable=True
+                ex.name, aio_pika.ExchangeType(ex.type), durable=True, arguments=ex.arguments
             )
         for q in plan.queues:
             await channel.declare_queue(q.name, durable=True, arguments=q.arguments)

@@ -91,6 +91,7 @@ def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.P
         queue_type=settings.queue_type,
         delivery_limit=settings.delivery_limit,
         tiers=tiers,
+        unrouted_queue=settings.unrouted_queue,
     )
 
 

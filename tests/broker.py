@@ -45,6 +45,7 @@ class Broker:
 
     def track(self, worker: Worker) -> None:
         self._queues.update(q.name for q in worker.plan.queues)
+        self._exchanges.update(e.name for e in worker.plan.exchanges)
 
     def track_installed(self, *names: str) -> list[str]:
         """Track the queues a worker of the installed handlers ``names`` declares; returns

@@ -26,13 +26,19 @@ LAYERS = {
     "connection": 3,
     "logs": 3,
     "publisher": 4,
+    "parked": 4,
     "dispatch": 5,
+    "dlq": 5,
+    "unrouted": 5,
     "worker": 6,
     "__init__": 7,
     "commands": 7,
+    "commands.parking": 7,
     "commands.handlers": 8,
     "commands.publish": 8,
     "commands.run": 8,
+    "commands.dlq": 8,
+    "commands.dlq_replay": 8,
     "cli": 9,
     "__main__": 9,
 }
@@ -40,9 +46,18 @@ LAYERS = {
 ALLOWED = {("__main__", "cli")}
 #: Third-party packages and the only modules that may import them.
 BOUNDARIES = {
-    "aio_pika": {"connection", "topology", "publisher", "dispatch", "worker"},
-    "aiormq": {"connection", "topology", "publisher", "dispatch", "worker"},
-    "click": {"cli", "commands", "commands.handlers", "commands.publish", "commands.run"},
+    "aio_pika": {"connection", "topology", "publisher", "dispatch", "worker", "dlq", "unrouted"},
+    "aiormq": {"connection", "topology", "publisher", "dispatch", "worker", "dlq", "unrouted"},
+    "click": {
+        "cli",
+        "commands",
+        "commands.handlers",
+        "commands.publish",
+        "commands.run",
+        "commands.dlq",
+        "commands.dlq_replay",
+        "commands.parking",
+    },
     "importlib.metadata": {"registry"},
     "importlib_metadata": {"registry"},
 }
