@@ -14,16 +14,16 @@ import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 from loguru import logger
 
 from eventworker import topology
 from eventworker.connection import CHANNEL_GONE, connect
+from eventworker.consumer import Consumer
 from eventworker.dispatch import Dispatcher, Observer, Route
 from eventworker.errors import BrokerUnreachableError
 from eventworker.publisher import Publisher
@@ -43,12 +43,6 @@ class State(Enum):
     RECONNECTING = "reconnecting"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class _Consumer:
-    queue: AbstractQueue
-    tag: str
 
 
 def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:
@@ -260,9 +254,8 @@ class Worker:
         route: Route,
         publisher: Publisher,
         lost: asyncio.Event,
-    ) -> _Consumer:
+    ) -> Consumer:
         channel = await connection.channel()
-        await channel.set_qos(prefetch_count=route.prefetch)
         # The broker cancels a consumer when its queue is deleted, and closes a channel on a
         # consumer timeout: either way this session is broken; a new one re-declares all.
         channel.close_callbacks.add(lambda *_: lost.set())
@@ -297,10 +290,14 @@ class Worker:
                 self._running.discard(task)
 
         queue = await channel.get_queue(route.queue, ensure=False)
-        tag = await queue.consume(on_message)
-        return _Consumer(queue, tag)
+        # Starts on probation (prefetch 1 while redelivered messages come): see consumer.py.
+        consumer = Consumer(
+            channel, queue, prefetch=route.prefetch, on_message=on_message, name=route.handler.name
+        )
+        await consumer.start()
+        return consumer
 
-    async def _drain(self, consumers: list[_Consumer]) -> None:
+    async def _drain(self, consumers: list[Consumer]) -> None:
         """Stop consuming first, then let started handlers finish within the grace period.
 
         Unstarted deliveries and handlers still running after the grace are left unacked:
@@ -311,7 +308,7 @@ class Worker:
         for consumer in consumers:
             # A dead channel has no consumer left to cancel.
             with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
-                await asyncio.wait_for(consumer.queue.cancel(consumer.tag), CLOSE_TIMEOUT)
+                await asyncio.wait_for(consumer.cancel(), CLOSE_TIMEOUT)
         for task in list(self._waiting):
             task.cancel()
         running = set(self._running)

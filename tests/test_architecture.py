@@ -26,6 +26,7 @@ LAYERS = {
     "connection": 3,
     "logs": 3,
     "publisher": 4,
+    "consumer": 4,
     "parked": 4,
     "dispatch": 5,
     "dlq": 5,
@@ -44,10 +45,12 @@ LAYERS = {
 }
 #: Same-layer imports that are the module's whole purpose: ``python -m eventworker`` runs the CLI.
 ALLOWED = {("__main__", "cli")}
+#: The modules that speak AMQP (aio-pika, and aiormq beneath it).
+AMQP = {"connection", "topology", "publisher", "consumer", "dispatch", "dlq", "unrouted", "worker"}
 #: Third-party packages and the only modules that may import them.
 BOUNDARIES = {
-    "aio_pika": {"connection", "topology", "publisher", "dispatch", "worker", "dlq", "unrouted"},
-    "aiormq": {"connection", "topology", "publisher", "dispatch", "worker", "dlq", "unrouted"},
+    "aio_pika": AMQP,
+    "aiormq": AMQP,
     "click": {
         "cli",
         "commands",
