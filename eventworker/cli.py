@@ -9,6 +9,7 @@ from eventworker.commands.dlq_replay import purge, replay
 from eventworker.commands.handlers import list_handlers
 from eventworker.commands.publish import publish
 from eventworker.commands.run import run
+from eventworker.commands.topology import topology
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +21,7 @@ def main() -> None:
     """
 
 
-for command in (run, publish, list_handlers, dlq):
+for command in (run, publish, list_handlers, dlq, topology):
     main.add_command(command)
 for command in (replay, purge):
     dlq.add_command(command)

@@ -29,6 +29,8 @@ class ExitCode(IntEnum):
     BROKER_AUTH = 7
     #: The broker refused an operation (topology conflict, missing exchange, no permission).
     BROKER_REFUSED = 8
+    #: ``topology plan`` found the broker differing from the plan (``apply``: still differing).
+    DRIFT = 9
     #: A second SIGTERM/SIGINT cut the graceful drain short; or a signal stopped a dlq command.
     INTERRUPTED = 130
 

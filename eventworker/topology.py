@@ -183,6 +183,23 @@ def plan(
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>\w+) '(?P<name>[^']+)'")
 
 
+def conflict_error(exc: ChannelPreconditionFailed) -> TopologyConflictError | None:
+    """The conflict a PRECONDITION_FAILED names (queue or exchange, and one argument), or None
+    for another precondition."""
+    text = str(exc)
+    match = _INEQUIVALENT.search(text)
+    if match is None:
+        return None
+    return TopologyConflictError(
+        f"{match['kind']} {match['name']!r} exists with a different {match['arg']!r} than "
+        f"eventworker declares ({text.split(' - ', 1)[-1]}); change the setting back, or "
+        f"drain and delete the {match['kind']} so it can be declared anew (`eventworker "
+        f"topology plan` says how)",
+        queue=match["name"],
+        argument=match["arg"],
+    )
+
+
 async def apply(plan: Plan, channel: AbstractChannel) -> None:
     """Declare ``plan`` on ``channel`` (durable everything); safe to run again.
 
@@ -204,17 +221,10 @@ async def apply(plan: Plan, channel: AbstractChannel) -> None:
                 exchanges[b.exchange], routing_key=b.routing_key, arguments=b.arguments or None
             )
     except ChannelPreconditionFailed as exc:
-        text = str(exc)
-        match = _INEQUIVALENT.search(text)
-        if match is None:
-            raise BrokerError(f"broker refused the topology: {text}") from exc
-        raise TopologyConflictError(
-            f"{match['kind']} {match['name']!r} exists with a different {match['arg']!r} than "
-            f"eventworker declares ({text.split(' - ', 1)[-1]}); change the setting back, or "
-            f"drain and delete the {match['kind']} so it can be declared anew",
-            queue=match["name"],
-            argument=match["arg"],
-        ) from exc
+        conflict = conflict_error(exc)
+        if conflict is None:
+            raise BrokerError(f"broker refused the topology: {exc}") from exc
+        raise conflict from exc
     except ChannelAccessRefused as exc:
         raise BrokerError(f"broker refused to declare the topology: {exc}") from exc
     except AMQPChannelError as exc:

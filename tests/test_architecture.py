@@ -25,11 +25,13 @@ LAYERS = {
     "topology": 3,
     "connection": 3,
     "logs": 3,
+    "bindings": 3,
     "publisher": 4,
     "consumer": 4,
     "parked": 4,
     "dispatch": 5,
     "dlq": 5,
+    "drift": 5,
     "unrouted": 5,
     "worker": 6,
     "__init__": 7,
@@ -40,13 +42,24 @@ LAYERS = {
     "commands.run": 8,
     "commands.dlq": 8,
     "commands.dlq_replay": 8,
+    "commands.topology": 8,
     "cli": 9,
     "__main__": 9,
 }
 #: Same-layer imports that are the module's whole purpose: ``python -m eventworker`` runs the CLI.
 ALLOWED = {("__main__", "cli")}
 #: The modules that speak AMQP (aio-pika, and aiormq beneath it).
-AMQP = {"connection", "topology", "publisher", "consumer", "dispatch", "dlq", "unrouted", "worker"}
+AMQP = {
+    "connection",
+    "topology",
+    "publisher",
+    "consumer",
+    "dispatch",
+    "dlq",
+    "drift",
+    "unrouted",
+    "worker",
+}
 #: Third-party packages and the only modules that may import them.
 BOUNDARIES = {
     "aio_pika": AMQP,
@@ -60,6 +73,7 @@ BOUNDARIES = {
         "commands.dlq",
         "commands.dlq_replay",
         "commands.parking",
+        "commands.topology",
     },
     "importlib.metadata": {"registry"},
     "importlib_metadata": {"registry"},

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import aio_pika
 
-from eventworker import topology
 from eventworker.settings import Settings
-from eventworker.worker import Worker
-from tests.broker import Broker, registrations
+from tests.broker import Broker
 from tests.crash_worker import crashy
 from tests.test_cli import env_for
 
@@ -26,11 +24,8 @@ async def test_a_handler_that_kills_its_worker_parks_exactly_that_message(
     broker: Broker, settings: Settings, tmp_path: Path
 ) -> None:
     crashing = settings.model_copy(update={"prefetch": 32, "concurrency": 8, "delivery_limit": 3})
-    worker = Worker(registrations(crashy), crashing)
-    broker.track(worker)
+    route = (await broker.declare(crashy, settings=crashing)).routes[0]
     channel = await broker.connection.channel(publisher_confirms=True)
-    await topology.apply(worker.plan, channel)
-    route = worker.routes[0]
     innocent = [f"i{n:03}" for n in range(999)]
     ids = [*innocent[:500], "poison", *innocent[500:]]
     exchange = await channel.get_exchange(settings.exchange, ensure=False)

@@ -18,8 +18,7 @@ from eventworker.errors import BrokerError
 from eventworker.handlers import handler
 from eventworker.parked import Parked
 from eventworker.settings import Settings
-from eventworker.worker import Worker
-from tests.broker import Broker, registrations
+from tests.broker import Broker
 
 H = "x-eventworker-"
 PRODUCED = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
@@ -32,11 +31,7 @@ async def target(event: Any, ctx: Any) -> None:
 
 async def declare(broker: Broker, settings: Settings) -> Parking:
     """The handler's topology, declared as a worker would, and its Parking."""
-    worker = Worker(registrations(target), settings)
-    broker.track(worker)
-    channel = await broker.connection.channel()
-    await topology.apply(worker.plan, channel)
-    await channel.close()
+    worker = await broker.declare(target, settings=settings)
     route = worker.routes[0]
     return Parking(
         "target",
