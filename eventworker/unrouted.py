@@ -15,8 +15,7 @@ from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 
 from aio_pika.abc import AbstractChannel, AbstractQueue
-from aiormq.exceptions import AMQPChannelError
-from loguru import logger
+from aiormq.exceptions import AMQPChannelError, ChannelNotFoundEntity
 from pydantic import SecretStr
 
 from eventworker.connection import CHANNEL_GONE, connect
@@ -26,13 +25,10 @@ from eventworker.topology import unrouted_exchange
 class Watch:
     """A private queue bound to the alternate exchange; :meth:`unrouted` reads it."""
 
-    def __init__(self, queue: AbstractQueue | None) -> None:
+    def __init__(self, queue: AbstractQueue | None, problem: str = "") -> None:
         self._queue = queue
-
-    @property
-    def active(self) -> bool:
-        """False when the alternate exchange does not exist (no worker declared it)."""
-        return self._queue is not None
+        #: Why there is no watch ("" when there is one).
+        self.problem = problem
 
     async def unrouted(self, ids: Iterable[str]) -> set[str]:
         """Which of ``ids`` reached the alternate exchange so far; drains the watch."""
@@ -52,8 +48,9 @@ async def watch(
 ) -> AsyncIterator[Watch]:
     """Watch ``exchange``'s alternate exchange for the duration of the block.
 
-    An inactive :class:`Watch` when the alternate exchange does not exist: then the exchange
-    has none, and unroutable publishes come back to the publisher as before.
+    A :class:`Watch` without a queue (and with its ``problem``) when the alternate exchange
+    does not exist (then unroutable publishes come back to the publisher as before) or cannot
+    be watched.
 
     Raises:
         BrokerUnreachableError, BrokerAuthError: the connection failed.
@@ -66,9 +63,15 @@ async def watch(
         try:
             queue = await channel.declare_queue(exclusive=True, auto_delete=True)
             await queue.bind(unrouted_exchange(exchange))
+        except ChannelNotFoundEntity:
+            yield Watch(
+                None,
+                f"exchange {exchange!r} has no alternate exchange yet (no worker has declared "
+                f"it with unrouted_queue): an event no binding matches is unroutable",
+            )
+            return
         except AMQPChannelError as exc:
-            logger.warning("cannot watch the unrouted exchange of {!r}: {}", exchange, exc)
-            yield Watch(None)
+            yield Watch(None, f"cannot watch the unrouted exchange of {exchange!r}: {exc}")
             return
         yield Watch(queue)
     finally:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from eventworker import Context, Event, handler
-from eventworker.errors import TopologyConflictError
+from eventworker.errors import ExitCode, TopologyConflictError
 from eventworker.settings import Settings
 from eventworker.topology import ExchangeDecl, QueueDecl, handler_queues, plan
 from tests.broker import Broker, running, wait_for
@@ -117,3 +117,15 @@ async def test_a_worker_without_the_setting_refuses_an_exchange_that_has_one(
             pass
     assert caught.value.argument == "alternate-exchange"
     assert caught.value.queue == settings.exchange
+
+
+async def test_publish_says_so_when_the_exchange_has_no_alternate_exchange_yet(
+    broker: Broker, settings: Settings, unrouted: Settings
+) -> None:
+    async with running(broker, [orders], settings):  # a worker without the setting
+        pass
+    env = {"EVENTWORKER_UNROUTED_QUEUE": unrouted.unrouted_queue}
+    result = cli(unrouted, "publish", "nobody.listens", "{}", **env)
+    assert result.returncode == ExitCode.FAILED  # unroutable, as without the setting
+    assert "has no alternate exchange yet" in result.stderr
+    assert "unroutable" in result.stderr

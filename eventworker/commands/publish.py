@@ -278,6 +278,8 @@ async def _publish_all(settings: Settings, outgoing: list[Any]) -> tuple[list[An
                     heartbeat=settings.heartbeat,
                 )
             )
+        if watch is not None and watch.problem:
+            click.echo(f"note: {watch.problem}", err=True)
         results = await publisher.send_many(outgoing)
         confirmed = [r.event_id for r in results if r.ok]
         return results, await watch.unrouted(confirmed) if watch else set()
