@@ -43,6 +43,7 @@ from eventworker.inbox import Claim, Inbox
 from eventworker.logs import one_line
 from eventworker.publisher import Publisher
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn, decide
+from eventworker.routing import compile_bindings
 
 #: Pause before handing a message back to the broker when its retry or parked copy could not
 #: be published, so a broker that refuses publishes does not become a hot loop.
@@ -120,6 +121,7 @@ class Dispatcher:
         self._executor = executor
         self._observers = tuple(observers)
         self._inbox = inbox if route.idempotent else None
+        self._bindings = compile_bindings(route.handler.bindings)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         route = self.route
@@ -145,6 +147,7 @@ class Dispatcher:
             logs.handling(route.handler.name, event, trace_id=span.trace_id),
         ):
             try:
+                self._check_routing_key(event.type)
                 event = dataclasses.replace(event, data=self._data(message))
             except EnvelopeError as exc:
                 # Input that can never succeed: parked at once, attempts = 1.
@@ -160,6 +163,20 @@ class Dispatcher:
         seconds = time.monotonic() - received
         for observer in self._observers:
             observer.settled(route, event, decision, moved=moved, seconds=seconds)
+
+    def _check_routing_key(self, routing_key: str) -> None:
+        """Refuse a delivery none of the handler's binding keys matches (a stale binding, or a
+        message put into the queue by name): nobody handles it, so it is parked, not acked.
+
+        Raises:
+            EnvelopeError: reason ``no_handler``.
+        """
+        if not self._bindings.matches(routing_key):
+            raise EnvelopeError(
+                "no_handler",
+                f"routing key {routing_key[:255]!r} matches none of the handler's binding keys "
+                f"({', '.join(self._bindings.keys)})",
+            )
 
     def _data(self, message: AbstractIncomingMessage) -> Any:
         data = envelope.decode_body(

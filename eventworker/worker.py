@@ -14,22 +14,16 @@ import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, cast
+from typing import Any
 
-import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 from loguru import logger
 
 from eventworker import topology
 from eventworker.connection import CHANNEL_GONE, connect
+from eventworker.consumer import Consumer
 from eventworker.dispatch import Dispatcher, Observer, Route
 from eventworker.errors import BrokerUnreachableError
 from eventworker.idempotency import InboxStore
@@ -52,13 +46,6 @@ class State(Enum):
     RECONNECTING = "reconnecting"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class _Consumer:
-    queue: AbstractQueue
-    tag: str
-    channel: AbstractChannel
 
 
 def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:
@@ -111,6 +98,7 @@ def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.P
         delivery_limit=settings.delivery_limit,
         tiers=tiers,
         initial_group_size=settings.quorum_initial_group_size,
+        unrouted_queue=settings.unrouted_queue,
     )
 
 
@@ -157,7 +145,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
         #: The consumers of the current session (empty while not connected).
-        self.consumers: list[_Consumer] = []
+        self.consumers: list[Consumer] = []
         #: Sessions that connected again after a loss (metrics read it).
         self.reconnects = 0
         self._waiting: set[asyncio.Task[Any]] = set()
@@ -319,9 +307,8 @@ class Worker:
         route: Route,
         publisher: Publisher,
         lost: asyncio.Event,
-    ) -> _Consumer:
+    ) -> Consumer:
         channel = await connection.channel()
-        await channel.set_qos(prefetch_count=route.prefetch)
         # The broker cancels a consumer when its queue is deleted, and closes a channel on a
         # consumer timeout: either way this session is broken; a new one re-declares all.
         channel.close_callbacks.add(lambda *_: lost.set())
@@ -357,11 +344,15 @@ class Worker:
                 self._running.discard(task)
 
         queue = await channel.get_queue(route.queue, ensure=False)
-        tag = await queue.consume(on_message)
-        return _Consumer(queue, tag, channel)
+        # Starts on probation (prefetch 1 while redelivered messages come): see consumer.py.
+        consumer = Consumer(
+            channel, queue, prefetch=route.prefetch, on_message=on_message, name=route.handler.name
+        )
+        await consumer.start()
+        return consumer
 
     async def _watchdog(
-        self, connection: AbstractConnection, consumers: list[_Consumer], lost: asyncio.Event
+        self, connection: AbstractConnection, consumers: list[Consumer], lost: asyncio.Event
     ) -> None:
         """Every ``watchdog_interval`` seconds, check that each queue we serve still has our
         consumer; if one lost it without any notice we saw, end the session so the next one
@@ -380,15 +371,14 @@ class Worker:
                 lost.set()
 
     async def _unserved(
-        self, connection: AbstractConnection, consumers: list[_Consumer]
+        self, connection: AbstractConnection, consumers: list[Consumer]
     ) -> list[str]:
         """The queues among ``consumers`` that our consumer no longer serves."""
         missing = []
         probe = await connection.channel()
         try:
             for consumer in consumers:
-                underlay = cast(aiormq.Channel, await consumer.channel.get_underlay_channel())
-                if consumer.channel.is_closed or consumer.tag not in underlay.consumers:
+                if not await consumer.is_serving():
                     missing.append(consumer.queue.name)
                     continue
                 declared = await probe.declare_queue(consumer.queue.name, passive=True)
@@ -402,7 +392,7 @@ class Worker:
                 await probe.close()
         return missing
 
-    async def _drain(self, consumers: list[_Consumer]) -> None:
+    async def _drain(self, consumers: list[Consumer]) -> None:
         """Stop consuming first, then let started handlers finish within the grace period.
 
         Unstarted deliveries and handlers still running after the grace are left unacked:
@@ -413,7 +403,7 @@ class Worker:
         for consumer in consumers:
             # A dead channel has no consumer left to cancel.
             with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
-                await asyncio.wait_for(consumer.queue.cancel(consumer.tag), CLOSE_TIMEOUT)
+                await asyncio.wait_for(consumer.cancel(), CLOSE_TIMEOUT)
         for task in list(self._waiting):
             task.cancel()
         running = set(self._running)
