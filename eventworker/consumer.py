@@ -17,13 +17,20 @@ new ones): probation ends and the consumer subscribes again with the handler's p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import cast
 
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from loguru import logger
 
+from eventworker.connection import CHANNEL_GONE
 from eventworker.logs import one_line
 
 OnMessage = Callable[[AbstractIncomingMessage], Awaitable[None]]
@@ -114,3 +121,25 @@ class Consumer:
             logger.debug(
                 "{}: no redelivered messages left; prefetch {}", self._name, self._prefetch
             )
+
+
+async def unserved(connection: AbstractConnection, consumers: list[Consumer]) -> list[str]:
+    """The queues among ``consumers`` that our consumer no longer serves: its channel closed,
+    its tag gone, or the broker counting no consumer on the queue (a passive declare)."""
+    missing = []
+    probe = await connection.channel()
+    try:
+        for consumer in consumers:
+            if not await consumer.is_serving():
+                missing.append(consumer.queue.name)
+                continue
+            declared = await probe.declare_queue(consumer.queue.name, passive=True)
+            if not declared.declaration_result.consumer_count:
+                missing.append(consumer.queue.name)
+    except CHANNEL_GONE:
+        # The probe channel died: a queue was deleted (404) or the connection went.
+        missing.append("(queue gone or connection lost)")
+    finally:
+        with contextlib.suppress(*CHANNEL_GONE):
+            await probe.close()
+    return missing

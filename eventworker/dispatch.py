@@ -18,7 +18,6 @@ import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal, Protocol
@@ -37,37 +36,19 @@ from eventworker.errors import (
     IdempotencyConflictError,
     PublishError,
 )
-from eventworker.handlers import Context, Handler, RetryPolicy
+from eventworker.handlers import Context
 from eventworker.idempotency import CONFLICT_REASON, Duplicate, Key, Requeue
 from eventworker.inbox import Claim, Inbox
 from eventworker.logs import one_line
 from eventworker.publisher import Publisher
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn, decide
+from eventworker.routes import Route
 from eventworker.routing import compile_bindings
 
 #: Pause before handing a message back to the broker when its retry or parked copy could not
 #: be published, so a broker that refuses publishes does not become a hot loop.
 REQUEUE_PAUSE = 1.0
 _HOST = socket.gethostname()
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One handler with everything resolved: queues, effective policy, limits."""
-
-    handler: Handler
-    queue: str
-    dead_letter_queue: str
-    policy: RetryPolicy
-    retry_queues: dict[float, str]
-    timeout: float | None
-    concurrency: int
-    prefetch: int
-    idempotent: bool = False
-
-    @property
-    def tiers(self) -> tuple[float, ...]:
-        return tuple(sorted(self.retry_queues))
 
 
 class Observer(Protocol):

@@ -23,15 +23,15 @@ from loguru import logger
 
 from eventworker import topology
 from eventworker.connection import CHANNEL_GONE, connect
-from eventworker.consumer import Consumer
-from eventworker.dispatch import Dispatcher, Observer, Route
+from eventworker.consumer import Consumer, unserved
+from eventworker.dispatch import Dispatcher, Observer
 from eventworker.errors import BrokerUnreachableError
 from eventworker.idempotency import InboxStore
 from eventworker.inbox import Inbox
 from eventworker.inbox_stores import build_inbox
 from eventworker.publisher import Publisher
 from eventworker.registry import Registration
-from eventworker.retry import all_tiers, effective_policy
+from eventworker.routes import Route, routes, topology_plan
 from eventworker.settings import Settings
 
 #: Reconnection back-off: first pause, growth factor and the longest pause, in seconds.
@@ -46,60 +46,6 @@ class State(Enum):
     RECONNECTING = "reconnecting"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:
-    """Each handler with its queues, effective retry policy, concurrency and prefetch."""
-    policies = {r.handler.name: effective_policy(r.handler, settings) for r in registrations}
-    tiers = all_tiers(policies.values())
-    retry_queues = {d: topology.retry_queue(settings.queue_prefix, d) for d in tiers}
-    result = []
-    for reg in registrations:
-        h = reg.handler
-        queues = topology.handler_queues(
-            h.name, h.bindings, prefix=settings.queue_prefix, queue=h.queue
-        )
-        # One at a time keeps the order a single active consumer exists for.
-        concurrency = h.concurrency or (1 if h.single_active_consumer else settings.concurrency)
-        timeout = h.timeout or settings.handler_timeout or None
-        idempotent = settings.inbox.idempotent if h.idempotent is None else h.idempotent
-        result.append(
-            Route(
-                handler=h,
-                queue=queues.queue,
-                dead_letter_queue=queues.dead_letter_queue,
-                policy=policies[h.name],
-                retry_queues=retry_queues,
-                timeout=timeout,
-                concurrency=concurrency,
-                prefetch=settings.effective_prefetch(concurrency),
-                idempotent=idempotent,
-            )
-        )
-    return result
-
-
-def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.Plan:
-    tiers = {d for r in route_list for d in r.retry_queues}
-    return topology.plan(
-        [
-            topology.HandlerQueues(
-                r.handler.name,
-                r.queue,
-                r.dead_letter_queue,
-                r.handler.bindings,
-                single_active_consumer=r.handler.single_active_consumer,
-            )
-            for r in route_list
-        ],
-        exchange=settings.exchange,
-        prefix=settings.queue_prefix,
-        queue_type=settings.queue_type,
-        delivery_limit=settings.delivery_limit,
-        tiers=tiers,
-        initial_group_size=settings.quorum_initial_group_size,
-        unrouted_queue=settings.unrouted_queue,
-    )
 
 
 class Worker:
@@ -363,34 +309,12 @@ class Worker:
             return
         while not lost.is_set():
             await asyncio.sleep(interval)
-            missing = await self._unserved(connection, consumers)
+            missing = await unserved(connection, consumers)
             if missing:
                 logger.error(
                     "watchdog: no consumer of ours on {}; subscribing again", ", ".join(missing)
                 )
                 lost.set()
-
-    async def _unserved(
-        self, connection: AbstractConnection, consumers: list[Consumer]
-    ) -> list[str]:
-        """The queues among ``consumers`` that our consumer no longer serves."""
-        missing = []
-        probe = await connection.channel()
-        try:
-            for consumer in consumers:
-                if not await consumer.is_serving():
-                    missing.append(consumer.queue.name)
-                    continue
-                declared = await probe.declare_queue(consumer.queue.name, passive=True)
-                if not declared.declaration_result.consumer_count:
-                    missing.append(consumer.queue.name)
-        except CHANNEL_GONE:
-            # The probe channel died: a queue was deleted (404) or the connection went.
-            missing.append("(queue gone or connection lost)")
-        finally:
-            with contextlib.suppress(*CHANNEL_GONE):
-                await probe.close()
-        return missing
 
     async def _drain(self, consumers: list[Consumer]) -> None:
         """Stop consuming first, then let started handlers finish within the grace period.

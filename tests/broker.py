@@ -14,8 +14,9 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from eventworker import topology
 from eventworker.handlers import Handler
 from eventworker.registry import Plugin, Registration, discover
+from eventworker.routes import routes
 from eventworker.settings import Settings
-from eventworker.worker import Worker, routes
+from eventworker.worker import Worker
 
 TEST_PLUGIN = Plugin(entry_point="tests", value="tests", distribution="tests", version="0")
 

@@ -40,6 +40,7 @@ LAYERS = {
     "outbox_store": 3,
     "bindings": 3,
     "publisher": 4,
+    "routes": 4,
     "stats": 4,
     "consumer": 4,
     "parked": 4,

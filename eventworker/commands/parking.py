@@ -40,7 +40,7 @@ def resolve(settings: Settings, names: Sequence[str]) -> list[Parking]:
     """
     from eventworker import registry, topology
     from eventworker.dlq import Parking
-    from eventworker.worker import routes
+    from eventworker.routes import routes
 
     back = topology.return_exchange(settings.exchange)
     registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)

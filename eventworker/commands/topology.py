@@ -37,7 +37,7 @@ def _handler_option(func: Any) -> Any:
 
 def _plan(settings: Settings) -> Plan:
     from eventworker import registry
-    from eventworker.worker import routes, topology_plan
+    from eventworker.routes import routes, topology_plan
 
     registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
     if not registrations:
