@@ -33,6 +33,7 @@ class QueueState:
     unacked: int
     consumers: int
     arguments: dict[str, Any]
+    policy: str
 
 
 class Control:
@@ -71,6 +72,7 @@ class Control:
             "messages_unacknowledged",
             "consumers",
             "arguments",
+            "policy",
         )
         return {
             r["name"]: QueueState(
@@ -80,6 +82,7 @@ class Control:
                 int(r["messages_unacknowledged"] or 0),
                 int(r["consumers"] or 0),
                 {a[0]: a[2] for a in r.get("arguments") or []},
+                str(r.get("policy") or ""),
             )
             for r in rows
             if r["name"].startswith(prefix)

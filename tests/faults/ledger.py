@@ -35,7 +35,7 @@ CREATE INDEX IF NOT EXISTS invocations_id ON invocations (id);
 CREATE TABLE IF NOT EXISTS effects (id TEXT PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS parked (
     id TEXT NOT NULL, reason TEXT, attempts INTEGER, headers_json TEXT, body_sha256 TEXT,
-    queue TEXT
+    queue TEXT, properties_json TEXT
 );
 """
 
@@ -103,10 +103,11 @@ class Ledger:
         assert cur.lastrowid is not None
         return cur.lastrowid, int(before)
 
-    def finish_invocation(self, row: int, outcome: str, *, finished: bool = True) -> None:
+    def finish_invocation(self, row: int, outcome: str) -> None:
+        """When and how a call ended (``cancelled`` too: a timeout or a shutdown)."""
         self._db().execute(
             "UPDATE invocations SET outcome = ?, finished_ts = ? WHERE rowid = ?",
-            (outcome, time.time() if finished else None, row),
+            (outcome, time.time(), row),
         )
 
     def apply_effect(self, event_id: str) -> bool:
@@ -124,12 +125,13 @@ class Ledger:
         db.execute("COMMIT")
         return done is None
 
-    def record_parked(self, rows: Iterable[tuple[str, str, int, str, str, str]]) -> None:
-        """``(id, reason, attempts, headers_json, body_sha256, queue)`` per parked message."""
+    def record_parked(self, rows: Iterable[tuple[str, str, int, str, str, str, str]]) -> None:
+        """``(id, reason, attempts, headers_json, body_sha256, queue, properties_json)`` per
+        parked message; replaces what an earlier read recorded."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
         db.execute("DELETE FROM parked")
-        db.executemany("INSERT INTO parked VALUES (?, ?, ?, ?, ?, ?)", list(rows))
+        db.executemany("INSERT INTO parked VALUES (?, ?, ?, ?, ?, ?, ?)", list(rows))
         db.execute("COMMIT")
 
     # -- readers ---------------------------------------------------------------------------
@@ -160,7 +162,8 @@ class Ledger:
 
     def parked_rows(self) -> list[dict[str, Any]]:
         rows = self._db().execute(
-            "SELECT id, reason, attempts, headers_json, body_sha256, queue FROM parked"
+            "SELECT id, reason, attempts, headers_json, body_sha256, queue, properties_json "
+            "FROM parked"
         )
         return [
             {
@@ -170,6 +173,7 @@ class Ledger:
                 "headers": json.loads(r[3]),
                 "body_sha256": r[4],
                 "queue": r[5],
+                "properties": json.loads(r[6]),
             }
             for r in rows
         ]

@@ -7,7 +7,8 @@ Fault hooks (keys of the JSON body; all optional):
     fail_attempts: int    raise RetryableError while the attempt is <= this (1000: always)
     permanent: true       raise PermanentError (declared in give_up_on: dead-lettered at once)
     retry_in: float       raise Retry(delay=...) on attempt 1
-    fault: str            "hang" (await forever), "block" (time.sleep(block) on this thread),
+    fault: str            "hang" (await forever, or ``block`` seconds),
+                          "block" (time.sleep(block) on the handler's thread),
                           "kill" (SIGKILL this worker before the effect),
                           "kill_after_effect" (SIGKILL after the effect, before the ack),
                           "raise" (raise ValueError(error))
@@ -139,7 +140,10 @@ def build(spec: Spec, ledger: Ledger, *, sleep_scale: float = 1.0) -> Handler:
         try:
             fault = faults.injected(plan, before)
             if fault == "hang":
-                await asyncio.Event().wait()
+                if "block" in plan:
+                    await asyncio.sleep(float(plan["block"]))
+                else:
+                    await asyncio.Event().wait()
             if fault == "block":
                 # The fault itself: a handler that blocks the event loop.
                 time.sleep(float(plan.get("block", 60)))  # noqa: ASYNC251
@@ -151,7 +155,7 @@ def build(spec: Spec, ledger: Ledger, *, sleep_scale: float = 1.0) -> Handler:
             faults.fail(plan, event.attempt)
             outcome = faults.effect(event, fault)
         except asyncio.CancelledError:
-            ledger.finish_invocation(row, "cancelled", finished=False)
+            ledger.finish_invocation(row, "cancelled")
             raise
         except Exception as exc:
             ledger.finish_invocation(row, f"error:{type(exc).__name__}")

@@ -45,7 +45,8 @@ class Rig:
         self.ledger = Ledger(self.ledger_path)
         self.view = Broker(connection, settings)  # queue counts over AMQP, quick to poll
         self.workers: list[WorkerProcess] = []
-        self._last_queues: list[str] = []
+        #: Every queue a worker or :meth:`declare` of this test declares.
+        self.planned_queues: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -73,16 +74,22 @@ class Rig:
     async def declare(self, specs: Sequence[Spec]) -> None:
         """Declare the topology a worker with ``specs`` would, without starting one (to
         preload a backlog)."""
-        registrations = [Registration(build(s, self.ledger), PLUGIN) for s in specs]
-        plan = Worker(registrations, self.settings).plan
+        plan = self._plan(specs)
         channel = await self.connection.channel()
         try:
             await topology.apply(plan, channel)
         finally:
             await channel.close()
 
+    def _plan(self, specs: Sequence[Spec], settings: Settings | None = None) -> topology.Plan:
+        registrations = [Registration(build(s, self.ledger), PLUGIN) for s in specs]
+        plan = Worker(registrations, settings or self.settings).plan
+        self.planned_queues |= {q.name for q in plan.queues}
+        return plan
+
     def worker(self, specs: Sequence[Spec], **options: Any) -> WorkerProcess:
         settings = options.pop("settings", self.settings)
+        self._plan(specs, settings)
         worker = WorkerProcess(self.folder, self.ledger_path, specs, settings, **options)
         self.workers.append(worker)
         return worker
@@ -161,30 +168,26 @@ class Rig:
 
     # -- the end ---------------------------------------------------------------------------
     async def drained(self, timeout: float = 90.0) -> Mapping[str, QueueState]:
-        """Wait until this test's work and retry queues hold nothing (ready or unacked),
-        ``STABLE_SECONDS`` apart twice as rabbitmqctl counts them; the last snapshot."""
+        """Wait until this test's work and retry queues hold nothing: none ready for
+        ``STABLE_SECONDS`` in a row (polled over AMQP), then none at all, unacked included,
+        as rabbitmqctl counts them (a second each, so asked once when all looks calm)."""
         deadline = time.monotonic() + timeout
+        busy = sorted(q for q in self.planned_queues if not invariants.is_parking(q))
+        calm_since = time.monotonic()
         while True:
-            first = await asyncio.to_thread(self.queues)
-            if not invariants.drained_problems(first, parked=None):
-                await asyncio.sleep(invariants.STABLE_SECONDS)
-                again = await asyncio.to_thread(self.queues)
-                if not invariants.drained_problems(again, parked=None) and _parking(
-                    again
-                ) == _parking(first):
-                    self._last_queues = list(again)
-                    return again
-                first = again
+            if any([await self.view.count(q) for q in busy]):
+                calm_since = time.monotonic()
+            elif time.monotonic() - calm_since >= invariants.STABLE_SECONDS:
+                queues = await asyncio.to_thread(self.queues)
+                problems = invariants.drained_problems(queues, parked=None)
+                if not problems:
+                    return queues
+                calm_since = time.monotonic()
             if time.monotonic() > deadline:
-                problems = invariants.drained_problems(first, parked=None)
+                queues = await asyncio.to_thread(self.queues)
+                problems = invariants.drained_problems(queues, parked=None)
                 raise AssertionError("INV-DRAINED: " + "; ".join(problems or ["not stable"]))
-            # Cheap polling (AMQP) until nothing is ready, before asking rabbitmqctl again.
-            busy = [q for q in first if not invariants.is_parking(q)]
-            for _ in range(int(timeout / 0.2)):
-                if time.monotonic() > deadline or not any([await self.view.count(q) for q in busy]):
-                    break
-                await asyncio.sleep(0.2)
-            await asyncio.sleep(0.3)
+            await asyncio.sleep(0.2)
 
     async def finish(
         self,
@@ -215,7 +218,7 @@ class Rig:
         for worker in self.workers:
             worker.cleanup()
         with contextlib.suppress(Exception):
-            names = self._last_queues or list(self.ctl.queues(self.prefix))
+            names = self.planned_queues or set(self.ctl.queues(self.prefix))
             channel = await self.connection.channel()
             for name in names:
                 with contextlib.suppress(Exception):
@@ -228,7 +231,3 @@ class Rig:
                     await channel.exchange_delete(exchange)
             with contextlib.suppress(Exception):
                 await channel.close()
-
-
-def _parking(queues: Mapping[str, QueueState]) -> int:
-    return sum(q.messages for q in queues.values() if invariants.is_parking(q.name))

@@ -14,7 +14,7 @@ from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from eventworker import envelope
 from eventworker.errors import BrokerError
@@ -154,12 +154,28 @@ async def read_parked(connection: AbstractConnection, queues: Sequence[str], led
                         json.dumps(_plain(headers)),
                         hashlib.sha256(message.body).hexdigest(),
                         name,
+                        json.dumps(_plain(properties(message))),
                     )
                 )
     finally:
         await channel.close()
     ledger.record_parked(rows)
     return len(rows)
+
+
+def properties(message: AbstractIncomingMessage) -> dict[str, Any]:
+    """The AMQP properties of a delivered message, by name."""
+    return {
+        "content_type": message.content_type,
+        "content_encoding": message.content_encoding,
+        "message_id": message.message_id,
+        "correlation_id": message.correlation_id,
+        "expiration": message.expiration,
+        "type": message.type,
+        "app_id": message.app_id,
+        "delivery_mode": int(message.delivery_mode or 0),
+        "routing_key": message.routing_key,
+    }
 
 
 def _text(value: Any) -> str:
