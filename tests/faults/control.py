@@ -96,6 +96,16 @@ class Control:
             row["connection_name"] = props.get("connection_name", "")
         return rows
 
+    def consumers(self, prefix: str = "") -> dict[str, int]:
+        """Consumers per queue whose name starts with ``prefix``. Unlike the count a passive
+        declare returns, this drops a cancelled consumer at once on quorum queues (the
+        declare counts it until its unacked messages are settled)."""
+        counts: dict[str, int] = {}
+        for row in self._json("list_consumers", "queue_name", "consumer_tag"):
+            if row["queue_name"].startswith(prefix):
+                counts[row["queue_name"]] = counts.get(row["queue_name"], 0) + 1
+        return counts
+
     def bindings(self) -> list[dict[str, Any]]:
         return self._json(
             "list_bindings", "source_name", "destination_name", "routing_key", "arguments"
