@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from eventworker.commands.handlers import list_handlers
+from eventworker.commands.plugins import list_plugins
 from eventworker.commands.publish import publish
 from eventworker.commands.run import run
 
@@ -18,5 +19,5 @@ def main() -> None:
     """
 
 
-for command in (run, publish, list_handlers):
+for command in (run, publish, list_handlers, list_plugins):
     main.add_command(command)

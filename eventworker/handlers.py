@@ -154,6 +154,7 @@ class Handler:
     timeout: float | None = None
     retry_on: tuple[type[BaseException], ...] = ()
     give_up_on: tuple[type[BaseException], ...] = ()
+    single_active_consumer: bool = False
 
     @property
     def is_async(self) -> bool:
@@ -201,6 +202,7 @@ def handler(
     timeout: float | None = None,
     retry_on: tuple[type[BaseException], ...] = (),
     give_up_on: tuple[type[BaseException], ...] = (),
+    single_active_consumer: bool = False,
 ) -> Callable[[HandlerFunc], Handler]:
     """Declare a handler for events whose routing key matches any of ``binding_keys``.
 
@@ -208,6 +210,9 @@ def handler(
     be unique among installed handlers; ``queue`` defaults to ``<queue_prefix><name>``.
     ``retry_on`` lists the only exception types that are retried (others dead-letter at once);
     ``give_up_on`` lists exception types that dead-letter at once.
+    ``single_active_consumer`` keeps the queue's order across every worker: the broker delivers
+    to one consumer at a time and fails over to another; concurrency then defaults to 1.
+    Retries still come back later than the messages behind them.
 
     Raises:
         ValueError: a bad binding key or option, when the plugin module is imported.
@@ -237,6 +242,7 @@ def handler(
             timeout=timeout,
             retry_on=tuple(retry_on),
             give_up_on=tuple(give_up_on),
+            single_active_consumer=single_active_consumer,
         )
 
     return register

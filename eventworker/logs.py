@@ -8,6 +8,7 @@ through :func:`one_line`, so a producer cannot forge log lines or inject termina
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any
 
@@ -22,16 +23,31 @@ _FORMAT = (
 
 
 def one_line(text: object, limit: int = 300) -> str:
-    """``text`` escaped onto one line (control characters as escapes) and truncated."""
-    shown = str(text)
-    escaped = shown.encode("unicode_escape", "backslashreplace").decode("ascii")
+    """``text`` on one line: control characters (newlines, terminal escapes) as ``\\xNN``
+    escapes, then truncated to ``limit`` characters. Printable Unicode stays as it is."""
+    escaped = _CONTROL.sub(_escape, str(text))
     return escaped if len(escaped) <= limit else escaped[:limit] + "..."
 
 
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+#: The longest message a log line carries; longer ones are truncated.
+MAX_MESSAGE = 4000
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def _context(record: Any) -> None:
+    """Every record, ours or a plugin's, on one line: a producer's id, routing key or error
+    text cannot forge a log line or send escapes to a terminal."""
+    record["message"] = one_line(record["message"], MAX_MESSAGE)
     extra = record["extra"]
     extra.setdefault("component", "eventworker")
-    fields = [f"{k}={extra[k]}" for k in ("handler", "event_id", "attempt") if k in extra]
+    fields = [
+        f"{k}={one_line(extra[k], 200)}" for k in ("handler", "event_id", "attempt") if k in extra
+    ]
     extra["context"] = f" [{' '.join(fields)}]" if fields else ""
 
 

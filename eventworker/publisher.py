@@ -8,7 +8,7 @@ waiting for each one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,6 +27,7 @@ from pydantic import SecretStr
 from eventworker import envelope
 from eventworker.connection import connect
 from eventworker.errors import BrokerError, PublishError
+from eventworker.settings import TlsSettings
 
 Status = Literal["confirmed", "nacked", "unroutable", "timeout", "connection_lost"]
 
@@ -81,13 +82,14 @@ class Publisher:
     @asynccontextmanager
     async def connect(
         cls,
-        url: str | SecretStr,
+        url: str | SecretStr | Sequence[SecretStr],
         *,
         exchange: str,
         source: str | None = None,
         timeout: float = 10.0,
         connect_timeout: float = 10.0,
         heartbeat: int = 30,
+        tls: TlsSettings | None = None,
     ) -> AsyncIterator[Publisher]:
         """A publisher on a connection of its own, closed on exit.
 
@@ -95,9 +97,9 @@ class Publisher:
             BrokerUnreachableError, BrokerAuthError: the connection failed.
             BrokerError: the exchange does not exist.
         """
-        secret = url if isinstance(url, SecretStr) else SecretStr(url)
+        urls = SecretStr(url) if isinstance(url, str) else url
         connection = await connect(
-            secret, role="publisher", timeout=connect_timeout, heartbeat=heartbeat
+            urls, role="publisher", timeout=connect_timeout, heartbeat=heartbeat, tls=tls
         )
         try:
             yield await cls.open(connection, exchange, source=source, timeout=timeout)
@@ -226,7 +228,9 @@ class Publisher:
             return PublishResult(event_id, "nacked", "the broker refused it")
         except TimeoutError:
             return PublishResult(
-                event_id, "timeout", f"no confirm within {self._timeout:g}s (broker blocked?)"
+                event_id,
+                "timeout",
+                f"no confirm within {self._timeout:g}s (broker blocked by a resource alarm?)",
             )
         except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError) as exc:
             return PublishResult(event_id, "connection_lost", type(exc).__name__)

@@ -162,3 +162,27 @@ def own_version() -> str:
         return version("eventworker")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0+unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """An entry point of the group and whether the worker would load it, without importing it."""
+
+    plugin: Plugin
+    status: str
+
+
+def survey(*, plugins: Sequence[str] = (), group: str = GROUP) -> list[Availability]:
+    """Every entry point of ``group`` with its status: ``enabled``, ``available, not enabled``
+    (an allowlist is set and does not name it) or ``ignored (untrusted location)`` (metadata
+    in the working directory). Imports no plugin code."""
+    rows = []
+    for ep in entry_points(group=group):
+        if _from_working_directory(ep):
+            status = "ignored (untrusted location: the working directory)"
+        elif plugins and ep.name not in plugins:
+            status = "available, not enabled"
+        else:
+            status = "enabled"
+        rows.append(Availability(_plugin(ep), status))
+    return sorted(rows, key=lambda r: (r.plugin.entry_point, r.plugin.distribution))

@@ -6,6 +6,7 @@ Read once by the CLI and passed down; nothing else in the package reads the envi
 from __future__ import annotations
 
 import os
+import random
 import re
 from contextvars import ContextVar
 from pathlib import Path
@@ -39,9 +40,21 @@ def redact_url(url: str) -> str:
     """``amqp://user:secret@host/vh`` -> ``amqp://user:***@host/vh``; works on malformed URLs too.
 
     A regular expression rather than ``urllib.parse``, because a parser error would be the place
-    where the unredacted URL leaks (its message may quote the input).
+    where the unredacted URL leaks (its message may quote the input). A comma-separated list of
+    URLs (a cluster) is redacted URL by URL.
     """
-    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", url)
+    return ",".join(
+        _USERINFO.sub(r"\g<scheme>\g<user>:***@", part) for part in _URL_LIST.split(url)
+    )
+
+
+#: Where a comma-separated list of broker URLs splits: before each further scheme.
+_URL_LIST = re.compile(r",\s*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
+
+
+def split_urls(urls: str) -> list[str]:
+    """``"amqp://a/,amqp://b/"`` -> ``["amqp://a/", "amqp://b/"]`` (a single URL stays one)."""
+    return [part.strip() for part in _URL_LIST.split(urls) if part.strip()]
 
 
 class RetrySettings(BaseModel):
@@ -60,6 +73,18 @@ class RetrySettings(BaseModel):
         return tuple(round(d, 3) for d in delays)
 
 
+class TlsSettings(BaseModel):
+    """TLS for ``amqps://`` URLs (``[tls]``). The broker's certificate chain and host name are
+    verified by default; ``insecure`` turns both checks off and logs a warning."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = False
+
+
 class Settings(BaseSettings):
     """Every setting of eventworker; ``config.example.toml`` documents each one."""
 
@@ -75,7 +100,9 @@ class Settings(BaseSettings):
     url: SecretStr = SecretStr("amqp://guest:guest@localhost:5672/")
     exchange: str = Field("eventworker", min_length=1, max_length=200)
     queue_prefix: str = Field("eventworker.", max_length=100)
+    url_order: Literal["ordered", "shuffle"] = "ordered"
     queue_type: Literal["quorum", "classic"] = "quorum"
+    quorum_initial_group_size: int = Field(0, ge=0)
     delivery_limit: int = Field(20, ge=0)
     concurrency: int = Field(16, ge=1, le=10_000)
     prefetch: int = Field(0, ge=0, le=65_535)
@@ -85,6 +112,9 @@ class Settings(BaseSettings):
     publish_timeout: float = Field(10.0, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
     heartbeat: int = Field(30, ge=0, le=3600)
+    broker_consumer_timeout: float = Field(1800.0, ge=0)
+    watchdog_interval: float = Field(30.0, ge=0)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
     plugins: Annotated[tuple[str, ...], NoDecode] = ()
     handlers: Annotated[tuple[str, ...], NoDecode] = ()
     retry: RetrySettings = Field(default_factory=RetrySettings)
@@ -99,11 +129,20 @@ class Settings(BaseSettings):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
+    @field_validator("url", mode="before")
+    @classmethod
+    def _url_list(cls, value: Any) -> Any:
+        """A TOML list of cluster nodes becomes the comma-separated form."""
+        if isinstance(value, list | tuple):
+            return ",".join(str(v) for v in value)
+        return value
+
     @field_validator("url")
     @classmethod
     def _amqp_url(cls, url: SecretStr) -> SecretStr:
-        if not url.get_secret_value().lower().startswith(("amqp://", "amqps://")):
-            raise ValueError("the broker URL must start with amqp:// or amqps://")
+        parts = split_urls(url.get_secret_value())
+        if not parts or not all(p.lower().startswith(("amqp://", "amqps://")) for p in parts):
+            raise ValueError("every broker URL must start with amqp:// or amqps://")
         return url
 
     @classmethod
@@ -123,6 +162,13 @@ class Settings(BaseSettings):
 
     def redacted_url(self) -> str:
         return redact_url(self.url.get_secret_value())
+
+    def urls(self) -> list[SecretStr]:
+        """The broker URLs to try, in the order ``url_order`` says (a cluster has several)."""
+        urls = [SecretStr(u) for u in split_urls(self.url.get_secret_value())]
+        if self.url_order == "shuffle":
+            random.shuffle(urls)
+        return urls
 
     def effective_prefetch(self, concurrency: int) -> int:
         """Prefetch per handler: the setting, or twice the handler's concurrency when 0."""

@@ -57,6 +57,8 @@ class HandlerQueues:
     queue: str
     dead_letter_queue: str
     bindings: tuple[str, ...]
+    #: One consumer at a time across all workers (the others wait): per-queue order.
+    single_active_consumer: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,12 @@ def return_exchange(exchange: str) -> str:
 
 
 def handler_queues(
-    name: str, bindings: Iterable[str], *, prefix: str, queue: str | None = None
+    name: str,
+    bindings: Iterable[str],
+    *,
+    prefix: str,
+    queue: str | None = None,
+    single_active_consumer: bool = False,
 ) -> HandlerQueues:
     work = work_queue(prefix, name, queue)
     return HandlerQueues(
@@ -96,6 +103,7 @@ def handler_queues(
         queue=work,
         dead_letter_queue=dead_letter_queue(work),
         bindings=tuple(bindings),
+        single_active_consumer=single_active_consumer,
     )
 
 
@@ -107,9 +115,18 @@ def plan(
     queue_type: str,
     delivery_limit: int,
     tiers: Iterable[float],
+    initial_group_size: int = 0,
 ) -> Plan:
-    """Everything to declare for ``handlers``; idempotent to apply again."""
+    """Everything to declare for ``handlers``; idempotent to apply again.
+
+    ``initial_group_size`` (quorum queues in a cluster): how many nodes replicate each queue;
+    0 leaves it to the broker (every cluster node).
+    """
     back = return_exchange(exchange)
+    replicas: dict[str, Any] = (
+        {"x-quorum-initial-group-size": initial_group_size} if initial_group_size else {}
+    )
+    quorum = {"x-queue-type": "quorum", **replicas}
     queues: list[QueueDecl] = []
     bindings: list[BindingDecl] = []
     for h in handlers:
@@ -125,10 +142,18 @@ def plan(
             # at-least-once needs reject-publish (harmless here: work queues have no limit).
             args["x-dead-letter-strategy"] = "at-least-once"
             args["x-overflow"] = "reject-publish"
+            args.update(replicas)
             if delivery_limit:
                 args["x-delivery-limit"] = delivery_limit
+        if h.single_active_consumer:
+            args["x-single-active-consumer"] = True
         queues.append(QueueDecl(h.queue, args))
-        queues.append(QueueDecl(h.dead_letter_queue, {"x-queue-type": queue_type}))
+        queues.append(
+            QueueDecl(
+                h.dead_letter_queue,
+                quorum if queue_type == "quorum" else {"x-queue-type": queue_type},
+            )
+        )
         bindings += [BindingDecl(h.queue, exchange, key) for key in h.bindings]
         bindings.append(BindingDecl(h.queue, back, "", {"x-match": "all", RETURN_TO: h.queue}))
     retry_queues = {}
@@ -139,7 +164,7 @@ def plan(
             QueueDecl(
                 name,
                 {
-                    "x-queue-type": "quorum",
+                    **quorum,
                     "x-message-ttl": round(delay * 1000),
                     "x-dead-letter-exchange": back,
                     "x-dead-letter-strategy": "at-least-once",

@@ -16,9 +16,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from aiormq.exceptions import AMQPError
 from loguru import logger
 
@@ -49,6 +55,7 @@ class State(Enum):
 class _Consumer:
     queue: AbstractQueue
     tag: str
+    channel: AbstractChannel
 
 
 def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:
@@ -62,7 +69,8 @@ def routes(registrations: Sequence[Registration], settings: Settings) -> list[Ro
         queues = topology.handler_queues(
             h.name, h.bindings, prefix=settings.queue_prefix, queue=h.queue
         )
-        concurrency = h.concurrency or settings.concurrency
+        # One at a time keeps the order a single active consumer exists for.
+        concurrency = h.concurrency or (1 if h.single_active_consumer else settings.concurrency)
         timeout = h.timeout or settings.handler_timeout or None
         result.append(
             Route(
@@ -83,7 +91,13 @@ def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.P
     tiers = {d for r in route_list for d in r.retry_queues}
     return topology.plan(
         [
-            topology.HandlerQueues(r.handler.name, r.queue, r.dead_letter_queue, r.handler.bindings)
+            topology.HandlerQueues(
+                r.handler.name,
+                r.queue,
+                r.dead_letter_queue,
+                r.handler.bindings,
+                single_active_consumer=r.handler.single_active_consumer,
+            )
             for r in route_list
         ],
         exchange=settings.exchange,
@@ -91,6 +105,7 @@ def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.P
         queue_type=settings.queue_type,
         delivery_limit=settings.delivery_limit,
         tiers=tiers,
+        initial_group_size=settings.quorum_initial_group_size,
     )
 
 
@@ -126,6 +141,8 @@ class Worker:
         self.interrupted = False
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
+        #: The consumers of the current session (empty while not connected).
+        self.consumers: list[_Consumer] = []
         self._waiting: set[asyncio.Task[Any]] = set()
         self._running: set[asyncio.Task[Any]] = set()
 
@@ -212,13 +229,24 @@ class Worker:
     async def _session(self) -> None:
         """One connected period: declare, consume, wait for stop or loss; drain on stop."""
         s = self.settings
+        urls = s.urls()
+        names = ",".join(r.handler.name for r in self.routes)
+        names = names if len(names) <= 120 else names[:117] + "..."
         consuming = await connect(
-            s.url, role="worker", timeout=s.connect_timeout, heartbeat=s.heartbeat
+            urls,
+            role=f"worker [{names}]",
+            timeout=s.connect_timeout,
+            heartbeat=s.heartbeat,
+            tls=s.tls,
         )
         publishing: AbstractConnection | None = None
         try:
             publishing = await connect(
-                s.url, role="worker-publisher", timeout=s.connect_timeout, heartbeat=s.heartbeat
+                urls,
+                role=f"worker-publisher [{names}]",
+                timeout=s.connect_timeout,
+                heartbeat=s.heartbeat,
+                tls=s.tls,
             )
             channel = await consuming.channel()
             await topology.apply(self.plan, channel)
@@ -229,7 +257,7 @@ class Worker:
             lost = asyncio.Event()
             for live in (consuming, publishing):
                 live.close_callbacks.add(lambda *_: lost.set())
-            consumers = [
+            consumers = self.consumers = [
                 await self._subscribe(consuming, route, publisher, lost) for route in self.routes
             ]
             if self.state is State.STARTING:
@@ -238,12 +266,16 @@ class Worker:
                 logger.info("reconnected: {} queue(s) consuming again", len(consumers))
             self.state = State.RUNNING
             self._ready.set()
-            stop_wait = asyncio.ensure_future(self._stop.wait())
-            lost_wait = asyncio.ensure_future(lost.wait())
-            await asyncio.wait({stop_wait, lost_wait}, return_when=asyncio.FIRST_COMPLETED)
-            stop_wait.cancel()
-            lost_wait.cancel()
+            waits = {
+                asyncio.ensure_future(self._stop.wait()),
+                asyncio.ensure_future(lost.wait()),
+                asyncio.ensure_future(self._watchdog(consuming, consumers, lost)),
+            }
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
             self._ready.clear()
+            self.consumers = []
             if self._stop.is_set():
                 await self._drain(consumers)
         finally:
@@ -297,7 +329,49 @@ class Worker:
 
         queue = await channel.get_queue(route.queue, ensure=False)
         tag = await queue.consume(on_message)
-        return _Consumer(queue, tag)
+        return _Consumer(queue, tag, channel)
+
+    async def _watchdog(
+        self, connection: AbstractConnection, consumers: list[_Consumer], lost: asyncio.Event
+    ) -> None:
+        """Every ``watchdog_interval`` seconds, check that each queue we serve still has our
+        consumer; if one lost it without any notice we saw, end the session so the next one
+        subscribes everything again. A worker never stays up with a queue nobody consumes."""
+        interval = self.settings.watchdog_interval
+        if not interval:
+            await lost.wait()
+            return
+        while not lost.is_set():
+            await asyncio.sleep(interval)
+            missing = await self._unserved(connection, consumers)
+            if missing:
+                logger.error(
+                    "watchdog: no consumer of ours on {}; subscribing again", ", ".join(missing)
+                )
+                lost.set()
+
+    async def _unserved(
+        self, connection: AbstractConnection, consumers: list[_Consumer]
+    ) -> list[str]:
+        """The queues among ``consumers`` that our consumer no longer serves."""
+        missing = []
+        probe = await connection.channel()
+        try:
+            for consumer in consumers:
+                underlay = cast(aiormq.Channel, await consumer.channel.get_underlay_channel())
+                if consumer.channel.is_closed or consumer.tag not in underlay.consumers:
+                    missing.append(consumer.queue.name)
+                    continue
+                declared = await probe.declare_queue(consumer.queue.name, passive=True)
+                if not declared.declaration_result.consumer_count:
+                    missing.append(consumer.queue.name)
+        except CHANNEL_GONE:
+            # The probe channel died: a queue was deleted (404) or the connection went.
+            missing.append("(queue gone or connection lost)")
+        finally:
+            with contextlib.suppress(*CHANNEL_GONE):
+                await probe.close()
+        return missing
 
     async def _drain(self, consumers: list[_Consumer]) -> None:
         """Stop consuming first, then let started handlers finish within the grace period.
@@ -341,6 +415,10 @@ class Worker:
             s.grace,
         )
         by_name = {r.handler.name: r.plugin for r in self.registrations}
+        for unknown in sorted(set(s.retry_overrides) - set(by_name)):
+            logger.warning(
+                "retry_overrides names {!r}, which is no handler of this worker", unknown
+            )
         for route in self.routes:
             plugin = by_name[route.handler.name]
             p = route.policy
@@ -359,3 +437,14 @@ class Worker:
                 p.max_attempts,
                 "/".join(f"{d:g}" for d in p.delays),
             )
+            limit = s.broker_consumer_timeout
+            if limit and (route.timeout is None or route.timeout >= limit):
+                # The broker closes the channel of a delivery unacked for longer than its
+                # consumer_timeout; every other in-flight message on it is redelivered.
+                logger.warning(
+                    "handler {}: timeout {} is not below the broker's consumer timeout {:g}s "
+                    "(broker_consumer_timeout): a long handling gets its channel closed",
+                    route.handler.name,
+                    f"{route.timeout:g}s" if route.timeout else "none",
+                    limit,
+                )

@@ -86,6 +86,21 @@ def settings(
 
 
 @pytest.fixture
+def log_lines() -> Iterator[list[str]]:
+    """Every line eventworker logs during the test (the library is silent by default)."""
+    from loguru import logger
+
+    lines: list[str] = []
+    logger.enable("eventworker")
+    sink = logger.add(lambda message: lines.append(str(message)), level="DEBUG")
+    try:
+        yield lines
+    finally:
+        logger.remove(sink)
+        logger.disable("eventworker")
+
+
+@pytest.fixture
 async def broker(broker_url: str, settings: Settings) -> AsyncIterator[Broker]:
     """A connection for looking into queues; deletes this test's queues and exchanges after."""
     connection = await aio_pika.connect(broker_url)

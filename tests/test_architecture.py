@@ -30,6 +30,7 @@ LAYERS = {
     "__init__": 7,
     "commands": 7,
     "commands.handlers": 8,
+    "commands.plugins": 8,
     "commands.publish": 8,
     "commands.run": 8,
     "cli": 9,
@@ -41,7 +42,14 @@ ALLOWED = {("__main__", "cli")}
 BOUNDARIES = {
     "aio_pika": {"connection", "topology", "publisher", "dispatch", "worker"},
     "aiormq": {"connection", "topology", "publisher", "dispatch", "worker"},
-    "click": {"cli", "commands", "commands.handlers", "commands.publish", "commands.run"},
+    "click": {
+        "cli",
+        "commands",
+        "commands.handlers",
+        "commands.plugins",
+        "commands.publish",
+        "commands.run",
+    },
     "importlib.metadata": {"registry"},
     "importlib_metadata": {"registry"},
 }

@@ -313,3 +313,45 @@ async def test_a_second_signal_stops_at_once_and_the_message_goes_back(
     [back] = await broker.take_all(queue, expect=1)
     assert back.redelivered
     assert await broker.count(f"{queue}.dead") == 0
+
+
+def test_plugins_lists_enabled_available_and_ignored_ones(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # A stray plugin's metadata in the working directory: listed as ignored, never imported.
+    dist = tmp_path / "evil-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: evil\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[eventworker.handlers]\npwn = evilmod:handler\n")
+    (tmp_path / "evilmod.py").write_text("open('SENTINEL', 'w').close()\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "eventworker", "plugins", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env_for(settings, EVENTWORKER_PLUGINS="audit,pwn"),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    status = {row["plugin"]: row["status"] for row in json.loads(result.stdout)}
+    assert status["audit"] == "enabled"
+    assert status["demo"] == "available, not enabled"
+    assert status["pwn"].startswith("ignored (untrusted location")
+    assert not (tmp_path / "SENTINEL").exists()
+
+
+async def test_log_lines_stay_single_lines_whatever_the_producer_sends(
+    broker: Broker, settings: Settings, worker_process: type[Worker]
+) -> None:
+    broker.track_installed("broken")
+    worker = worker_process("--handler", "broken")
+    await wait_for(lambda: "handler broken from" in worker.text(), 30)
+    forged = "evil\nFORGED 2026-01-01 ERROR fake line\x1b[31m{secret}"
+    await broker.publish("demo.broken", b"{}", message_id=forged)
+    await wait_for(lambda: "dead-lettered" in worker.text(), 30)
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0
+    lines = worker.text().splitlines()
+    assert not any(line.startswith("FORGED") for line in lines)
+    assert "\x1b[31m" not in worker.text()
+    assert any("evil\\x0aFORGED" in line and "{secret}" in line for line in lines)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from eventworker.errors import ConfigError, ExitCode
-from eventworker.settings import Settings, load_settings, redact_url
+from eventworker.settings import Settings, load_settings, redact_url, split_urls
 
 CANARY = "CANARY-p4ss"
 
@@ -346,3 +346,32 @@ def test_an_explicit_prefetch_is_used_whatever_the_concurrency() -> None:
 
 def test_the_derived_prefetch_is_capped_at_the_amqp_maximum() -> None:
     assert Settings().effective_prefetch(40_000) == 65_535
+
+
+def test_a_cluster_is_a_toml_list_or_a_comma_separated_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text('url = ["amqp://u:p1@n1:5672/", "amqp://u:p2@n2:5672/"]\n')
+    from_file = load_settings(config)
+    assert [u.get_secret_value() for u in from_file.urls()] == [
+        "amqp://u:p1@n1:5672/",
+        "amqp://u:p2@n2:5672/",
+    ]
+    assert from_file.redacted_url() == "amqp://u:***@n1:5672/,amqp://u:***@n2:5672/"
+    monkeypatch.setenv("EVENTWORKER_URL", "amqp://a:x@h1/, amqps://b:y@h2/")
+    from_env = load_settings()
+    assert [u.get_secret_value() for u in from_env.urls()] == ["amqp://a:x@h1/", "amqps://b:y@h2/"]
+
+
+def test_every_url_of_a_list_must_be_amqp() -> None:
+    error = _config_error(url="amqp://h1/,http://h2/")
+    assert "amqp://" in str(error)
+
+
+def test_shuffle_tries_the_nodes_in_varying_order() -> None:
+    urls = ",".join(f"amqp://h{n}/" for n in range(8))
+    settings = load_settings(url=urls, url_order="shuffle")
+    orders = {tuple(u.get_secret_value() for u in settings.urls()) for _ in range(20)}
+    assert len(orders) > 1
+    assert all(sorted(order) == sorted(split_urls(urls)) for order in orders)

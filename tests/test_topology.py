@@ -30,6 +30,7 @@ def _plan(
     queue_type: str = "quorum",
     delivery_limit: int = 20,
     tiers: tuple[float, ...] = (1.0, 10.0),
+    initial_group_size: int = 0,
 ) -> Plan:
     return plan(
         handlers,
@@ -38,6 +39,7 @@ def _plan(
         queue_type=queue_type,
         delivery_limit=delivery_limit,
         tiers=tiers,
+        initial_group_size=initial_group_size,
     )
 
 
@@ -215,3 +217,16 @@ def test_a_handler_queue_colliding_with_a_retry_queue_is_refused() -> None:
     clash = handler_queues("retry.1s", ["a"], prefix=PREFIX)
     with pytest.raises(BrokerError, match=r"ew\.retry\.1s"):
         _plan(clash, tiers=(1.0,))
+
+
+def test_quorum_queues_get_the_initial_group_size_when_set() -> None:
+    plan = _plan(BILL, initial_group_size=3)
+    for name in ("ew.bill", "ew.bill.dead", "ew.retry.1s"):
+        assert _args(plan, name)["x-quorum-initial-group-size"] == 3
+    assert "x-quorum-initial-group-size" not in _args(_plan(BILL), "ew.bill")
+
+
+def test_a_single_active_consumer_handler_gets_that_queue_argument() -> None:
+    ordered = handler_queues("ordered", ["o.#"], prefix=PREFIX, single_active_consumer=True)
+    assert _args(_plan(ordered), "ew.ordered")["x-single-active-consumer"] is True
+    assert "x-single-active-consumer" not in _args(_plan(BILL), "ew.bill")

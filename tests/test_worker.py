@@ -158,3 +158,44 @@ async def test_a_closed_connection_is_reopened_and_consumers_restored(
         await broker.publish("closed.event", b"{}", message_id="after")
         await wait_for(lambda: seen == ["after"])
         assert await broker.consumers(worker.routes[0].queue) == 1
+
+
+async def test_the_watchdog_subscribes_again_when_a_consumer_vanished_silently(
+    broker: Broker, settings: Settings
+) -> None:
+    seen: list[str] = []
+
+    @handler("watched.event")
+    async def watched(event: Event[Any], ctx: Context) -> None:
+        seen.append(event.id)
+
+    s = settings.model_copy(update={"watchdog_interval": 0.2})
+    async with running(broker, [watched], s) as worker:
+        queue = worker.routes[0].queue
+        consumer = worker.consumers[0]
+        # A client-side cancel raises no broker notice: only the watchdog can notice it.
+        await consumer.queue.cancel(consumer.tag)
+        assert await broker.consumers(queue) == 0
+        await wait_for(lambda: worker.consumers and worker.consumers[0] is not consumer, 10)
+        await broker.publish("watched.event", b"{}", message_id="after")
+        await wait_for(lambda: seen == ["after"])
+        assert await broker.consumers(queue) == 1
+
+
+async def test_a_handler_timeout_not_below_the_brokers_consumer_timeout_is_warned_about(
+    broker: Broker, settings: Settings, log_lines: list[str]
+) -> None:
+    @handler("patient.event", timeout=120)
+    async def patient(event: Event[Any], ctx: Context) -> None:
+        pass
+
+    @handler("quick.event", timeout=5)
+    async def quick(event: Event[Any], ctx: Context) -> None:
+        pass
+
+    s = settings.model_copy(update={"broker_consumer_timeout": 60.0})
+    async with running(broker, [patient, quick], s):
+        pass
+    warnings = [line for line in log_lines if "consumer timeout" in line]
+    assert len(warnings) == 1
+    assert "handler patient" in warnings[0] and "120s" in warnings[0]

@@ -19,6 +19,8 @@ from eventworker.settings import Settings, load_settings
 
 #: At most this many failed events are listed one per line; the rest are counted.
 MAX_LISTED_FAILURES = 20
+#: How often events whose connection was lost are sent again on a new connection.
+RECONNECTS = 3
 
 
 def _parse_json(raw: bytes, where: str, max_bytes: int) -> bytes:
@@ -178,14 +180,36 @@ def envelope_outgoing(
 
 
 async def _publish_all(settings: Settings, outgoing: list[Any]) -> list[Any]:
+    """Publish everything; events whose connection was lost before their confirm are sent
+    again (same id) on a new connection — the next node of a cluster — up to RECONNECTS
+    times. A lost confirm may mean the broker has it: a duplicate, never a loss."""
+    from eventworker.errors import BrokerUnreachableError
     from eventworker.publisher import Publisher
 
-    async with Publisher.connect(
-        settings.url,
-        exchange=settings.exchange,
-        source="eventworker",
-        timeout=settings.publish_timeout,
-        connect_timeout=settings.connect_timeout,
-        heartbeat=settings.heartbeat,
-    ) as publisher:
-        return await publisher.send_many(outgoing)
+    results: list[Any] = [None] * len(outgoing)
+    pending = list(range(len(outgoing)))
+    for round_ in range(RECONNECTS + 1):
+        try:
+            async with Publisher.connect(
+                settings.urls(),
+                exchange=settings.exchange,
+                source="eventworker",
+                timeout=settings.publish_timeout,
+                connect_timeout=settings.connect_timeout,
+                heartbeat=settings.heartbeat,
+                tls=settings.tls,
+            ) as publisher:
+                sent = await publisher.send_many([outgoing[i] for i in pending])
+        except BrokerUnreachableError:
+            if round_ == 0:
+                raise
+            break  # the lost ones stay reported as connection_lost
+        for i, result in zip(pending, sent, strict=True):
+            results[i] = result
+        pending = [i for i in pending if results[i].status == "connection_lost"]
+        if not pending or round_ == RECONNECTS:
+            break
+        click.echo(
+            f"connection lost: publishing {len(pending)} unconfirmed event(s) again", err=True
+        )
+    return results
