@@ -14,6 +14,8 @@ from typing import Any
 
 from loguru import logger
 
+from eventworker.settings import redact_url
+
 logger.disable("eventworker")
 
 _FORMAT = (
@@ -59,9 +61,13 @@ class _Intercept(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
-        logger.opt(exception=record.exc_info).bind(component=record.name).log(
-            level, "{}", one_line(record.getMessage(), 1000)
-        )
+        message = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            # aiormq logs every lost connection with its traceback, a dozen lines the worker
+            # has already handled; a record stays one line, so the exception is summarised.
+            message = f"{message}: {type(error).__name__}: {error}"
+        logger.bind(component=record.name).log(level, "{}", one_line(redact_url(message), 1000))
 
 
 def configure(level: str = "INFO") -> None:
