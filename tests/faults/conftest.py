@@ -69,4 +69,4 @@ async def _rig(settings: Settings, control: Control, folder: Path) -> AsyncItera
     finally:
         await rig.cleanup()
         with contextlib.suppress(Exception):
-            await connection.close()
+            await rig.connection.close()

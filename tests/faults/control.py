@@ -8,6 +8,7 @@ refused unless the node is a private one a test started (:mod:`tests.faults.node
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -88,12 +89,23 @@ class Control:
             if r["name"].startswith(prefix)
         }
 
-    def connections(self) -> list[dict[str, Any]]:
-        """Each connection with ``pid`` and ``connection_name`` (from client properties)."""
-        rows = self._json("list_connections", "pid", "name", "client_properties")
-        for row in rows:
-            props = {p[0]: p[2] for p in row.get("client_properties") or []}
-            row["connection_name"] = props.get("connection_name", "")
+    def connections(self) -> list[tuple[str, str]]:
+        """``(pid, connection_name)`` of each connection. The pid in the form close_connection
+        takes (the JSON formatter prints another), the name from its client properties."""
+        rows = []
+        for line in self.run("list_connections", "pid", "client_properties", "-s").splitlines():
+            pid, _, properties = line.partition("\t")
+            name = re.search(r'\{"connection_name","([^"]*)"\}', properties)
+            rows.append((pid, name.group(1) if name else ""))
+        return rows
+
+    def connection_states(self) -> list[tuple[str, str]]:
+        """``(connection_name, state)``: running, blocking or blocked (resource alarms)."""
+        rows = []
+        for line in self.run("list_connections", "client_properties", "state", "-s").splitlines():
+            properties, _, state = line.rpartition("\t")
+            name = re.search(r'\{"connection_name","([^"]*)"\}', properties)
+            rows.append((name.group(1) if name else "", state.strip()))
         return rows
 
     def consumers(self, prefix: str = "") -> dict[str, int]:
@@ -118,9 +130,9 @@ class Control:
     def close_connections(self, name_contains: str, reason: str = "fault injected") -> int:
         """Close every connection whose client-given name contains ``name_contains``."""
         closed = 0
-        for row in self.connections():
-            if name_contains in row["connection_name"]:
-                self.run("close_connection", row["pid"], reason)
+        for pid, name in self.connections():
+            if name_contains in name:
+                self.run("close_connection", pid, reason)
                 closed += 1
         return closed
 

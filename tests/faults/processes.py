@@ -38,6 +38,8 @@ _SETTINGS = (
     "publish_timeout",
     "connect_timeout",
     "heartbeat",
+    "broker_consumer_timeout",
+    "watchdog_interval",
     "log_level",
 )
 

@@ -214,6 +214,13 @@ class Rig:
         print(f"ledger: {result}")
         return result
 
+    async def reconnect(self) -> None:
+        """A new connection of the test's own, after a broker restart closed the old one."""
+        with contextlib.suppress(Exception):
+            await self.connection.close()
+        self.connection = await aio_pika.connect(self.url)
+        self.view.connection = self.connection
+
     async def cleanup(self) -> None:
         for worker in self.workers:
             worker.cleanup()
