@@ -45,9 +45,10 @@ class PermanentError(Exception):
 
 
 class Payload(BaseModel):
-    """The model of handlers with ``model=True``: ``n`` is required, extra fields ignored."""
+    """The model of handlers with ``model=True``: ``n`` is required; other fields are kept,
+    since the fault hooks ride in them."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     n: int
 

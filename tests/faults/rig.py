@@ -47,6 +47,8 @@ class Rig:
         self.workers: list[WorkerProcess] = []
         #: Every queue a worker or :meth:`declare` of this test declares.
         self.planned_queues: set[str] = set()
+        #: Queues a test declared itself (spies): deleted at the end, never checked.
+        self.other_queues: set[str] = set()
 
     @property
     def url(self) -> str:
@@ -226,6 +228,7 @@ class Rig:
             worker.cleanup()
         with contextlib.suppress(Exception):
             names = self.planned_queues or set(self.ctl.queues(self.prefix))
+            names |= self.other_queues
             channel = await self.connection.channel()
             for name in names:
                 with contextlib.suppress(Exception):

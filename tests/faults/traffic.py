@@ -120,17 +120,23 @@ async def publish_raw(
     exchange: str,
     ledger: Ledger,
     messages: Sequence[tuple[str, aio_pika.Message]],
+    *,
+    window: int = 64,
 ) -> None:
     """Publish ``(routing_key, message)`` pairs as any AMQP client could (confirms, not
     mandatory), bypassing every check of ours; record them by ``message_id``."""
     channel = await connection.channel(publisher_confirms=True)
+    slots = asyncio.Semaphore(window)
     try:
         target = await channel.get_exchange(exchange, ensure=False)
-        rows = []
-        for key, message in messages:
-            sent = time.time()
-            await target.publish(message, key)
-            rows.append((message.message_id or "", sent, CONFIRMED, "raw"))
+
+        async def one(key: str, message: aio_pika.Message) -> tuple[str, float, str, str]:
+            async with slots:
+                sent = time.time()
+                await target.publish(message, key)
+                return (message.message_id or "", sent, CONFIRMED, "raw")
+
+        rows = await asyncio.gather(*(one(key, message) for key, message in messages))
         ledger.record_published(rows)
     finally:
         await channel.close()
