@@ -27,7 +27,7 @@ def private_node() -> Iterator[PrivateNode]:
     reason = why_no_private_node()
     if reason:
         pytest.skip(reason)
-    node = PrivateNode(f"ew-fault-{os.getpid()}")
+    node = PrivateNode(f"ew-fault-{os.getpid()}", tls=True)
     try:
         node.start()
         yield node

@@ -163,3 +163,13 @@ class Control:
     def set_memory_watermark(self, fraction: float) -> None:
         self._changing("change the memory watermark of")
         self.run("set_vm_memory_high_watermark", str(fraction))
+
+    def add_user(self, user: str, password: str) -> None:
+        """A user with full permissions on ``/``."""
+        self._changing("add a user to")
+        self.run("add_user", user, password)
+        self.run("set_permissions", "-p", "/", user, ".*", ".*", ".*")
+
+    def delete_user(self, user: str) -> None:
+        self._changing("delete a user of")
+        self.run("delete_user", user)

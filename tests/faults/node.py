@@ -47,15 +47,71 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def make_certificates(folder: Path) -> None:
+    """A CA (``ca.pem``) and a server certificate for ``localhost`` only (no IP address),
+    signed by it (``server.pem``, ``server.key``)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=eventworker test CA",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
+    (folder / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
+
+
 class PrivateNode:
     """One ``rabbitmq-server`` of a test session; :meth:`heal` undoes what a test changed."""
 
-    def __init__(self, name: str, *, extra_config: str = "") -> None:
+    def __init__(self, name: str, *, tls: bool = False) -> None:
         self.name = f"{name}@localhost"
         self.folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
         self.port = free_port()
         self.dist_port = free_port()
-        self.extra_config = extra_config
+        #: The TLS listener's port (TLS 1.2+, certificate for ``localhost``), when asked for
+        #: and openssl is there to make the certificates.
+        self.tls_port: int | None = free_port() if tls and shutil.which("openssl") else None
         self.ctl = Control(self.name, private=True)
         self.process: subprocess.Popen[bytes] | None = None
         self.app_stopped = False
@@ -96,7 +152,7 @@ class PrivateNode:
         (f / "rabbitmq.conf").write_text(
             f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
             "loopback_users.guest = true\n"
-            f"{self.extra_config}"
+            f"{self._tls_config()}"
         )
         user = pwd.getpwnam("rabbitmq")
         for path in [f, *f.rglob("*")]:
@@ -110,6 +166,27 @@ class PrivateNode:
                 start_new_session=True,  # its own group, so teardown can end all of it
             )
         self.wait_booted()
+
+    @property
+    def ca_file(self) -> Path:
+        return self.folder / "tls" / "ca.pem"
+
+    def _tls_config(self) -> str:
+        if self.tls_port is None:
+            return ""
+        tls = self.folder / "tls"
+        tls.mkdir()
+        make_certificates(tls)
+        return (
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {tls / 'ca.pem'}\n"
+            f"ssl_options.certfile = {tls / 'server.pem'}\n"
+            f"ssl_options.keyfile = {tls / 'server.key'}\n"
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
+            "ssl_options.versions.1 = tlsv1.2\n"
+            "ssl_options.versions.2 = tlsv1.3\n"
+        )
 
     def wait_booted(self) -> None:
         deadline = time.monotonic() + BOOT_TIMEOUT
