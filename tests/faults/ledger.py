@@ -181,16 +181,21 @@ class Ledger:
     def effect_counts(self) -> dict[str, int]:
         return dict(self._db().execute("SELECT id, count FROM effects").fetchall())
 
-    def invocations(self, event_id: str | None = None) -> list[Invocation]:
-        sql = (
+    def _calls(self, where: str = "", *args: Any) -> list[Invocation]:
+        rows = self._db().execute(
             "SELECT id, pid, redelivered, attempt_hdr, started_ts, finished_ts, outcome, data "
-            "FROM invocations"
+            f"FROM invocations {where} ORDER BY rowid",
+            args,
         )
-        args: tuple[str, ...] = ()
-        if event_id is not None:
-            sql, args = sql + " WHERE id = ?", (event_id,)
-        rows = self._db().execute(sql + " ORDER BY rowid", args)
         return [Invocation(r[0], r[1], bool(r[2]), r[3], r[4], r[5], r[6], r[7]) for r in rows]
+
+    def invocations_since(self, started: float) -> list[Invocation]:
+        """The calls that started at or after ``started`` (epoch seconds)."""
+        return self._calls("WHERE started_ts >= ?", started)
+
+    def invocations(self, event_id: str | None = None) -> list[Invocation]:
+        """Every call, or every call of ``event_id``, in the order they started."""
+        return self._calls("WHERE id = ?", event_id) if event_id else self._calls()
 
     def published_at(self) -> dict[str, float]:
         """When each confirmed id was published (its confirmed attempt)."""

@@ -110,6 +110,7 @@ class Rig:
         ids: Sequence[str] | None = None,
         tag: str = "m",
         window: int = 256,
+        timeout: float | None = None,
     ) -> list[str]:
         """Publish one event per body with the library publisher; return the ids (all
         outcomes are in the ledger)."""
@@ -119,7 +120,7 @@ class Rig:
             self.settings.exchange,
             self.ledger,
             traffic.outgoing(routing_key, bodies, ids),
-            timeout=self.settings.publish_timeout,
+            timeout=timeout or self.settings.publish_timeout,
             window=window,
         )
         return ids
@@ -170,14 +171,20 @@ class Rig:
 
     # -- the end ---------------------------------------------------------------------------
     async def drained(self, timeout: float = 90.0) -> Mapping[str, QueueState]:
-        """Wait until this test's work and retry queues hold nothing: none ready for
-        ``STABLE_SECONDS`` in a row (polled over AMQP), then none at all, unacked included,
-        as rabbitmqctl counts them (a second each, so asked once when all looks calm)."""
+        """Wait until this test's work and retry queues hold nothing, and return the last
+        rabbitmqctl snapshot of them.
+
+        Calm first: for ``STABLE_SECONDS`` in a row no work or retry queue has a message
+        ready (AMQP, live) and no handler starts. Then rabbitmqctl must count no message at
+        all, unacked included. Its counts of a quorum queue are refreshed only every 5 s, so
+        the snapshot may predate the calm; what it could then miss is a delivery made within
+        the last ``QUORUM_TICK`` seconds and still unacked, which is a handler of a live
+        worker that started then and has not finished: calm also waits for those."""
         deadline = time.monotonic() + timeout
         busy = sorted(q for q in self.planned_queues if not invariants.is_parking(q))
         calm_since = time.monotonic()
         while True:
-            if any([await self.view.count(q) for q in busy]):
+            if any([await self.view.count(q) for q in busy]) or self._handlers_busy():
                 calm_since = time.monotonic()
             elif time.monotonic() - calm_since >= invariants.STABLE_SECONDS:
                 queues = await asyncio.to_thread(self.queues)
@@ -190,6 +197,18 @@ class Rig:
                 problems = invariants.drained_problems(queues, parked=None)
                 raise AssertionError("INV-DRAINED: " + "; ".join(problems or ["not stable"]))
             await asyncio.sleep(0.2)
+
+    def _handlers_busy(self) -> bool:
+        """A handler of a live worker started within ``QUORUM_TICK`` seconds and still runs,
+        or one started within ``STABLE_SECONDS``."""
+        now = time.time()
+        live = {w.pid for w in self.workers if w.alive()}
+        for call in self.ledger.invocations_since(now - invariants.QUORUM_TICK):
+            if call.started > now - invariants.STABLE_SECONDS:
+                return True
+            if call.finished is None and call.pid in live:
+                return True
+        return False
 
     async def finish(
         self,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import subprocess
 import sys
 import time
@@ -14,11 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from eventworker.errors import ExitCode
 from tests.faults import traffic
 from tests.faults.node import PrivateNode
 from tests.faults.plugin import Spec
 from tests.faults.processes import settings_env
-from tests.faults.rig import Rig
+from tests.faults.rig import LOAD_SLACK, Rig
 
 EVENTWORKER = str(Path(sys.executable).with_name("eventworker"))
 
@@ -76,7 +78,7 @@ async def test_b1_broker_restarted_twice_mid_stream_loses_nothing(
 @pytest.mark.parametrize(
     ("n", "sleeps", "every"),
     [
-        pytest.param(1000, (0.1, 0.3), 2.0, id="1k"),
+        pytest.param(600, (0.1, 0.3), 1.5, id="600"),
         pytest.param(5000, (0.3, 0.3), 5.0, id="5k", marks=pytest.mark.slow),
     ],
 )
@@ -139,6 +141,17 @@ async def test_b6_a_deleted_work_queue_is_declared_again_with_its_bindings(
     assert errors, "no ERROR names the deleted queue"
 
 
+async def publisher_blocked(rig: Rig) -> list[tuple[str, str]]:
+    """Connection states once the worker's publishing connection is blocked, or after 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        states = await asyncio.to_thread(rig.ctl.connection_states)
+        publishing = [s for name, s in states if name.startswith("eventworker worker-publisher")]
+        if publishing == ["blocked"] or time.monotonic() > deadline:
+            return states
+        await asyncio.sleep(0.5)
+
+
 async def test_b7_a_memory_alarm_blocks_publishing_but_not_acks(
     node_rig: Rig, node: PrivateNode
 ) -> None:
@@ -146,16 +159,17 @@ async def test_b7_a_memory_alarm_blocks_publishing_but_not_acks(
     spec = Spec("b7", ("b7.event",), max_attempts=3, delays=(0.5,))
     queue = rig.work_queue("b7")
     await rig.declare([spec])
-    n = 2000
+    n = 1500
     flaky = set(random.Random(7).sample(range(n), n // 5))
     ids = await rig.publish(
         "b7.event",
-        [{"n": i, "sleep": 0.01, "fail_attempts": int(i in flaky)} for i in range(n)],
+        [{"n": i, "sleep": 0.02, "fail_attempts": int(i in flaky)} for i in range(n)],
     )
     worker = rig.started([spec])
-    await rig.wait(lambda: rig.ledger.count_processed() >= n // 4, what="25% processed")
+    await rig.wait(lambda: rig.ledger.count_processed() >= n // 5, what="20% processed")
     await asyncio.to_thread(node.set_memory_watermark, 0)
     alarm = time.time()
+    done_before = rig.ledger.count_processed()
     cli = await asyncio.to_thread(
         subprocess.run,
         [EVENTWORKER, "publish", "--timeout", "5", "b7.event", '{"n": -1}'],
@@ -165,17 +179,20 @@ async def test_b7_a_memory_alarm_blocks_publishing_but_not_acks(
         timeout=60,
     )
     cli_took = time.time() - alarm
-    done_before = rig.ledger.count_processed()
-    states = await asyncio.to_thread(rig.ctl.connection_states)
-    await asyncio.sleep(max(0.0, alarm + 20 - time.time()))
+    states = await publisher_blocked(rig)
+    await asyncio.sleep(max(0.0, alarm + 12 - time.time()))
     done_during = rig.ledger.count_processed() - done_before
     unacked = (await asyncio.to_thread(rig.queues))[queue].unacked
     await asyncio.to_thread(node.set_memory_watermark, 0.4)
     await rig.wait_processed(ids, timeout=120)
     await rig.finish(workers=[worker])
 
-    assert cli.returncode != 0 and cli_took <= 5 + 2, (cli.returncode, cli_took, cli.stderr)
-    assert "blocked" in cli.stderr and "0 confirmed" in cli.stdout
+    # Within the publish timeout + 2 s, as the CLI measures its publishing (and the process
+    # as a whole, Python's start-up included, with some slack for this busy machine).
+    publishing = float(re.findall(r"0 confirmed in ([0-9.]+)s", cli.stdout)[0])
+    assert cli.returncode == ExitCode.FAILED and publishing <= 5 + 2, (cli.stdout, cli.stderr)
+    assert cli_took <= 5 + 2 + LOAD_SLACK
+    assert "blocked" in cli.stderr
     consuming = [s for name, s in states if name.startswith("eventworker worker [b7]")]
     publishing = [s for name, s in states if name.startswith("eventworker worker-publisher")]
     # "blocking": it would be blocked if it published, which it never does, so deliveries and

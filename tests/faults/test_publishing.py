@@ -54,14 +54,14 @@ async def test_e1_publishing_across_a_broker_restart_never_claims_a_lost_event(
         Publisher.connect(rig.url, exchange=rig.settings.exchange)
     )
 
-    # (b) 10,000 events on one connection while the broker stops and starts again.
-    ids = traffic.new_ids(10_000, "e1")
+    # (b) 5,000 events on one connection while the broker stops and starts again.
+    ids = traffic.new_ids(5000, "e1")
     publishing = asyncio.create_task(
         traffic.publish(
             rig.url,
             rig.settings.exchange,
             rig.ledger,
-            traffic.outgoing("e1.event", [{"n": i} for i in range(10_000)], ids),
+            traffic.outgoing("e1.event", [{"n": i} for i in range(5000)], ids),
             timeout=5,
             window=64,
         )
@@ -135,12 +135,21 @@ async def test_e2_a_full_queue_nacks_the_overflow_and_the_cli_lists_every_one(
     confirmed = len(rig.ledger.confirmed())
     assert confirmed == 100 if exact else 100 <= confirmed < 500
     assert len(nacked) == 500 - confirmed
-    assert await rig.view.count(queue) == confirmed
-    node.ctl.clear_policy("e2-full")
-    worker = rig.started([spec])
-    await rig.wait_processed(rig.ledger.confirmed())
-    await rig.finish(workers=[worker])
-    assert rig.ledger.processed() == rig.ledger.confirmed()
+    assert await queued_ids(rig, queue) == rig.ledger.confirmed()
+
+
+async def queued_ids(rig: Rig, queue: str) -> set[str]:
+    """The ids of every message in ``queue`` (got and left there: the channel's close
+    requeues them)."""
+    channel = await rig.connection.channel()
+    ids = set()
+    try:
+        source = await channel.get_queue(queue, ensure=False)
+        while (message := await source.get(fail=False)) is not None:
+            ids.add(message.message_id or "")
+    finally:
+        await channel.close()
+    return ids
 
 
 async def purge(rig: Rig, queue: str) -> None:

@@ -25,7 +25,7 @@ async def test_d1_transient_failures_are_retried_after_their_delays_then_succeed
     rig = shared_rig
     spec = Spec("d1", ("d1.event",), max_attempts=5, delays=(1, 3))
     await rig.declare([spec])
-    n = 1000
+    n = 500
     flaky = set(random.Random(1).sample(range(n), n // 10))
     ids = await rig.publish(
         "d1.event", [{"n": i, "fail_attempts": 2 if i in flaky else 0} for i in range(n)]
