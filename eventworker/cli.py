@@ -5,9 +5,13 @@ from __future__ import annotations
 import click
 
 from eventworker.commands.handlers import list_handlers
+from eventworker.commands.inbox import inbox
+from eventworker.commands.outbox import outbox_group
 from eventworker.commands.plugins import list_plugins
 from eventworker.commands.publish import publish
 from eventworker.commands.run import run
+from eventworker.commands.serve import serve
+from eventworker.commands.status import status
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,5 +23,14 @@ def main() -> None:
     """
 
 
-for command in (run, publish, list_handlers, list_plugins):
+for command in (
+    run,
+    publish,
+    status,
+    list_handlers,
+    list_plugins,
+    inbox,
+    outbox_group,
+    serve,
+):
     main.add_command(command)

@@ -15,23 +15,31 @@ import dataclasses
 import socket
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from loguru import logger
 from pydantic import ValidationError
 
-from eventworker import envelope
+from eventworker import envelope, logs, tracing
 from eventworker.connection import CHANNEL_GONE
 from eventworker.envelope import Event
-from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
+from eventworker.errors import (
+    EnvelopeError,
+    HandlerTimeoutError,
+    IdempotencyConflictError,
+    PublishError,
+)
 from eventworker.handlers import Context, Handler, RetryPolicy
+from eventworker.idempotency import CONFLICT_REASON, Duplicate, Key, Requeue
+from eventworker.inbox import Claim, Inbox
 from eventworker.logs import one_line
 from eventworker.publisher import Publisher
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn, decide
@@ -54,6 +62,7 @@ class Route:
     timeout: float | None
     concurrency: int
     prefetch: int
+    idempotent: bool = False
 
     @property
     def tiers(self) -> tuple[float, ...]:
@@ -63,7 +72,9 @@ class Route:
 class Observer(Protocol):
     """Sees each delivery as it arrives and as it is settled (metrics implement this).
 
-    Called on the event loop for every message: must be quick and must not raise.
+    Called on the event loop for every message: must be quick and must not raise. A
+    ``Duplicate`` decision is a duplicate an idempotent handler skipped; ``Requeue``, one
+    handed back to its queue because another worker held it.
     """
 
     def received(self, route: Route, event: Event[Any]) -> None: ...
@@ -73,6 +84,13 @@ class Observer(Protocol):
     ) -> None:
         """``moved`` is False when the retry or parked copy could not be published and the
         message went back to its queue instead; ``seconds`` is the time since receipt."""
+
+    def published(self, route: Route, *, kind: PublishKind, status: str) -> None:
+        """A publish by this handling ended: a follow-up ``event``, a ``retry`` copy or a
+        ``dead_letter`` copy, ``confirmed`` or why not (``nacked``, ``unroutable``, ...)."""
+
+
+PublishKind = Literal["event", "retry", "dead_letter"]
 
 
 def _now() -> str:
@@ -92,6 +110,7 @@ class Dispatcher:
         max_body_bytes: int,
         executor: Executor,
         observers: Sequence[Observer] = (),
+        inbox: Inbox | None = None,
     ) -> None:
         self.route = route
         self._moves = moves
@@ -100,6 +119,7 @@ class Dispatcher:
         self._max_body_bytes = max_body_bytes
         self._executor = executor
         self._observers = tuple(observers)
+        self._inbox = inbox if route.idempotent else None
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         route = self.route
@@ -112,22 +132,31 @@ class Dispatcher:
             observer.received(route, event)
         error: BaseException | None
         decision: Decision
-        try:
-            event = dataclasses.replace(event, data=self._data(message))
-        except EnvelopeError as exc:
-            # Input that can never succeed: parked at once, attempts = 1.
-            error, decision = exc, DeadLetter(exc.reason)
-        else:
-            error = await self._run(event)
-            decision = decide(
-                event.attempt,
-                route.policy,
-                error,
-                tiers=route.tiers,
-                retry_on=route.handler.retry_on,
-                give_up_on=route.handler.give_up_on,
-            )
-        moved = await self._settle(message, event, error, decision)
+        # The span and the log fields cover the whole handling, the settle's lines included.
+        with (
+            tracing.consuming(
+                handler=route.handler.name,
+                queue=route.queue,
+                event_id=event.id,
+                event_type=event.type,
+                attempt=event.attempt,
+                headers=event.headers,
+            ) as span,
+            logs.handling(route.handler.name, event, trace_id=span.trace_id),
+        ):
+            try:
+                event = dataclasses.replace(event, data=self._data(message))
+            except EnvelopeError as exc:
+                # Input that can never succeed: parked at once, attempts = 1.
+                error, decision = exc, DeadLetter(exc.reason)
+            else:
+                if self._inbox is not None:
+                    error, decision = await self._run_once(self._inbox, event, message.body)
+                else:
+                    error = await self._run(event)
+                    decision = self._decide(event, error)
+            moved = await self._settle(message, event, error, decision)
+            span.record(outcome=type(decision).__name__, error=error)
         seconds = time.monotonic() - received
         for observer in self._observers:
             observer.settled(route, event, decision, moved=moved, seconds=seconds)
@@ -152,33 +181,82 @@ class Dispatcher:
             )
             raise EnvelopeError("schema_error", f"{model.__name__}: {problems}") from None
 
-    async def _run(self, event: Event[Any]) -> BaseException | None:
+    def _decide(self, event: Event[Any], error: BaseException | None) -> Decision:
+        route = self.route
+        return decide(
+            event.attempt,
+            route.policy,
+            error,
+            tiers=route.tiers,
+            retry_on=route.handler.retry_on,
+            give_up_on=route.handler.give_up_on,
+        )
+
+    async def _run_once(
+        self, inbox: Inbox, event: Event[Any], body: bytes
+    ) -> tuple[BaseException | None, Decision]:
+        """Run an idempotent handler under its claim in the inbox: a duplicate is skipped, a
+        conflicting body dead-lettered; success marks the event done before the ack, failure
+        releases the claim so the retry can take it."""
+        admission = await inbox.admit(Key(self.route.handler.name, event.id), body)
+        if not isinstance(admission, Claim):
+            if isinstance(admission, IdempotencyConflictError):
+                return admission, DeadLetter(CONFLICT_REASON)
+            return None, admission
+        async with inbox.holding(admission):
+            error = await self._run(event, transaction=partial(inbox.transaction, admission))
+        decision = self._decide(event, error)
+        if isinstance(decision, Ack):
+            await inbox.complete(admission)
+        else:
+            await inbox.release(admission)
+        return error, decision
+
+    async def _run(
+        self,
+        event: Event[Any],
+        *,
+        transaction: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> BaseException | None:
         """Run the handler; return what it raised (None on success). Cancellation propagates."""
         handler = self.route.handler
         loop = asyncio.get_running_loop()
-        ctx = Context(handler=handler.name, event=event, _publish=self._events.publish, _loop=loop)
-        with logger.contextualize(
+        ctx = Context(
             handler=handler.name,
-            event_id=event.id,
-            attempt=event.attempt,
-            correlation_id=event.correlation_id,
-        ):
-            try:
-                async with asyncio.timeout(self.route.timeout) as deadline:
-                    if handler.is_async:
-                        await handler(event, ctx)  # type: ignore[misc]  # is_async checked
-                    else:
-                        # A thread, so the event loop (heartbeats, acks) never blocks; the
-                        # context copy carries the log context into the thread.
-                        call = partial(contextvars.copy_context().run, handler.func, event, ctx)
-                        await loop.run_in_executor(self._executor, call)
-            except TimeoutError as exc:
-                if deadline.expired():
-                    return HandlerTimeoutError(f"handler ran longer than {self.route.timeout:g}s")
-                return exc
-            except Exception as exc:
-                return exc
+            event=event,
+            _publish=self._publish,
+            _loop=loop,
+            _transaction=transaction,
+        )
+        try:
+            async with asyncio.timeout(self.route.timeout) as deadline:
+                if handler.is_async:
+                    await handler(event, ctx)  # type: ignore[misc]  # is_async checked
+                else:
+                    # A thread, so the event loop (heartbeats, acks) never blocks; the context
+                    # copy carries the log fields and the trace span into the thread.
+                    call = partial(contextvars.copy_context().run, handler.func, event, ctx)
+                    await loop.run_in_executor(self._executor, call)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return HandlerTimeoutError(f"handler ran longer than {self.route.timeout:g}s")
+            return exc
+        except Exception as exc:
+            return exc
         return None
+
+    async def _publish(self, routing_key: str, data: Any, **options: Any) -> None:
+        """``Context.publish``: a follow-up event, its outcome told to the observers."""
+        try:
+            await self._events.publish(routing_key, data, **options)
+        except PublishError as exc:
+            self._published("event", exc.status)
+            raise
+        self._published("event", "confirmed")
+
+    def _published(self, kind: PublishKind, status: str) -> None:
+        for observer in self._observers:
+            observer.published(self.route, kind=kind, status=status)
 
     async def _settle(
         self,
@@ -194,6 +272,13 @@ class Dispatcher:
         match decision:
             case Ack():
                 logger.debug("{} handled {} [{}]", name, event.id, one_line(event.type, 100))
+            case Duplicate():
+                logger.debug("{} skipped {}: a duplicate of a handled event", name, event.id)
+            case Requeue(reason=reason):
+                logger.info("{} handed {} back to its queue unrun ({})", name, event.id, reason)
+                with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it
+                    await message.nack(requeue=True)
+                return True
             case RetryIn(delay=delay):
                 copy = self._copy(
                     message,
@@ -201,7 +286,7 @@ class Dispatcher:
                     error,
                     {envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue},
                 )
-                if not await self._move(message, copy, route.retry_queues[delay]):
+                if not await self._move(message, copy, route.retry_queues[delay], "retry"):
                     return False
                 logger.warning(
                     "{} attempt {}/{} of {} failed: {}; retry in {:g}s",
@@ -224,7 +309,7 @@ class Dispatcher:
                         envelope.HOST: _HOST,
                     },
                 )
-                if not await self._move(message, copy, route.dead_letter_queue):
+                if not await self._move(message, copy, route.dead_letter_queue, "dead_letter"):
                     return False
                 logger.error(
                     "{} dead-lettered {} after attempt {} ({}): {}",
@@ -245,13 +330,19 @@ class Dispatcher:
         return True
 
     async def _move(
-        self, message: AbstractIncomingMessage, copy: aio_pika.Message, queue: str
+        self,
+        message: AbstractIncomingMessage,
+        copy: aio_pika.Message,
+        queue: str,
+        kind: PublishKind,
     ) -> bool:
         """Publish ``copy`` to ``queue`` with a confirm; on failure hand the original back."""
         try:
             await self._moves.send_to_queue(copy, queue)
+            self._published(kind, "confirmed")
             return True
         except PublishError as exc:
+            self._published(kind, exc.status)
             logger.error("{}: {}; returning the message to its queue", self.route.handler.name, exc)
             await asyncio.sleep(REQUEUE_PAUSE)
             with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it

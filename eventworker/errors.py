@@ -29,6 +29,10 @@ class ExitCode(IntEnum):
     BROKER_AUTH = 7
     #: The broker refused an operation (topology conflict, missing exchange, no permission).
     BROKER_REFUSED = 8
+    #: The inbox store (SQLite, PostgreSQL, Redis) could not be opened or failed.
+    INBOX_UNAVAILABLE = 9
+    #: The outbox database could not be reached, or refused an operation.
+    DATABASE = 10
     #: A second SIGTERM/SIGINT cut the graceful drain short.
     INTERRUPTED = 130
 
@@ -110,6 +114,35 @@ class PublishError(BrokerError):
         super().__init__(message)
         self.status = status
         self.event_id = event_id
+
+
+class InboxError(EventworkerError):
+    """The inbox store could not be opened, or failed an operation; the message names the store
+    by its redacted URL, never its password."""
+
+    exit_code = ExitCode.INBOX_UNAVAILABLE
+
+
+class ClaimLostError(InboxError):
+    """This worker no longer holds the claim on an event: its lease ran out and another worker
+    took the event over. Raised inside ``ctx.transaction()``, so the handler's writes roll back.
+    """
+
+
+class IdempotencyConflictError(EventworkerError):
+    """An event id already seen by a handler came again with another body; the copy is
+    dead-lettered with reason ``idempotency_key_conflict`` rather than silently skipped."""
+
+    def __init__(self, message: str, *, event_id: str, handler: str) -> None:
+        super().__init__(message)
+        self.event_id = event_id
+        self.handler = handler
+
+
+class OutboxError(EventworkerError):
+    """The outbox database could not be reached or refused an operation (the relay retries)."""
+
+    exit_code = ExitCode.DATABASE
 
 
 class HandlerTimeoutError(EventworkerError):

@@ -10,12 +10,14 @@ import inspect
 import math
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from loguru import logger as _root_logger
 from pydantic import BaseModel
 
+from eventworker import tracing
 from eventworker.envelope import Event
 
 #: AMQP short strings (routing keys, queue names) are at most 255 bytes.
@@ -81,13 +83,18 @@ class Context:
     event: Event[Any]
     _publish: Publish = field(repr=False)
     _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    _transaction: Callable[[], AbstractAsyncContextManager[Any]] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def logger(self) -> Logger:
-        """A loguru logger bound to the handler name, event id, attempt and correlation id."""
+        """A loguru logger bound to the handler name, event id and type, attempt and
+        correlation id."""
         return _root_logger.bind(
             handler=self.handler,
             event_id=self.event.id,
+            event_type=self.event.type,
             attempt=self.event.attempt,
             correlation_id=self.event.correlation_id,
         )
@@ -102,20 +109,25 @@ class Context:
     ) -> None:
         """Publish a follow-up event and wait for the broker's confirm.
 
-        It carries this event's correlation id, and this event's id as its causation id.
+        It carries this event's correlation id, this event's id as its causation id, and its
+        W3C trace context (``traceparent``, ``tracestate``) unless ``headers`` set their own.
 
         Raises:
             eventworker.errors.PublishError: not confirmed (nacked, unroutable, timed out);
                 left unhandled, the handler's attempt fails and is retried per policy.
         """
-        await self._publish(
-            routing_key,
-            data,
-            id=id,
-            headers=headers,
-            correlation_id=self.event.correlation_id,
-            causation_id=self.event.id,
-        )
+        own = dict(headers or {})
+        with tracing.producing(routing_key, received=self.event.headers) as trace_headers:
+            # A handler's own traceparent wins, and the carried tracestate is not its state.
+            carried = {} if tracing.TRACEPARENT in own else trace_headers
+            await self._publish(
+                routing_key,
+                data,
+                id=id,
+                headers={**carried, **own} or None,
+                correlation_id=self.event.correlation_id,
+                causation_id=self.event.id,
+            )
 
     def publish_blocking(
         self,
@@ -132,6 +144,27 @@ class Context:
             self.publish(routing_key, data, id=id, headers=headers), self._loop
         )
         future.result()
+
+    def transaction(self) -> AbstractAsyncContextManager[Any]:
+        """``async with ctx.transaction() as conn:`` a PostgreSQL transaction (an asyncpg
+        connection) that also marks this event done in the inbox when it commits, so the
+        handler's writes to that database and the done mark commit together or not at all.
+
+        Only for idempotent handlers on a worker whose inbox is PostgreSQL; at most once per
+        handling. Whatever must happen exactly once belongs inside the block: once it has
+        committed, the event counts as handled even if the handler fails afterwards.
+
+        Raises:
+            RuntimeError: the handler is not idempotent on this worker.
+            eventworker.errors.InboxError: the inbox is not PostgreSQL.
+            eventworker.errors.ClaimLostError: on leaving the block, when the event's claim
+                ran out and was taken over meanwhile; the transaction is rolled back.
+        """
+        if self._transaction is None:
+            raise RuntimeError(
+                f"ctx.transaction() is only for idempotent handlers; {self.handler} is not"
+            )
+        return self._transaction()
 
 
 HandlerFunc = Callable[[Event[Any], Context], Awaitable[None] | None]
@@ -155,6 +188,7 @@ class Handler:
     retry_on: tuple[type[BaseException], ...] = ()
     give_up_on: tuple[type[BaseException], ...] = ()
     single_active_consumer: bool = False
+    idempotent: bool | None = None
 
     @property
     def is_async(self) -> bool:
@@ -203,13 +237,16 @@ def handler(
     retry_on: tuple[type[BaseException], ...] = (),
     give_up_on: tuple[type[BaseException], ...] = (),
     single_active_consumer: bool = False,
+    idempotent: bool | None = None,
 ) -> Callable[[HandlerFunc], Handler]:
     """Declare a handler for events whose routing key matches any of ``binding_keys``.
 
     Binding keys use RabbitMQ topic syntax. ``name`` defaults to the function's name and must
     be unique among installed handlers; ``queue`` defaults to ``<queue_prefix><name>``.
     ``retry_on`` lists the only exception types that are retried (others dead-letter at once);
-    ``give_up_on`` lists exception types that dead-letter at once.
+    ``give_up_on`` lists exception types that dead-letter at once. ``idempotent=True`` runs
+    each event at most once per handler through the inbox (duplicates are acked unrun);
+    ``None`` takes the ``inbox.idempotent`` setting.
     ``single_active_consumer`` keeps the queue's order across every worker: the broker delivers
     to one consumer at a time and fails over to another; concurrency then defaults to 1.
     Retries still come back later than the messages behind them.
@@ -243,6 +280,7 @@ def handler(
             retry_on=tuple(retry_on),
             give_up_on=tuple(give_up_on),
             single_active_consumer=single_active_consumer,
+            idempotent=idempotent,
         )
 
     return register

@@ -3,6 +3,8 @@
 The library stays silent (``logger.disable("eventworker")``) until the CLI calls
 :func:`configure`. Untrusted text (exception messages, routing keys) goes into log lines only
 through :func:`one_line`, so a producer cannot forge log lines or inject terminal escapes.
+Two formats: ``pretty`` for a terminal, ``json`` (one object per line) for log pipelines.
+Every line written while a message is handled carries the fields of :func:`handling`.
 """
 
 from __future__ import annotations
@@ -10,13 +12,27 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from typing import Any
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC
+from typing import Any, Literal, TextIO
 
+import orjson
 from loguru import logger
 
+from eventworker.envelope import Event
 from eventworker.settings import redact_url
 
 logger.disable("eventworker")
+
+Format = Literal["pretty", "json"]
+#: The fields that say which handling a line belongs to, in the order JSON lines show them.
+CONTEXT_FIELDS = ("handler", "event_id", "event_type", "attempt", "correlation_id", "trace_id")
+#: Our own bookkeeping in a record's ``extra``; never written out as fields.
+_INTERNAL = frozenset({"component", "context"})
+#: Loggers whose chatter below WARNING says nothing an operator needs (and could quote URLs).
+_QUIET = ("aio_pika", "aiormq", "aiohttp", "asyncio")
 
 _FORMAT = (
     "<green>{time:YYYY-MM-DD HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
@@ -53,6 +69,53 @@ def _context(record: Any) -> None:
     extra["context"] = f" [{' '.join(fields)}]" if fields else ""
 
 
+@contextmanager
+def handling(handler: str, event: Event[Any], *, trace_id: str | None) -> Iterator[None]:
+    """Every line logged inside (by eventworker, the handler, or a library it calls, in this
+    task or a thread started with a copy of its context) carries the handling's fields."""
+    fields: dict[str, Any] = {
+        "handler": handler,
+        "event_id": event.id,
+        "event_type": event.type,
+        "attempt": event.attempt,
+        "correlation_id": event.correlation_id,
+    }
+    if trace_id:
+        fields["trace_id"] = trace_id
+    with logger.contextualize(**fields):
+        yield
+
+
+def _json_line(record: Any) -> bytes:
+    """One JSON object: time, level, logger, message, the handling fields, then any fields a
+    plugin bound itself; a traceback as text (without local variables)."""
+    extra = record["extra"]
+    line: dict[str, Any] = {
+        "time": record["time"].astimezone(UTC).isoformat(timespec="milliseconds"),
+        "level": record["level"].name,
+        "logger": extra.get("component", "eventworker"),
+        "message": record["message"],
+    }
+    line.update((k, extra[k]) for k in CONTEXT_FIELDS if k in extra)
+    line.update((k, v) for k, v in extra.items() if k not in _INTERNAL and k not in line)
+    exception = record["exception"]
+    if exception is not None and exception.type is not None:
+        text = traceback.format_exception(exception.type, exception.value, exception.traceback)
+        line["exception"] = "".join(text)[-MAX_MESSAGE:]
+    return orjson.dumps(line, default=str) + b"\n"
+
+
+class _JsonSink:
+    """Writes each record as one JSON line; loguru serialises calls to a sink."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def __call__(self, message: Any) -> None:
+        self._stream.write(_json_line(message.record).decode())
+        self._stream.flush()
+
+
 class _Intercept(logging.Handler):
     """Routes standard-library logging (aio-pika, aiormq, plugins) into loguru's sinks."""
 
@@ -67,19 +130,29 @@ class _Intercept(logging.Handler):
             # aiormq logs every lost connection with its traceback, a dozen lines the worker
             # has already handled; a record stays one line, so the exception is summarised.
             message = f"{message}: {type(error).__name__}: {error}"
-        logger.bind(component=record.name).log(level, "{}", one_line(redact_url(message), 1000))
+        # A library may put a connection URL in its message: never its password.
+        text = redact_url(one_line(message, 1000))
+        logger.bind(component=record.name).log(level, "{}", text)
 
 
-def configure(level: str = "INFO") -> None:
-    """Send eventworker's (and the standard library's) log records to stderr at ``level``.
+def configure(
+    level: str = "INFO", *, format: Format = "pretty", stream: TextIO | None = None
+) -> None:
+    """Send eventworker's (and the standard library's) log records to ``stream`` (stderr) at
+    ``level``, as ``pretty`` lines or one JSON object per line.
 
     ``diagnose=False``: loguru would otherwise print variable values in tracebacks, which can
     hold a message body or a password.
     """
+    out = stream or sys.stderr
     logger.remove()
     logger.configure(patcher=_context)
-    logger.add(
-        sys.stderr, level=level, format=_FORMAT, diagnose=False, backtrace=False, colorize=None
-    )
+    if format == "json":
+        logger.add(_JsonSink(out), level=level, format="{message}", diagnose=False, catch=True)
+    else:
+        logger.add(out, level=level, format=_FORMAT, diagnose=False, backtrace=False, colorize=None)
     logger.enable("eventworker")
-    logging.basicConfig(handlers=[_Intercept()], level=logging.WARNING, force=True)
+    number = logger.level(level).no
+    logging.basicConfig(handlers=[_Intercept()], level=number, force=True)
+    for name in _QUIET:
+        logging.getLogger(name).setLevel(max(number, logging.WARNING))

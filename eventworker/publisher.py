@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -59,6 +59,16 @@ class PublishResult:
     @property
     def ok(self) -> bool:
         return self.status == "confirmed"
+
+    def check(self, what: str) -> None:
+        """Raises PublishError unless confirmed; ``what`` names the message, as in
+        ``event <id> to 'orders.created'``."""
+        if not self.ok:
+            raise PublishError(
+                f"{what} not published: {self.status} {self.detail}".rstrip(),
+                status=self.status,
+                event_id=self.event_id,
+            )
 
 
 class Publisher:
@@ -164,13 +174,7 @@ class Publisher:
                 causation_id,
             )
         )
-        if not result.ok:
-            raise PublishError(
-                f"event {result.event_id} to {routing_key!r} not published: "
-                f"{result.status} {result.detail}".rstrip(),
-                status=result.status,
-                event_id=result.event_id,
-            )
+        result.check(f"event {result.event_id} to {routing_key!r}")
 
     async def send(self, event: Outgoing) -> PublishResult:
         """Publish one event to the exchange; the result says whether it was confirmed."""
@@ -189,14 +193,22 @@ class Publisher:
         return await self._confirmed(self._exchange, message, event.routing_key, event.id)
 
     async def send_many(
-        self, events: Iterable[Outgoing], *, window: int = DEFAULT_WINDOW
+        self,
+        events: Iterable[Outgoing],
+        *,
+        window: int = DEFAULT_WINDOW,
+        on_result: Callable[[PublishResult], None] | None = None,
     ) -> list[PublishResult]:
-        """Publish many events with up to ``window`` confirms in flight; results in order."""
+        """Publish many events with up to ``window`` confirms in flight; results in order.
+        ``on_result`` sees each result as it comes (a progress bar)."""
         slots = asyncio.Semaphore(window)
 
         async def one(event: Outgoing) -> PublishResult:
             try:
-                return await self.send(event)
+                result = await self.send(event)
+                if on_result is not None:
+                    on_result(result)
+                return result
             finally:
                 slots.release()
 
@@ -215,13 +227,7 @@ class Publisher:
         result = await self._confirmed(
             self._channel.default_exchange, message, queue, message.message_id or ""
         )
-        if not result.ok:
-            raise PublishError(
-                f"copy of {result.event_id} to queue {queue!r} not published: "
-                f"{result.status} {result.detail}".rstrip(),
-                status=result.status,
-                event_id=result.event_id,
-            )
+        result.check(f"copy of {result.event_id} to queue {queue!r}")
 
     async def _confirmed(
         self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, event_id: str

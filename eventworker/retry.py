@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from eventworker.errors import HandlerTimeoutError, Reject, Retry
 from eventworker.handlers import Handler, RetryPolicy
+from eventworker.idempotency import Duplicate, Requeue
 from eventworker.settings import RetrySettings, Settings
 
 
@@ -29,13 +30,16 @@ class DeadLetter:
 
     Reasons: ``rejected``, ``timeout``, ``exception`` and ``retry_requested`` (attempts spent),
     ``give_up`` (a ``give_up_on`` type), plus the envelope's ``too_large``,
-    ``unsupported_content_type``, ``decode_error`` and ``schema_error``.
+    ``unsupported_content_type``, ``decode_error`` and ``schema_error``, and the inbox's
+    ``idempotency_key_conflict``.
     """
 
     reason: str
 
 
-Decision = Ack | RetryIn | DeadLetter
+#: What happens to a delivery. ``decide`` returns the first three; the inbox of idempotent
+#: handlers adds ``Duplicate`` (acked unrun) and ``Requeue`` (handed back unrun).
+Decision = Ack | RetryIn | DeadLetter | Duplicate | Requeue
 
 
 def decide(

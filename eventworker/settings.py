@@ -85,6 +85,77 @@ class TlsSettings(BaseModel):
     insecure: bool = False
 
 
+#: Store URL schemes of the inbox (``postgres`` is an alias of ``postgresql``).
+INBOX_SCHEMES = ("sqlite", "postgresql", "postgres", "redis", "rediss", "memory")
+
+
+class InboxSettings(BaseModel):
+    """The inbox of idempotent handlers (``[inbox]``); docs/idempotency.md explains each."""
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, allow_inf_nan=False, hide_input_in_errors=True
+    )
+
+    url: SecretStr = SecretStr("sqlite:///eventworker-inbox.db")
+    name: str = Field("eventworker_inbox", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,47}$")
+    idempotent: bool = False
+    lease: float = Field(30.0, gt=0)
+    wait: float = Field(60.0, gt=0)
+    retention: float = Field(604_800.0, gt=0)
+    cleanup_interval: float = Field(3600.0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _store_url(cls, url: SecretStr) -> SecretStr:
+        scheme = url.get_secret_value().partition("://")[0].lower()
+        if scheme not in INBOX_SCHEMES or "://" not in url.get_secret_value():
+            raise ValueError(
+                "the inbox URL must start with sqlite:///, postgresql://, redis://, rediss:// "
+                "or memory://"
+            )
+        return url
+
+    def redacted_url(self) -> str:
+        return redact_url(self.url.get_secret_value())
+
+
+class HttpSettings(BaseModel):
+    """The HTTP ingress (``eventworker serve``, ``[http]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65_535)
+    #: Binding-key patterns (``*``, ``#``) a routing key must match to be accepted.
+    allowed_keys: tuple[str, ...] = ("#",)
+    token: SecretStr | None = None
+    hmac_secret: SecretStr | None = None
+    signature_header: str = Field("X-Signature-256", min_length=1, max_length=100)
+    max_batch_events: int = Field(1000, ge=1, le=100_000)
+    max_batch_bytes: int = Field(10_485_760, ge=1)
+
+
+class OutboxSettings(BaseModel):
+    """The outbox relay (``eventworker outbox relay``, ``[outbox]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    dsn: SecretStr | None = None
+    table: str = Field("eventworker_outbox", min_length=1, max_length=83)
+    batch_size: int = Field(500, ge=1, le=10_000)
+    poll_interval: float = Field(5.0, gt=0)
+    retention: float = Field(604_800.0, ge=0)
+
+    @field_validator("dsn")
+    @classmethod
+    def _known_database(cls, dsn: SecretStr | None) -> SecretStr | None:
+        if dsn is not None and not dsn.get_secret_value().startswith(
+            ("postgresql://", "postgres://", "sqlite:///")
+        ):
+            raise ValueError("expected postgresql://user:password@host/db or sqlite:///path")
+        return dsn
+
+
 class Settings(BaseSettings):
     """Every setting of eventworker; ``config.example.toml`` documents each one."""
 
@@ -119,7 +190,14 @@ class Settings(BaseSettings):
     handlers: Annotated[tuple[str, ...], NoDecode] = ()
     retry: RetrySettings = Field(default_factory=RetrySettings)
     retry_overrides: dict[str, RetrySettings] = Field(default_factory=dict)
+    inbox: InboxSettings = Field(default_factory=InboxSettings)
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["pretty", "json"] = "pretty"
+    metrics_port: int = Field(0, ge=0, le=65_535)
+    metrics_host: str = Field("0.0.0.0", min_length=1)
+    metrics_poll_interval: float = Field(15.0, ge=0)
+    http: HttpSettings = Field(default_factory=HttpSettings)
+    outbox: OutboxSettings = Field(default_factory=OutboxSettings)
 
     @field_validator("plugins", "handlers", mode="before")
     @classmethod

@@ -78,11 +78,15 @@ def dead_letter_queue(queue: str) -> str:
     return f"{queue}.dead"
 
 
+def delay_label(delay: float) -> str:
+    """``30s``, or ``1500ms`` for a delay that is not whole seconds (queue names, metrics)."""
+    ms = round(delay * 1000)
+    return f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
+
+
 def retry_queue(prefix: str, delay: float) -> str:
     """``<prefix>retry.30s`` (or ``.1500ms`` for a delay that is not whole seconds)."""
-    ms = round(delay * 1000)
-    label = f"{ms // 1000}s" if ms % 1000 == 0 else f"{ms}ms"
-    return f"{prefix}retry.{label}"
+    return f"{prefix}retry.{delay_label(delay)}"
 
 
 def return_exchange(exchange: str) -> str:

@@ -32,6 +32,9 @@ from eventworker import topology
 from eventworker.connection import CHANNEL_GONE, connect
 from eventworker.dispatch import Dispatcher, Observer, Route
 from eventworker.errors import BrokerUnreachableError
+from eventworker.idempotency import InboxStore
+from eventworker.inbox import Inbox
+from eventworker.inbox_stores import build_inbox
 from eventworker.publisher import Publisher
 from eventworker.registry import Registration
 from eventworker.retry import all_tiers, effective_policy
@@ -72,6 +75,7 @@ def routes(registrations: Sequence[Registration], settings: Settings) -> list[Ro
         # One at a time keeps the order a single active consumer exists for.
         concurrency = h.concurrency or (1 if h.single_active_consumer else settings.concurrency)
         timeout = h.timeout or settings.handler_timeout or None
+        idempotent = settings.inbox.idempotent if h.idempotent is None else h.idempotent
         result.append(
             Route(
                 handler=h,
@@ -82,6 +86,7 @@ def routes(registrations: Sequence[Registration], settings: Settings) -> list[Ro
                 timeout=timeout,
                 concurrency=concurrency,
                 prefetch=settings.effective_prefetch(concurrency),
+                idempotent=idempotent,
             )
         )
     return result
@@ -114,7 +119,11 @@ class Worker:
 
     Raises from :meth:`run`: BrokerAuthError, TopologyConflictError and other BrokerErrors
     (fatal: reconnecting would not help), BrokerUnreachableError when the broker cannot be
-    reached at start or stays away longer than ``reconnect_timeout``.
+    reached at start or stays away longer than ``reconnect_timeout``, InboxError when the
+    inbox of idempotent handlers cannot be opened. ``inbox_store`` replaces the store the
+    settings name (tests, embedding).
+
+    Raises from the constructor: ConfigError for an inbox URL that names no usable store.
     """
 
     def __init__(
@@ -124,6 +133,7 @@ class Worker:
         *,
         reconnect_timeout: float = 300.0,
         observers: Sequence[Observer] = (),
+        inbox_store: InboxStore | None = None,
     ) -> None:
         if not registrations:
             raise ValueError("a worker needs at least one handler")
@@ -139,10 +149,17 @@ class Worker:
             max_workers=max(sync_slots, 1), thread_name_prefix="eventworker-handler"
         )
         self.interrupted = False
+        self.inbox: Inbox | None = build_inbox(
+            settings.inbox,
+            handlers={r.handler.name: r.concurrency for r in self.routes if r.idempotent},
+            store=inbox_store,
+        )
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
         #: The consumers of the current session (empty while not connected).
         self.consumers: list[_Consumer] = []
+        #: Sessions that connected again after a loss (metrics read it).
+        self.reconnects = 0
         self._waiting: set[asyncio.Task[Any]] = set()
         self._running: set[asyncio.Task[Any]] = set()
 
@@ -159,6 +176,12 @@ class Worker:
     def in_flight(self) -> int:
         return len(self._running)
 
+    @property
+    def ready(self) -> bool:
+        """Connected, topology declared and every queue consumed; False while starting,
+        reconnecting, draining and stopped (``/readyz`` answers with it)."""
+        return self.state is State.RUNNING and self._ready.is_set() and not self._stop.is_set()
+
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self, *, handle_signals: bool = False) -> None:
         """Serve until stopped, then drain. With ``handle_signals``, SIGTERM/SIGINT stop the
@@ -166,6 +189,8 @@ class Worker:
         if handle_signals:
             self._install_signals(asyncio.current_task())
         try:
+            if self.inbox is not None:
+                await self.inbox.start()
             lost_since: float | None = None
             pause = BACKOFF_FIRST
             while not self._stop.is_set():
@@ -198,6 +223,8 @@ class Worker:
         finally:
             self.state = State.STOPPED
             self.executor.shutdown(wait=False, cancel_futures=True)
+            if self.inbox is not None:
+                await self.inbox.close()
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -263,6 +290,7 @@ class Worker:
             if self.state is State.STARTING:
                 self._log_start()
             else:
+                self.reconnects += 1
                 logger.info("reconnected: {} queue(s) consuming again", len(consumers))
             self.state = State.RUNNING
             self._ready.set()
@@ -317,6 +345,7 @@ class Worker:
             max_body_bytes=self.settings.max_body_bytes,
             executor=self.executor,
             observers=self.observers,
+            inbox=self.inbox,
         )
         slots = asyncio.Semaphore(route.concurrency)
 

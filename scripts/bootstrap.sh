@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sourced by scripts/demo.sh and scripts/test.sh: makes .venv, installs the project and the
 # example plugin, and makes sure a RabbitMQ answers at $EVENTWORKER_URL (default localhost).
+# It also defines ensure_inbox_stores, which scripts/test.sh calls for PostgreSQL and Redis.
 # Order: the one at the URL if it answers; else a local rabbitmq-server if installed; else
 # install it from the OS packages when root; else `docker compose up -d`; else stop and say how.
 set -euo pipefail
@@ -86,6 +87,106 @@ ensure_rabbitmq() {
   say "no RabbitMQ available. Install one (apt-get install rabbitmq-server), run"
   say "'docker compose up -d rabbitmq', or point EVENTWORKER_URL at a running broker."
   return 1
+}
+
+# --- Inbox stores for the tests (scripts/test.sh calls ensure_inbox_stores) -----------------
+# PostgreSQL and Redis: the ones at $EVENTWORKER_TEST_POSTGRES_URL / $EVENTWORKER_TEST_REDIS_URL
+# if they answer; else the locally installed servers, started; else installed from the OS
+# packages when root; else the tests of that store are skipped, saying why.
+export EVENTWORKER_TEST_POSTGRES_URL="${EVENTWORKER_TEST_POSTGRES_URL:-postgresql://postgres:postgres@127.0.0.1:5432/test}"
+export EVENTWORKER_TEST_REDIS_URL="${EVENTWORKER_TEST_REDIS_URL:-redis://127.0.0.1:6379/0}"
+
+service_answers() {  # URL DEFAULT_PORT: does something listen at the URL's host and port?
+  .venv/bin/python - "$1" "$2" <<'PY'
+import socket, sys
+from urllib.parse import urlsplit
+try:
+    u = urlsplit(sys.argv[1])
+    socket.create_connection((u.hostname or "localhost", u.port or int(sys.argv[2])), timeout=2).close()
+except Exception:
+    sys.exit(1)
+PY
+}
+
+url_port() {  # URL DEFAULT_PORT
+  .venv/bin/python -c 'import sys; from urllib.parse import urlsplit; print(urlsplit(sys.argv[1]).port or sys.argv[2])' "$1" "$2"
+}
+
+wait_for_service() {  # URL DEFAULT_PORT
+  for _ in $(seq 1 30); do service_answers "$1" "$2" && return 0; sleep 1; done
+  return 1
+}
+
+can_apt() { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; }
+
+apt_install() {
+  if [ -z "${APT_UPDATED:-}" ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    APT_UPDATED=1
+  fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_postgres() {
+  service_answers "$EVENTWORKER_TEST_POSTGRES_URL" 5432 && return 0
+  say "no PostgreSQL answers for the inbox tests; trying to start one"
+  local fresh=""
+  if ! command -v pg_ctlcluster >/dev/null && can_apt; then
+    say "installing postgresql from the OS packages"
+    apt_install postgresql && fresh=1
+  fi
+  local version; version="$(ls /etc/postgresql 2>/dev/null | sort -V | tail -1 || true)"
+  if command -v pg_ctlcluster >/dev/null && [ -n "$version" ]; then
+    say "starting the local PostgreSQL $version cluster 'main'"
+    pg_ctlcluster --skip-systemctl-redirect "$version" main start >/dev/null 2>&1 || true
+    if wait_for_service "$EVENTWORKER_TEST_POSTGRES_URL" 5432; then
+      if [ "$(id -u)" = 0 ]; then
+        # The tests' database; on a fresh install also the password the default URL carries
+        # (a fresh cluster asks for one over TCP).
+        su postgres -s /bin/sh -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname = 'test'\" | grep -q 1 || createdb test" >/dev/null 2>&1 || true
+        [ -n "$fresh" ] && su postgres -s /bin/sh -c "psql -qc \"ALTER ROLE postgres PASSWORD 'postgres'\"" >/dev/null 2>&1 || true
+      fi
+      return 0
+    fi
+  fi
+  say "no PostgreSQL: the PostgreSQL inbox tests will be skipped (apt-get install postgresql,"
+  say "or point EVENTWORKER_TEST_POSTGRES_URL at one)"
+}
+
+ensure_redis() {
+  service_answers "$EVENTWORKER_TEST_REDIS_URL" 6379 && return 0
+  say "no Redis answers for the inbox tests; trying to start one"
+  if ! command -v redis-server >/dev/null && can_apt; then
+    say "installing redis-server from the OS packages"
+    apt_install redis-server || true
+  fi
+  if command -v redis-server >/dev/null; then
+    local dir=/var/lib/redis log=/var/log/redis/ci.log
+    if [ "$(id -u)" = 0 ]; then
+      mkdir -p /var/lib/redis /var/log/redis
+    else
+      dir="${TMPDIR:-/tmp}"; log="$dir/eventworker-redis.log"
+    fi
+    say "starting the local redis-server (nothing kept on disk)"
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 \
+      --port "$(url_port "$EVENTWORKER_TEST_REDIS_URL" 6379)" --save "" --appendonly no \
+      --dir "$dir" --logfile "$log" >/dev/null 2>&1 || true
+    wait_for_service "$EVENTWORKER_TEST_REDIS_URL" 6379 && return 0
+  fi
+  say "no Redis: the Redis inbox tests will be skipped (apt-get install redis-server, or point"
+  say "EVENTWORKER_TEST_REDIS_URL at one)"
+}
+
+ensure_inbox_stores() {
+  ensure_postgres
+  ensure_redis
+}
+
+ensure_postgres_for_outbox() {  # the outbox tests use the same PostgreSQL as the inbox tests
+  ensure_postgres
+  if ! service_answers "$EVENTWORKER_TEST_POSTGRES_URL" 5432; then
+    export EVENTWORKER_TEST_PG_SKIP="no PostgreSQL at 127.0.0.1:5432 and none could be started or installed"
+  fi
 }
 
 setup_venv

@@ -11,12 +11,14 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aio_pika
 import pytest
 
-from eventworker.settings import Settings, load_settings
+from eventworker.settings import InboxSettings, Settings, load_settings
+from tests import stores
 from tests.broker import Broker
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
@@ -110,3 +112,67 @@ async def broker(broker_url: str, settings: Settings) -> AsyncIterator[Broker]:
     finally:
         await helper.cleanup()
         await connection.close()
+
+
+def _inbox(kind: str, tmp_path: Path) -> Iterator[InboxSettings]:
+    reason = stores.unavailable(kind)
+    if reason:
+        pytest.skip(f"{kind} inbox tests skipped: {reason}")
+    inbox = InboxSettings.model_validate(
+        {"url": stores.store_url(kind, tmp_path), "name": stores.unique_name()}
+    )
+    yield inbox
+    stores.run_sync(stores.drop(inbox))
+
+
+@pytest.fixture(params=stores.ALL_STORES)
+def inbox_settings(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InboxSettings]:
+    """Inbox settings of each store in turn (memory, SQLite, PostgreSQL, Redis), with a table
+    name / key prefix of this test alone; skipped for a store that is not reachable."""
+    yield from _inbox(request.param, tmp_path)
+
+
+@pytest.fixture(params=stores.SHARED_STORES)
+def shared_inbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[InboxSettings]:
+    """As ``inbox_settings``, for the stores worker processes can share (not memory)."""
+    yield from _inbox(request.param, tmp_path)
+
+
+# -- PostgreSQL, for the outbox (issue 8) -------------------------------------------------------
+#: The database the outbox tests use; trust authentication on the local server by default.
+#: The same server as the inbox tests (scripts/bootstrap.sh sets that password on a fresh one).
+PG_DSN = os.environ.get("EVENTWORKER_TEST_PG_DSN") or os.environ.get(
+    "EVENTWORKER_TEST_POSTGRES_URL", "postgresql://postgres:postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_dsn() -> str:
+    """The test PostgreSQL; the tests that need it skip, saying why, when it does not answer
+    (scripts/bootstrap.sh starts or installs one where it can)."""
+    skip = os.environ.get("EVENTWORKER_TEST_PG_SKIP")
+    if skip:
+        pytest.skip(f"no PostgreSQL: {skip}")
+    parts = urlsplit(PG_DSN)
+    try:
+        socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), 2).close()
+    except OSError:
+        pytest.skip(f"no PostgreSQL answers at {parts.hostname}:{parts.port or 5432}")
+    return PG_DSN
+
+
+@pytest.fixture
+async def pg_table(pg_dsn: str) -> AsyncIterator[str]:
+    """A fresh outbox table name of this test alone, created and dropped with its trigger."""
+    import asyncpg
+
+    from eventworker import outbox
+
+    table = f"outbox_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_dsn)
+    try:
+        await outbox.create(conn, table)
+        yield table
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}; DROP FUNCTION IF EXISTS {table}_notify")
+        await conn.close()

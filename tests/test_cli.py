@@ -205,8 +205,10 @@ def test_handlers_json_lists_the_installed_plugin(settings: Settings) -> None:
         "queue",
         "dead_letter_queue",
         "retry",
+        "idempotent",
     }
     assert bill["plugin"] == "demo"
+    assert bill["idempotent"] is False
     assert bill["distribution"].startswith("eventworker-example ")
     assert bill["bindings"] == ["orders.created", "orders.*.created"]
     assert bill["queue"] == f"{settings.queue_prefix}bill_order"

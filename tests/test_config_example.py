@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from eventworker.settings import RetrySettings, Settings, load_settings
+from eventworker.settings import InboxSettings, RetrySettings, Settings, load_settings
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "config.example.toml"
 #: The commented-out override table in the example, and the line that starts it.
@@ -39,12 +39,15 @@ def test_the_example_config_loads_and_equals_the_defaults_field_by_field() -> No
         assert getattr(loaded, name) == getattr(defaults, name), name
     for name in RetrySettings.model_fields:
         assert getattr(loaded.retry, name) == getattr(defaults.retry, name), f"retry.{name}"
+    for name in InboxSettings.model_fields:
+        assert getattr(loaded.inbox, name) == getattr(defaults.inbox, name), f"inbox.{name}"
 
 
-def test_the_example_config_names_every_setting_and_every_retry_field() -> None:
+def test_the_example_config_names_every_setting_and_every_nested_field() -> None:
     parsed = _parsed()
     assert set(parsed) == set(Settings.model_fields)
     assert set(parsed["retry"]) == set(RetrySettings.model_fields)
+    assert set(parsed["inbox"]) == set(InboxSettings.model_fields)
 
 
 def test_the_commented_retry_override_example_is_valid_when_uncommented() -> None:

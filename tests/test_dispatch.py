@@ -380,6 +380,7 @@ class Recorder:
     def __init__(self) -> None:
         self.seen: list[str] = []
         self.outcomes: list[tuple[str, str, bool]] = []
+        self.publishes: list[tuple[str, str]] = []
 
     def received(self, route: Any, event: Event[Any]) -> None:
         self.seen.append(event.id)
@@ -389,6 +390,9 @@ class Recorder:
     ) -> None:
         assert seconds >= 0
         self.outcomes.append((event.id, type(decision).__name__, moved))
+
+    def published(self, route: Any, *, kind: str, status: str) -> None:
+        self.publishes.append((kind, status))
 
 
 async def test_observers_see_every_delivery_and_how_it_was_settled(
@@ -412,4 +416,9 @@ async def test_observers_see_every_delivery_and_how_it_was_settled(
         ("bad", "RetryIn", True),
         ("good", "Ack", True),
         ("junk", "DeadLetter", True),
+    ]
+    assert sorted(recorder.publishes) == [
+        ("dead_letter", "confirmed"),
+        ("dead_letter", "confirmed"),
+        ("retry", "confirmed"),
     ]

@@ -286,5 +286,11 @@ def test_the_context_logger_is_bound_to_the_handler_and_the_event() -> None:
     finally:
         logger.remove(sink)
     assert records == [
-        {"handler": "bill_order", "event_id": "evt-3", "attempt": 2, "correlation_id": "c-3"}
+        {
+            "handler": "bill_order",
+            "event_id": "evt-3",
+            "event_type": "orders.created",
+            "attempt": 2,
+            "correlation_id": "c-3",
+        }
     ]

@@ -375,3 +375,36 @@ def test_shuffle_tries_the_nodes_in_varying_order() -> None:
     orders = {tuple(u.get_secret_value() for u in settings.urls()) for _ in range(20)}
     assert len(orders) > 1
     assert all(sorted(order) == sorted(split_urls(urls)) for order in orders)
+
+
+# the inbox
+
+
+def test_the_inbox_is_set_by_its_nested_variables_and_toml(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = _write(tmp_path / "c.toml", '[inbox]\nname = "billing_inbox"\nlease = 5\n')
+    monkeypatch.setenv("EVENTWORKER_INBOX__URL", f"postgresql://app:{CANARY}@db/app")
+    monkeypatch.setenv("EVENTWORKER_INBOX__IDEMPOTENT", "true")
+    inbox = load_settings(config).inbox
+    assert (inbox.name, inbox.lease, inbox.idempotent) == ("billing_inbox", 5.0, True)
+    assert inbox.redacted_url() == "postgresql://app:***@db/app"
+    assert CANARY not in repr(inbox)
+
+
+@pytest.mark.parametrize(
+    "url", [f"mysql://app:{CANARY}@db/app", f"app:{CANARY}@db", f"postgresql:/app:{CANARY}@db"]
+)
+def test_an_inbox_url_naming_no_store_is_a_config_error_without_its_password(
+    monkeypatch: pytest.MonkeyPatch, url: str
+) -> None:
+    monkeypatch.setenv("EVENTWORKER_INBOX__URL", url)
+    error = _config_error()
+    assert "inbox.url" in str(error)
+    assert "sqlite:///" in str(error)
+    assert CANARY not in _everything_shown(error)
+
+
+@pytest.mark.parametrize("name", ["", "1st", "bad-name", "x" * 49, "a;drop table x"])
+def test_an_inbox_name_that_is_no_plain_identifier_is_a_config_error(name: str) -> None:
+    assert "inbox.name" in str(_config_error(inbox={"name": name}))

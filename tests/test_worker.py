@@ -107,6 +107,19 @@ def _rabbitmqctl(*args: str) -> str:
     ).stdout
 
 
+def close_worker_connections() -> None:
+    """Close, on the broker's side, the consuming connections of this process's workers."""
+    listing = _rabbitmqctl("list_connections", "pid", "client_properties", "-q")
+    ours = [
+        line.split("\t")[0]
+        for line in listing.splitlines()
+        if "eventworker worker " in line and f":{os.getpid()}" in line
+    ]
+    assert ours, listing
+    for pid in ours:
+        _rabbitmqctl("close_connection", pid, "test closes it")
+
+
 needs_rabbitmqctl = pytest.mark.skipif(
     subprocess.run(["sh", "-c", "command -v rabbitmqctl"], capture_output=True).returncode != 0,
     reason="needs rabbitmqctl for the broker under test",
@@ -144,15 +157,7 @@ async def test_a_closed_connection_is_reopened_and_consumers_restored(
         seen.append(event.id)
 
     async with running(broker, [survivor], settings) as worker:
-        listing = _rabbitmqctl("list_connections", "pid", "client_properties", "-q")
-        ours = [
-            line.split("\t")[0]
-            for line in listing.splitlines()
-            if "eventworker worker " in line and f":{os.getpid()}" in line
-        ]
-        assert ours, listing
-        for pid in ours:
-            _rabbitmqctl("close_connection", pid, "test closes it")
+        close_worker_connections()
         await wait_for(lambda: worker.state is not State.RUNNING, timeout=10)
         await worker.wait_ready(20)
         await broker.publish("closed.event", b"{}", message_id="after")

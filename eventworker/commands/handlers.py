@@ -15,7 +15,8 @@ from eventworker.settings import load_settings
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for scripts.")
 @config_option
 def list_handlers(as_json: bool, config: str | None) -> None:
-    """List every discovered handler: plugin, distribution, bindings, queues, retry policy."""
+    """List every discovered handler: plugin, distribution, bindings, queues, retry policy,
+    idempotent or not."""
     from eventworker import registry
     from eventworker.worker import routes
 
@@ -36,6 +37,7 @@ def list_handlers(as_json: bool, config: str | None) -> None:
                         "max_attempts": route.policy.max_attempts,
                         "delays": list(route.policy.delays),
                     },
+                    "idempotent": route.idempotent,
                 }
             )
     if as_json:
@@ -52,5 +54,6 @@ def list_handlers(as_json: bool, config: str | None) -> None:
             f"  queue:             {row['queue']}\n"
             f"  dead-letter queue: {row['dead_letter_queue']}\n"
             f"  retry:             {retry['max_attempts']} attempts, delays "
-            f"{', '.join(f'{d:g}s' for d in retry['delays'])}"
+            f"{', '.join(f'{d:g}s' for d in retry['delays'])}\n"
+            f"  idempotent:        {'yes (inbox)' if row['idempotent'] else 'no'}"
         )

@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import click
 import orjson
 
 from eventworker.commands import config_option, errors, url_option
+from eventworker.commands.progress import progress
 from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
 
@@ -155,7 +156,8 @@ def publish(
             for body in bodies
         ]
         started = time.perf_counter()
-        results = asyncio.run(_publish_all(settings, outgoing))
+        with progress(len(outgoing), label="publishing") as advance:
+            results = asyncio.run(_publish_all(settings, outgoing, lambda _: advance(1)))
         elapsed = time.perf_counter() - started
     failed = [r for r in results if not r.ok]
     confirmed = len(results) - len(failed)
@@ -204,16 +206,25 @@ def envelope_outgoing(
     )
 
 
-async def _publish_all(settings: Settings, outgoing: list[Any]) -> list[Any]:
+async def _publish_all(
+    settings: Settings, outgoing: list[Any], on_result: Callable[[Any], None]
+) -> list[Any]:
     """Publish everything; events whose connection was lost before their confirm are sent
     again (same id) on a new connection — the next node of a cluster — up to RECONNECTS
-    times. A lost confirm may mean the broker has it: a duplicate, never a loss."""
+    times. A lost confirm may mean the broker has it: a duplicate, never a loss.
+    ``on_result`` hears each event's final result once."""
     from eventworker.errors import BrokerUnreachableError
     from eventworker.publisher import Publisher
 
     results: list[Any] = [None] * len(outgoing)
     pending = list(range(len(outgoing)))
     for round_ in range(RECONNECTS + 1):
+        last = round_ == RECONNECTS
+
+        def settled(result: Any, last: bool = last) -> None:
+            if last or result.status != "connection_lost":
+                on_result(result)
+
         try:
             async with Publisher.connect(
                 settings.urls(),
@@ -224,7 +235,7 @@ async def _publish_all(settings: Settings, outgoing: list[Any]) -> list[Any]:
                 heartbeat=settings.heartbeat,
                 tls=settings.tls,
             ) as publisher:
-                sent = await publisher.send_many([outgoing[i] for i in pending])
+                sent = await publisher.send_many([outgoing[i] for i in pending], on_result=settled)
         except BrokerUnreachableError:
             if round_ == 0:
                 raise
@@ -232,7 +243,7 @@ async def _publish_all(settings: Settings, outgoing: list[Any]) -> list[Any]:
         for i, result in zip(pending, sent, strict=True):
             results[i] = result
         pending = [i for i in pending if results[i].status == "connection_lost"]
-        if not pending or round_ == RECONNECTS:
+        if not pending or last:
             break
         click.echo(
             f"connection lost: publishing {len(pending)} unconfirmed event(s) again", err=True

@@ -47,6 +47,19 @@ from eventworker.settings import load_settings
     "--log-level",
     type=click.Choice(["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
     default=None,
+    help="Lowest level logged (default: log_level, INFO).",
+)
+@click.option(
+    "--log-format",
+    type=click.Choice(["pretty", "json"]),
+    default=None,
+    help="pretty lines for a terminal, or one JSON object per line (default: log_format).",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve /metrics, /healthz and /readyz on this port; 0 = off (default: metrics_port).",
 )
 def run(
     config: str | None,
@@ -56,13 +69,16 @@ def run(
     prefetch: int | None,
     grace: float | None,
     log_level: str | None,
+    log_format: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Run the installed handlers until SIGTERM or SIGINT.
 
     Declares the exchange, one queue per handler, the retry queues and the dead-letter
     queues; then consumes. On SIGTERM/SIGINT it stops consuming, lets running handlers finish
     within the grace period and exits 0; unfinished messages go back to the broker. A second
-    signal stops at once (exit 130).
+    signal stops at once (exit 130). With --metrics-port it serves Prometheus metrics and
+    health endpoints.
     """
     from eventworker import logs, registry
     from eventworker.worker import Worker
@@ -75,17 +91,27 @@ def run(
             prefetch=prefetch,
             grace=grace,
             log_level=log_level and log_level.upper(),
+            log_format=log_format,
+            metrics_port=metrics_port,
             handlers=tuple(handler_names) or None,
         )
-        logs.configure(settings.log_level)
+        logs.configure(settings.log_level, format=settings.log_format)
         registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
         if not registrations:
             raise InvalidInputError(
                 f"no handlers installed: no package registers any in the entry-point group "
                 f"{registry.GROUP!r}"
             )
-        worker = Worker(registrations, settings)
-        asyncio.run(worker.run(handle_signals=True))
+        if settings.metrics_port:
+            from eventworker import health
+            from eventworker.metrics import Metrics
+
+            metrics = Metrics()
+            worker = Worker(registrations, settings, observers=[metrics])
+            asyncio.run(health.run_worker(worker, metrics, settings, port=settings.metrics_port))
+        else:
+            worker = Worker(registrations, settings)
+            asyncio.run(worker.run(handle_signals=True))
     code = ExitCode.INTERRUPTED if worker.interrupted else ExitCode.OK
     if any(t.name.startswith("eventworker-handler") for t in threading.enumerate()):
         # A sync handler still runs in a thread; Python would wait for it at exit.

@@ -1,0 +1,101 @@
+"""``eventworker status``: backlog and failures per handler, as the broker reports them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import click
+
+from eventworker.commands import config_option, errors, url_option
+from eventworker.settings import Settings, load_settings
+
+#: Shown for a queue the broker does not have (no worker declared it yet).
+MISSING = "-"
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="A JSON object, for scripts.")
+@config_option
+@url_option
+def status(as_json: bool, config: str | None, url: str | None) -> None:
+    """Show each handler's queue depth, consumers, retry-tier depths and dead letters.
+
+    Counts come from the broker (passive queue declares: ready messages, not the ones a
+    consumer holds unacked); no message is read or moved. Retry tiers are shared by all
+    handlers: a tier's depth counts every handler's retries waiting in it.
+    """
+    from eventworker import registry
+
+    with errors():
+        settings = load_settings(config, url=url)
+        registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
+        report = asyncio.run(_report(settings, registrations))
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    elif not report["handlers"]:
+        click.echo("no handlers installed")
+    else:
+        click.echo(_table(report))
+
+
+async def _report(settings: Settings, registrations: list[Any]) -> dict[str, Any]:
+    from eventworker import stats
+    from eventworker.worker import routes
+
+    route_list = routes(registrations, settings)
+    tiers = route_list[0].retry_queues if route_list else {}
+    names = [q for r in route_list for q in (r.queue, r.dead_letter_queue)] + list(tiers.values())
+    async with stats.connected(settings) as reader:
+        found = await reader.read(names)
+    retry_queues = [
+        {"delay": delay, "queue": queue, "messages": found[queue].messages}
+        for delay, queue in sorted(tiers.items())
+    ]
+    by_delay = {q["delay"]: q for q in retry_queues}
+    handlers = [
+        {
+            "name": r.handler.name,
+            "queue": r.queue,
+            "messages": found[r.queue].messages,
+            "consumers": found[r.queue].consumers,
+            "dead_letter_queue": r.dead_letter_queue,
+            "dead_letters": found[r.dead_letter_queue].messages,
+            "retry": [by_delay[d] for d in sorted(set(r.policy.delays))],
+        }
+        for r in route_list
+    ]
+    return {"exchange": settings.exchange, "handlers": handlers, "retry_queues": retry_queues}
+
+
+def _shown(value: int | None) -> str:
+    return MISSING if value is None else str(value)
+
+
+def _table(report: dict[str, Any]) -> str:
+    from eventworker.topology import delay_label
+
+    header = ("HANDLER", "QUEUE", "READY", "CONSUMERS", "DEAD", "RETRY TIERS (shared)")
+    rows = [
+        (
+            h["name"],
+            h["queue"],
+            _shown(h["messages"]),
+            _shown(h["consumers"]),
+            _shown(h["dead_letters"]),
+            " ".join(f"{delay_label(t['delay'])}:{_shown(t['messages'])}" for t in h["retry"]),
+        )
+        for h in report["handlers"]
+    ]
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.rjust(w) if 2 <= i <= 4 else cell.ljust(w)
+            for i, (cell, w) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in (header, *rows)
+    ]
+    if any(h["messages"] is None for h in report["handlers"]):
+        lines.append(f"{MISSING}: the queue does not exist (no worker has declared it yet)")
+    return "\n".join(lines)
