@@ -124,9 +124,15 @@ class _Intercept(logging.Handler):
             level: str | int = logger.level(record.levelname).name
         except ValueError:
             level = record.levelno
+        message = record.getMessage()
+        error = record.exc_info[1] if record.exc_info else None
+        if error is not None:
+            # aiormq logs every lost connection with its traceback, a dozen lines the worker
+            # has already handled; a record stays one line, so the exception is summarised.
+            message = f"{message}: {type(error).__name__}: {error}"
         # A library may put a connection URL in its message: never its password.
-        text = redact_url(one_line(record.getMessage(), 1000))
-        logger.opt(exception=record.exc_info).bind(component=record.name).log(level, "{}", text)
+        text = redact_url(one_line(message, 1000))
+        logger.bind(component=record.name).log(level, "{}", text)
 
 
 def configure(

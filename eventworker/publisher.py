@@ -8,6 +8,7 @@ waiting for each one.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from eventworker.settings import TlsSettings
 
 Status = Literal["confirmed", "nacked", "unroutable", "timeout", "connection_lost"]
 
+#: How long closing the connection may take: every confirm waited for has arrived by then.
+CLOSE_TIMEOUT = 0.5
 #: Confirms in flight at once in a batch: enough to keep the broker busy, bounded memory.
 DEFAULT_WINDOW = 1024
 
@@ -117,7 +120,10 @@ class Publisher:
         try:
             yield await cls.open(connection, exchange, source=source, timeout=timeout)
         finally:
-            await connection.close()
+            # A broker that blocks publishers (resource alarm) reads nothing more, not even
+            # Connection.Close: answering the caller beats waiting for its reply.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
 
     @classmethod
     async def open(

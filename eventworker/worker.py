@@ -259,7 +259,17 @@ class Worker:
         # consumer timeout: either way this session is broken; a new one re-declares all.
         channel.close_callbacks.add(lambda *_: lost.set())
         underlay = await channel.get_underlay_channel()
-        underlay.on_consumer_cancel_callbacks.add(lambda *_: lost.set())
+
+        def cancelled_by_broker(*_: Any) -> None:
+            # Never silent: an operator deleted the queue, or its node went away.
+            logger.error(
+                "the broker cancelled our consumer of queue {} (queue deleted?); declaring "
+                "the topology and subscribing again",
+                route.queue,
+            )
+            lost.set()
+
+        underlay.on_consumer_cancel_callbacks.add(cancelled_by_broker)
         dispatcher = Dispatcher(
             route,
             moves=publisher,

@@ -107,3 +107,22 @@ def test_library_chatter_below_warning_is_not_routed(json_log: io.StringIO) -> N
     logging.getLogger("aiormq.connection").info("frame received")
     logging.getLogger("acme.plugin").info("plugin info")
     assert [line["message"] for line in _lines(json_log)] == ["plugin info"]
+
+
+def test_a_library_record_with_a_traceback_stays_on_one_line() -> None:
+    stream = io.StringIO()
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    logs.configure("INFO", stream=stream)
+    try:
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except ConnectionResetError:
+            logging.getLogger("aiormq.connection").exception("Cancelling cause reader exited")
+    finally:
+        logger.remove()
+        logger.disable("eventworker")
+        root.handlers[:], root.level = saved
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1, lines
+    assert "Cancelling cause reader exited: ConnectionResetError:" in lines[0]

@@ -114,6 +114,13 @@ def _shortstr(value: str | None, what: str) -> None:
     default=None,
     help="Seconds to wait for each confirm (default: publish_timeout).",
 )
+@click.option(
+    "--failed-out",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write every event not confirmed to this file, one JSON object per line "
+    "(id, status, detail).",
+)
 @config_option
 @url_option
 def publish(
@@ -126,6 +133,7 @@ def publish(
     correlation_id: str | None,
     exchange: str | None,
     timeout: float | None,
+    failed_out: str | None,
     config: str | None,
     url: str | None,
 ) -> None:
@@ -185,7 +193,12 @@ def publish(
     for r in failed[:MAX_LISTED_FAILURES]:
         click.echo(f"not published: {r.event_id}: {r.status} {r.detail}".rstrip(), err=True)
     if len(failed) > MAX_LISTED_FAILURES:
-        click.echo(f"... and {len(failed) - MAX_LISTED_FAILURES} more not published", err=True)
+        more = f" (all in {failed_out})" if failed_out else " (--failed-out FILE lists all)"
+        click.echo(
+            f"... and {len(failed) - MAX_LISTED_FAILURES} more not published{more}", err=True
+        )
+    if failed_out:
+        _write_failed(Path(failed_out), failed)
     sys.exit(int(ExitCode.FAILED if failed else ExitCode.OK))
 
 
@@ -237,6 +250,18 @@ def _exported(
     if not outgoing:
         raise InvalidInputError(f"{file} holds no events")
     return outgoing
+
+
+def _write_failed(path: Path, failed: Sequence[Any]) -> None:
+    """Every event not confirmed, one JSON object a line: a long list stays usable."""
+    lines = (
+        orjson.dumps({"id": r.event_id, "status": r.status, "detail": r.detail}) + b"\n"
+        for r in failed
+    )
+    try:
+        path.write_bytes(b"".join(lines))
+    except OSError as exc:
+        click.echo(f"error: cannot write {path}: {exc.strerror}", err=True)
 
 
 def envelope_outgoing(
