@@ -94,7 +94,7 @@ async def run(args: argparse.Namespace) -> int:
         )
         meta["load"]["after"] = environment.load()
         results = Results(scenarios.groups(), outcomes)
-        doc = report.document(results, meta, goals.judge_all(results))
+        doc = report.document(results, meta, goals.judge_all(results), goals.differences(results))
         json_path, md_path = report.write(doc, args.out, args.name)
         print(report.markdown(doc))
         print(f"wrote {json_path} and {md_path}", file=sys.stderr)

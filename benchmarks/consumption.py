@@ -17,6 +17,9 @@ from benchmarks.stats import percentile
 START_TIMEOUT = 60.0
 #: Seconds a start-up measurement may take (200 handlers declare 400 queues).
 SLOW_START_TIMEOUT = 300.0
+#: Seconds between a consumer's ready line and the first paced publish: what it still does
+#: right after start-up (logging, first tasks) is not the latency of a message.
+SETTLE = 0.5
 #: The slowest drain rate (messages/s) before a measurement is abandoned as stuck.
 SLOWEST = 200.0
 
@@ -65,6 +68,7 @@ async def latency(bench: Bench, consumer: Consumer) -> Sample:
     children = consumer.start(bench, scratch, target, probe_dir)
     try:
         await asyncio.gather(*(c.wait_for_line(consumer.ready, START_TIMEOUT) for c in children))
+        await asyncio.sleep(SETTLE)
         await bench.broker.paced_publish(target.exchange, count, rate)
         await _until_counted(children, probe_dir, count)
     finally:

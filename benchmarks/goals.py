@@ -100,3 +100,36 @@ def _bounds(goal: Goal) -> str:
 
 def judge_all(results: Results) -> list[dict[str, Any]]:
     return [judge(goal, results) for goal in GOALS]
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    """A derived figure: ``case - reference`` for ``metric``, paired by repetition."""
+
+    text: str
+    case: str
+    reference: str
+    metric: str
+    unit: str
+
+
+DIFFERENCES = (
+    Difference("CPU of raw aio-pika's awaited ack, per message", "drain.raw-consume",
+               "drain.raw-noack", "cpu_us_per_msg", "µs"),
+    Difference("eventworker's CPU per message above raw aio-pika (wait=False)",
+               "drain.eventworker", "drain.raw-nowait", "cpu_us_per_msg", "µs"),
+    Difference("Extra eventworker CPU per retried message (fails once, then succeeds)",
+               "retry.eventworker-retry-once", "retry.eventworker-noop", "cpu_us_per_msg", "µs"),
+    Difference("eventworker RSS above raw aio-pika", "memory.eventworker-small",
+               "memory.raw-small", "peak_rss_mb", "MB"),
+)  # fmt: skip
+
+
+def differences(results: Results) -> list[dict[str, Any]]:
+    """The derived figures this run can give (both cases measured)."""
+    found = []
+    for d in DIFFERENCES:
+        value = results.difference(d.case, d.reference, d.metric)
+        if value is not None:
+            found.append({"figure": d.text, "value": round(value, 1), "unit": d.unit})
+    return found

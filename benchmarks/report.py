@@ -10,11 +10,17 @@ from benchmarks.harness import Group, Metric
 from benchmarks.results import Outcome, Results
 
 
-def document(results: Results, meta: dict[str, Any], goals: list[dict[str, Any]]) -> dict[str, Any]:
+def document(
+    results: Results,
+    meta: dict[str, Any],
+    goals: list[dict[str, Any]],
+    differences: list[dict[str, Any]],
+) -> dict[str, Any]:
     """Everything measured, with each case's summary and its ratios to its group's baseline."""
     return {
         **meta,
         "groups": [_group(g, results) for g in results.groups if results.in_group(g.name)],
+        "differences": differences,
         "goals": goals,
     }
 
@@ -26,7 +32,10 @@ def _group(group: Group, results: Results) -> dict[str, Any]:
         "title": group.title,
         "about": group.about,
         "baseline": base.case.id if base else None,
-        "metrics": [{"key": m.key, "title": m.title, "better": m.better} for m in group.metrics],
+        "metrics": [
+            {"key": m.key, "title": m.title, "better": m.better, "ratio": m.ratio}
+            for m in group.metrics
+        ],
         "cases": [_case(o, group, results) for o in results.in_group(group.name)],
     }
 
@@ -41,7 +50,9 @@ def _case(outcome: Outcome, group: Group, results: Results) -> dict[str, Any]:
         "failures": {str(run): why for run, why in outcome.failures.items()},
         "samples": [{"run": run, **sample} for run, sample in sorted(outcome.samples.items())],
         "summary": {m.key: results.summary(case.id, m.key) for m in group.metrics},
-        "ratio": {m.key: results.ratio_to_baseline(outcome, m.key) for m in group.metrics},
+        "ratio": {
+            m.key: results.ratio_to_baseline(outcome, m.key) for m in group.metrics if m.ratio
+        },
     }
 
 
@@ -55,20 +66,36 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{load['before'][0]} before, {load['after'][0]} after; "
         f"eventworker {doc['environment']['commit']}.",
         "",
+        _sizes(doc["profile"]),
+        "",
     ]
     for group in doc["groups"]:
         lines += _table(group)
     lines += ["### Goals", "", "| Goal | Figure | Status |", "| --- | --- | --- |"]
     for goal in doc["goals"]:
         lines.append(f"| {goal['goal']} | {goal['detail']} | {goal['status']} |")
+    if doc["differences"]:
+        lines += ["", "### Derived figures", "", "| Figure | Median |", "| --- | --- |"]
+        for d in doc["differences"]:
+            lines.append(f"| {d['figure']} | {d['value']:g} {d['unit']} |")
     return "\n".join(lines) + "\n"
 
 
+def _sizes(p: dict[str, Any]) -> str:
+    return (
+        f"Sizes: drain {p['drain']:,} messages; publish {p['publish']:,} events "
+        f"({p['publish_await']:,} when each confirm is awaited); latency {p['latency_rate']:g} "
+        f"msg/s for {p['latency_seconds']:g} s; memory backlogs {p['backlog_small']:,} and "
+        f"{p['backlog_large']:,}; retry {p['retry']:,}; prefetch {p['prefetch']}."
+    )
+
+
 def _table(group: dict[str, Any]) -> list[str]:
-    metrics = [Metric(m["key"], m["title"], m["better"]) for m in group["metrics"]]
+    metrics = [Metric(**m) for m in group["metrics"]]
+    with_ratio = {m.key for m in metrics if m.ratio and group["baseline"]}
     header = ["Case"]
     for m in metrics:
-        header += [m.title] + (["x"] if group["baseline"] else [])
+        header += [m.title, "x"] if m.key in with_ratio else [m.title]
     lines = [f"### {group['title']}", "", "| " + " | ".join(header) + " |"]
     lines.append("|" + " --- |" * len(header))
     for case in group["cases"]:
@@ -76,14 +103,14 @@ def _table(group: dict[str, Any]) -> list[str]:
         if case["skipped"]:
             lines.append(f"| {label} | skipped: {case['skipped']} |" + " |" * (len(header) - 2))
             continue
+        if case["failures"]:
+            label += f" ({len(case['failures'])} run(s) failed)"
         cells = [label]
         for m in metrics:
             cells.append(_cell(case["summary"][m.key]))
-            if group["baseline"]:
+            if m.key in with_ratio:
                 ratio = case["ratio"][m.key]
                 cells.append("" if ratio is None else f"{ratio:.2f}")
-        if case["failures"]:
-            cells[0] += f" ({len(case['failures'])} run(s) failed)"
         lines.append("| " + " | ".join(cells) + " |")
     return [*lines, ""]
 

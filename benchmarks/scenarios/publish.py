@@ -89,7 +89,7 @@ def _events_file(directory: Path, count: int) -> Path:
 
 
 async def faststream(bench: Bench) -> Sample:
-    count = bench.profile.publish
+    count = bench.profile.publish_await  # it awaits each confirm: as slow as raw-await
     exchange, queue = await _queue(bench)
     argv = [bench.python("faststream"), "-m", "benchmarks.clients.faststream_app", "publish"]
     report = await run_publisher(
