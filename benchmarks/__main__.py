@@ -59,6 +59,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, default=RESULTS, help="where to write the results")
     parser.add_argument("--name", default="latest", help="result file name, without suffix")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the children's logs and configs (printed path)"
+    )
     return parser.parse_args(argv)
 
 
@@ -98,7 +101,10 @@ async def run(args: argparse.Namespace) -> int:
         json_path, md_path = report.write(doc, args.out, args.name)
         print(report.markdown(doc))
         print(f"wrote {json_path} and {md_path}", file=sys.stderr)
-        shutil.rmtree(workdir, ignore_errors=True)
+        if args.keep:
+            print(f"kept the children's logs in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
     failed = any(o.failures for o in outcomes)
     return 1 if failed else 0
 
@@ -125,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _cancellable(coro: Any) -> int:
-    """SIGTERM cancels the run like Ctrl-C does, so children are stopped and names deleted."""
+    """Ctrl-C and SIGTERM cancel the run: children are stopped, names deleted, and what was
+    measured so far is written (marked interrupted)."""
     task = asyncio.ensure_future(coro)
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(signum, task.cancel)
     result: int = await task
     return result
 

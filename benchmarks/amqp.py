@@ -14,9 +14,11 @@ import time
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import cast
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractConnection
 
 from benchmarks.wire import ROUTING_KEY, SENT_HEADER, body
 
@@ -35,6 +37,18 @@ def message(n: int, *, sent_ns: int | None = None) -> aio_pika.Message:
         timestamp=datetime.now(UTC),
         app_id="bench",
         headers={SENT_HEADER: sent_ns} if sent_ns is not None else None,
+    )
+
+
+def _properties() -> aiormq.spec.Basic.Properties:
+    """The properties of :func:`message` (without a send time), for aiormq."""
+    return aiormq.spec.Basic.Properties(
+        content_type="application/json",
+        delivery_mode=2,
+        message_id=str(uuid.uuid4()),
+        message_type=ROUTING_KEY,
+        timestamp=datetime.now(UTC),
+        app_id="bench",
     )
 
 
@@ -82,17 +96,25 @@ class Broker:
     async def prepublish(
         self, exchange: str, count: int, *, routing_key: str = ROUTING_KEY
     ) -> None:
-        """Publish ``count`` persistent messages, every one confirmed."""
+        """Publish ``count`` persistent messages, every one confirmed.
+
+        Straight on aiormq's channel: a third less harness CPU than through aio-pika's
+        ``Message``, and pre-publishing is most of the suite's wall time. Same properties.
+        """
         async with self._channel(confirms=True) as channel:
-            target: AbstractExchange = (
-                channel.default_exchange
-                if exchange == ""
-                else await channel.get_exchange(exchange, ensure=False)
-            )
+            raw = cast(aiormq.Channel, await channel.get_underlay_channel())
             for start in range(0, count, PREPUBLISH_WINDOW):
                 stop = min(start + PREPUBLISH_WINDOW, count)
                 await asyncio.gather(
-                    *(target.publish(message(n), routing_key) for n in range(start, stop))
+                    *(
+                        raw.basic_publish(
+                            body(n),
+                            exchange=exchange,
+                            routing_key=routing_key,
+                            properties=_properties(),
+                        )
+                        for n in range(start, stop)
+                    )
                 )
 
     async def paced_publish(self, exchange: str, count: int, rate: float) -> None:

@@ -64,7 +64,8 @@ def markdown(doc: dict[str, Any]) -> str:
         f"Run {doc['started']} on {doc['environment']['cpus']} CPUs, profile "
         f"{doc['profile']['name']}, {doc['runs']} interleaved repetition(s); load average "
         f"{load['before'][0]} before, {load['after'][0]} after; "
-        f"eventworker {doc['environment']['commit']}.",
+        f"eventworker {doc['environment']['commit']}."
+        + (" **Interrupted: partial results.**" if doc.get("interrupted") else ""),
         "",
         _sizes(doc["profile"]),
         "",
