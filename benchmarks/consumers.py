@@ -8,7 +8,6 @@ Dramatiq has its own message format and queues, so its own API fills them.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -16,7 +15,8 @@ from typing import Protocol
 from benchmarks import worker_process
 from benchmarks.clients.common import READY
 from benchmarks.harness import Bench
-from benchmarks.procs import Child, ChildFailed, run_to_end
+from benchmarks.procs import Child
+from benchmarks.publishers import dramatiq_queue, publish_with_dramatiq
 
 #: What a Dramatiq worker process logs when it consumes.
 DRAMATIQ_READY = "is ready for action"
@@ -32,10 +32,13 @@ class Target:
 
 
 class Consumer(Protocol):
-    #: A line every consumer process prints once it consumes.
-    ready: str
-    #: Whether it must exit 0 on SIGTERM (ours do; a peer's exit status is its own business).
-    clean_exit: bool
+    @property
+    def ready(self) -> str:
+        """A line every consumer process prints once it consumes."""
+
+    @property
+    def clean_exit(self) -> bool:
+        """Whether it must exit 0 on SIGTERM (ours do; a peer's exit status is its own)."""
 
     async def prepare(self, bench: Bench, scratch: Path, count: int) -> Target: ...
 
@@ -163,41 +166,3 @@ class Dramatiq:
         argv += [f"--processes={self.processes}", f"--threads={self.threads}"]
         env = bench.env(BENCH_PROBE_DIR=str(probe_dir), BENCH_QUEUE=target.queue)
         return [Child(argv, env=env, cwd=scratch, log=scratch / "dramatiq.log")]
-
-
-def dramatiq_queue(bench: Bench) -> str:
-    """A queue name for Dramatiq, which declares it with its delay and dead-letter queues on
-    the first send; all three are remembered for clean-up."""
-    queue = f"{bench.broker.prefix('dramatiq')}.q"
-    bench.broker.track(queues=[queue, f"{queue}.DQ", f"{queue}.XQ"])
-    return queue
-
-
-async def publish_with_dramatiq(
-    bench: Bench, scratch: Path, queue: str, count: int
-) -> dict[str, float]:
-    """``actor.send`` ``count`` times in Dramatiq's virtualenv; returns its report."""
-    return await run_publisher(
-        bench,
-        scratch,
-        [bench.python("dramatiq"), "-m", "benchmarks.clients.dramatiq_app", f"--count={count}"],
-        BENCH_QUEUE=queue,
-    )
-
-
-async def run_publisher(
-    bench: Bench, scratch: Path, argv: list[str], **env: str
-) -> dict[str, float]:
-    """Run a publisher program to its end; returns the JSON line it reports.
-
-    Raises:
-        ChildFailed: it failed, or printed no report.
-    """
-    log = scratch / f"{Path(argv[2]).name.rsplit('.', 1)[-1]}.log"
-    done = await run_to_end(argv, env=bench.env(**env), cwd=scratch, log=log, timeout=600)
-    lines = [line for line in done.output.splitlines() if line.startswith("{")]
-    if done.code != 0 or not lines:
-        tail = "\n".join(done.output.splitlines()[-15:])
-        raise ChildFailed(f"{' '.join(argv[1:4])} exited {done.code}\n{tail}")
-    report: dict[str, float] = json.loads(lines[-1])
-    return report

@@ -6,9 +6,9 @@ import re
 from functools import partial
 from pathlib import Path
 
-from benchmarks.consumers import dramatiq_queue, publish_with_dramatiq, run_publisher
 from benchmarks.harness import Bench, Case, Group, Metric, Sample
 from benchmarks.procs import ChildFailed, run_to_end
+from benchmarks.publishers import dramatiq_queue, publish_with_dramatiq, run_publisher
 from benchmarks.wire import ROUTING_KEY, body
 
 GROUP = Group(
