@@ -129,7 +129,8 @@ class Worker:
 class FastStream:
     """A FastStream subscriber (``benchmarks.clients.faststream_app``) in its virtualenv."""
 
-    quiet: bool = False
+    #: ``default``, ``quiet`` or ``bare`` (see ``faststream_app.CONFIGS``)
+    config: str = "default"
     ready: str = READY
     clean_exit: bool = False
 
@@ -138,7 +139,7 @@ class FastStream:
 
     def start(self, bench: Bench, scratch: Path, target: Target, probe_dir: Path) -> list[Child]:
         argv = [bench.python("faststream"), "-m", "benchmarks.clients.faststream_app", "consume"]
-        argv += [f"--prefetch={bench.profile.prefetch}", *(["--quiet"] if self.quiet else [])]
+        argv += [f"--prefetch={bench.profile.prefetch}", f"--config={self.config}"]
         env = bench.env(
             BENCH_PROBE_DIR=str(probe_dir),
             BENCH_EXCHANGE=target.exchange,

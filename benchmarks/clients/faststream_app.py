@@ -2,15 +2,13 @@
 
 ``consume``: a subscriber with a no-op handler on the harness's queue (declared by the harness,
 bound to its topic exchange), prefetch 128, FastStream's default acknowledgement (ack after the
-handler returns); ``--quiet`` drops the per-message log lines, FastStream's best configuration
-here. ``publish``: ``broker.publish`` of each event, persistent, each confirm awaited (its
-channels confirm by default). Settings come from ``BENCH_*`` variables.
+handler returns), in one of the ``CONFIGS``. ``publish``: ``broker.publish`` of each event,
+persistent, each confirm awaited (its channels confirm by default). Settings: ``BENCH_*``.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import time
 from typing import Any
 
@@ -20,21 +18,25 @@ from benchmarks import probe
 from benchmarks.clients import common
 from benchmarks.wire import ROUTING_KEY, payload
 
+#: FastStream's configurations: its default logs two lines per message (received, processed)
+#: at INFO; ``quiet`` logs none; ``bare`` also skips FastDepends (no argument validation).
+CONFIGS = {
+    "default": {},
+    "quiet": {"logger": None},
+    "bare": {"logger": None, "apply_types": False},
+}
 
-def _broker(quiet: bool) -> RabbitBroker:
-    url = common.env("BENCH_URL")
-    if quiet:
-        return RabbitBroker(url, logger=None)
-    logging.basicConfig(level=logging.INFO)
-    return RabbitBroker(url)
+
+def _broker(config: str) -> RabbitBroker:
+    return RabbitBroker(common.env("BENCH_URL"), **CONFIGS[config])
 
 
 def _exchange() -> RabbitExchange:
     return RabbitExchange(common.env("BENCH_EXCHANGE"), type=ExchangeType.TOPIC, durable=True)
 
 
-async def consume(quiet: bool, prefetch: int) -> None:
-    broker = _broker(quiet)
+async def consume(config: str, prefetch: int) -> None:
+    broker = _broker(config)
     queue = RabbitQueue(common.env("BENCH_QUEUE"), durable=True, routing_key=ROUTING_KEY)
 
     @broker.subscriber(queue, _exchange(), channel=Channel(prefetch_count=prefetch))
@@ -49,7 +51,7 @@ async def consume(quiet: bool, prefetch: int) -> None:
 
 
 async def publish(count: int) -> None:
-    broker = _broker(quiet=True)
+    broker = _broker("quiet")
     exchange = _exchange()
     async with broker:
         await broker.connect()
@@ -66,13 +68,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     consuming = sub.add_parser("consume")
-    consuming.add_argument("--quiet", action="store_true")
+    consuming.add_argument("--config", choices=CONFIGS, default="default")
     consuming.add_argument("--prefetch", type=int, default=128)
     publishing = sub.add_parser("publish")
     publishing.add_argument("--count", type=int, required=True)
     args = parser.parse_args()
     if args.command == "consume":
-        common.run(lambda: consume(args.quiet, args.prefetch))
+        common.run(lambda: consume(args.config, args.prefetch))
     else:
         common.run(lambda: publish(args.count))
 

@@ -91,7 +91,14 @@ def cases() -> list[Case]:
         case(
             "faststream-quiet",
             "FastStream, no per-message log",
-            partial(drain, consumer=FastStream(quiet=True)),
+            partial(drain, consumer=FastStream("quiet")),
+            peer=True,
+            venv="faststream",
+        ),
+        case(
+            "faststream-bare",
+            "FastStream, no per-message log, no FastDepends (apply_types=False)",
+            partial(drain, consumer=FastStream("bare")),
             peer=True,
             venv="faststream",
         ),
