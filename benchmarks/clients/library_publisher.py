@@ -1,0 +1,34 @@
+"""eventworker's library publisher: ``Publisher.send_many`` with its default window of
+confirms in flight. Prints one JSON line like ``raw_publisher`` (connecting is not timed)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from benchmarks.clients import common
+from benchmarks.wire import ROUTING_KEY, body
+from eventworker.envelope import new_id
+from eventworker.publisher import Outgoing, Publisher
+
+
+async def publish(exchange: str, count: int) -> None:
+    events = [Outgoing(ROUTING_KEY, body(n), new_id()) for n in range(count)]
+    async with Publisher.connect(common.env("BENCH_URL"), exchange=exchange) as publisher:
+        started, cpu = time.monotonic(), time.process_time()
+        results = await publisher.send_many(events)
+        seconds, cpu = time.monotonic() - started, time.process_time() - cpu
+    confirmed = sum(r.ok for r in results)
+    common.report(count=confirmed, seconds=seconds, cpu=cpu)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--exchange", required=True)
+    parser.add_argument("--count", type=int, required=True)
+    args = parser.parse_args()
+    common.run(lambda: publish(args.exchange, args.count))
+
+
+if __name__ == "__main__":
+    main()

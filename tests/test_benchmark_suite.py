@@ -1,0 +1,80 @@
+"""The benchmark suite (``python -m benchmarks``): a smoke run against the real broker, and its
+pure parts. Benchmarks are not timed tests: nothing here asserts a speed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks import runner, scenarios, stats
+from benchmarks.harness import REPO
+
+
+def test_a_quick_run_of_cheap_scenarios_exits_0_and_writes_ratios(
+    broker_url: str, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks",
+            "--quick",
+            "--only",
+            "drain.raw-consume",
+            "drain.eventworker",
+            "startup.help",
+            "--no-peers",
+            "--url",
+            broker_url,
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    drain = next(g for g in doc["groups"] if g["name"] == "drain")
+    cases = {c["id"]: c for c in drain["cases"]}
+    # The baseline of the group is measured even though it was not named.
+    assert drain["baseline"] == "drain.raw-nowait"
+    assert set(cases) == {"drain.raw-consume", "drain.raw-nowait", "drain.eventworker"}
+    assert cases["drain.raw-nowait"]["ratio"]["msgs_per_s"] == pytest.approx(1.0)
+    assert cases["drain.eventworker"]["ratio"]["msgs_per_s"] > 0
+    assert cases["drain.eventworker"]["summary"]["cpu_us_per_msg"]["median"] > 0
+    assert (tmp_path / "latest.md").read_text().startswith("Run ")
+    assert any(g["goal"].startswith("eventworker --help") for g in doc["goals"])
+
+
+def test_selecting_a_case_adds_its_groups_baseline_and_leaves_peers_out() -> None:
+    chosen = runner.select(
+        scenarios.all_cases(),
+        ["drain.raw-consume", "drain.faststream*", "startup.help"],
+        peers=False,
+    )
+    assert [c.id for c in chosen] == ["drain.raw-consume", "drain.raw-nowait", "startup.help"]
+
+
+def test_an_unknown_scenario_name_is_refused() -> None:
+    with pytest.raises(runner.UnknownScenario):
+        runner.select(scenarios.all_cases(), ["nope"], peers=True)
+
+
+def test_every_group_but_start_up_has_exactly_one_baseline() -> None:
+    cases = scenarios.all_cases()
+    for group in scenarios.groups():
+        baselines = [c for c in cases if c.group == group.name and c.baseline]
+        assert len(baselines) == (0 if group.name == "startup" else 1), group.name
+
+
+def test_ratios_pair_repetitions_and_percentiles_are_observed_values() -> None:
+    assert stats.paired_ratio({0: 10.0, 1: 30.0, 2: 5.0}, {0: 5.0, 1: 10.0}) == 2.5
+    assert stats.paired_ratio({0: 1.0}, {1: 1.0}) is None
+    assert stats.percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
+    assert stats.percentile([float(n) for n in range(1, 101)], 99) == 99.0
