@@ -8,15 +8,18 @@
 #   scripts/cluster.sh status    cluster status as node 1 sees it
 #   scripts/cluster.sh urls      the AMQP URLs, comma-separated (for EVENTWORKER_URL)
 #
-# EW_CLUSTER_DIR (default /tmp/eventworker-cluster) and EW_CLUSTER_PORT (default 5701) move it.
+# EW_CLUSTER_DIR (default /tmp/eventworker-cluster), EW_CLUSTER_PORT (default 5701) and
+# EW_CLUSTER_NAME (node name prefix, default ew-c) move it, so that two checkouts on one
+# machine can each run their own cluster.
 # Needs rabbitmq-server and rabbitmqctl; run as root (the nodes run as the rabbitmq user, which
 # shares its Erlang cookie with rabbitmqctl) or as the rabbitmq user.
 set -euo pipefail
 DIR="${EW_CLUSTER_DIR:-/tmp/eventworker-cluster}"
 BASE="${EW_CLUSTER_PORT:-5701}"
+NAME="${EW_CLUSTER_NAME:-ew-c}"
 COUNT=3
 
-node() { echo "ew-c$1@localhost"; }
+node() { echo "$NAME$1@localhost"; }
 port() { echo $((BASE + $1 - 1)); }
 
 as_rabbitmq() {

@@ -39,8 +39,14 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+#: Node names and ports of this test run alone: another checkout's cluster tests may run on the
+#: same machine at the same time.
+CLUSTER_NAME = f"ew-t{os.getpid()}-"
+CLUSTER_PORT = 30000 + (os.getpid() % 3000) * 4
+
+
 def node(n: int) -> str:
-    return f"ew-c{n}@localhost"
+    return f"{CLUSTER_NAME}{n}@localhost"
 
 
 def ctl(n: int, *args: str) -> str:
@@ -56,7 +62,12 @@ def ctl(n: int, *args: str) -> str:
 @pytest.fixture(scope="session")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
     """The three nodes' AMQP URLs (node 1 first); the cluster is stopped at the end."""
-    env = {**os.environ, "EW_CLUSTER_DIR": str(tmp_path_factory.mktemp("cluster"))}
+    env = {
+        **os.environ,
+        "EW_CLUSTER_DIR": str(tmp_path_factory.mktemp("cluster")),
+        "EW_CLUSTER_NAME": CLUSTER_NAME,
+        "EW_CLUSTER_PORT": str(CLUSTER_PORT),
+    }
     started = subprocess.run(
         [str(SCRIPT), "start"], capture_output=True, text=True, env=env, timeout=600
     )
