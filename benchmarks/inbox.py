@@ -34,12 +34,12 @@ sys.path.insert(0, str(ROOT))
 
 from eventworker import Context, Event, handler, topology  # noqa: E402
 from eventworker.connection import connect  # noqa: E402
-from eventworker.dispatch import Route  # noqa: E402
 from eventworker.errors import EventworkerError  # noqa: E402
 from eventworker.idempotency import Key  # noqa: E402
 from eventworker.inbox_stores import open_store  # noqa: E402
 from eventworker.publisher import Outgoing, Publisher  # noqa: E402
 from eventworker.retry import Decision  # noqa: E402
+from eventworker.routes import Route  # noqa: E402
 from eventworker.settings import InboxSettings, Settings, load_settings  # noqa: E402
 from eventworker.worker import Worker  # noqa: E402
 from tests.broker import registrations  # noqa: E402

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from eventworker.commands.dlq import dlq
+from eventworker.commands.dlq_replay import purge, replay
 from eventworker.commands.handlers import list_handlers
 from eventworker.commands.inbox import inbox
 from eventworker.commands.outbox import outbox_group
@@ -12,6 +14,7 @@ from eventworker.commands.publish import publish
 from eventworker.commands.run import run
 from eventworker.commands.serve import serve
 from eventworker.commands.status import status
+from eventworker.commands.topology import topology
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,8 +32,12 @@ for command in (
     status,
     list_handlers,
     list_plugins,
+    dlq,
+    topology,
     inbox,
     outbox_group,
     serve,
 ):
     main.add_command(command)
+for command in (replay, purge):
+    dlq.add_command(command)

@@ -18,7 +18,6 @@ import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal, Protocol
@@ -37,36 +36,19 @@ from eventworker.errors import (
     IdempotencyConflictError,
     PublishError,
 )
-from eventworker.handlers import Context, Handler, RetryPolicy
+from eventworker.handlers import Context
 from eventworker.idempotency import CONFLICT_REASON, Duplicate, Key, Requeue
 from eventworker.inbox import Claim, Inbox
 from eventworker.logs import one_line
 from eventworker.publisher import Publisher
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn, decide
+from eventworker.routes import Route
+from eventworker.routing import compile_bindings
 
 #: Pause before handing a message back to the broker when its retry or parked copy could not
 #: be published, so a broker that refuses publishes does not become a hot loop.
 REQUEUE_PAUSE = 1.0
 _HOST = socket.gethostname()
-
-
-@dataclass(frozen=True, slots=True)
-class Route:
-    """One handler with everything resolved: queues, effective policy, limits."""
-
-    handler: Handler
-    queue: str
-    dead_letter_queue: str
-    policy: RetryPolicy
-    retry_queues: dict[float, str]
-    timeout: float | None
-    concurrency: int
-    prefetch: int
-    idempotent: bool = False
-
-    @property
-    def tiers(self) -> tuple[float, ...]:
-        return tuple(sorted(self.retry_queues))
 
 
 class Observer(Protocol):
@@ -120,6 +102,7 @@ class Dispatcher:
         self._executor = executor
         self._observers = tuple(observers)
         self._inbox = inbox if route.idempotent else None
+        self._bindings = compile_bindings(route.handler.bindings)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         route = self.route
@@ -145,6 +128,7 @@ class Dispatcher:
             logs.handling(route.handler.name, event, trace_id=span.trace_id),
         ):
             try:
+                self._check_routing_key(event.type)
                 event = dataclasses.replace(event, data=self._data(message))
             except EnvelopeError as exc:
                 # Input that can never succeed: parked at once, attempts = 1.
@@ -160,6 +144,20 @@ class Dispatcher:
         seconds = time.monotonic() - received
         for observer in self._observers:
             observer.settled(route, event, decision, moved=moved, seconds=seconds)
+
+    def _check_routing_key(self, routing_key: str) -> None:
+        """Refuse a delivery none of the handler's binding keys matches (a stale binding, or a
+        message put into the queue by name): nobody handles it, so it is parked, not acked.
+
+        Raises:
+            EnvelopeError: reason ``no_handler``.
+        """
+        if not self._bindings.matches(routing_key):
+            raise EnvelopeError(
+                "no_handler",
+                f"routing key {routing_key[:255]!r} matches none of the handler's binding keys "
+                f"({', '.join(self._bindings.keys)})",
+            )
 
     def _data(self, message: AbstractIncomingMessage) -> Any:
         data = envelope.decode_body(

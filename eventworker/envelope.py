@@ -36,6 +36,8 @@ ERROR_MESSAGE = "x-eventworker-error"
 TRACEBACK = "x-eventworker-traceback"
 HANDLER = "x-eventworker-handler"
 HOST = "x-eventworker-host"
+#: How often ``eventworker dlq replay`` sent this message back; kept by retry and parked copies.
+REPLAYS = "x-eventworker-replays"
 #: Headers never copied into a retried or parked copy: broker bookkeeping that would make
 #: RabbitMQ drop the copy as a dead-letter cycle (x-death), fan it out to other queues
 #: (CC/BCC, sender-selected distribution) or expire it (handled by not copying ``expiration``).
@@ -235,12 +237,13 @@ def properties(
 
 def carried_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
     """The producer's headers a retried or parked copy keeps: all but broker bookkeeping,
-    sender-selected routing (CC/BCC) and our own (which the copy sets afresh)."""
+    sender-selected routing (CC/BCC) and our own (which the copy sets afresh), except the
+    replay count, which stays with the message for good."""
     return {
         k: v
         for k, v in headers.items()
         if k.lower() not in _NOT_COPIED
-        and not k.lower().startswith(_OUR_PREFIX)
+        and (not k.lower().startswith(_OUR_PREFIX) or k.lower() == REPLAYS)
         and k.lower() != RETURN_TO
     }
 

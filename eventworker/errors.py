@@ -33,7 +33,9 @@ class ExitCode(IntEnum):
     INBOX_UNAVAILABLE = 9
     #: The outbox database could not be reached, or refused an operation.
     DATABASE = 10
-    #: A second SIGTERM/SIGINT cut the graceful drain short.
+    #: ``topology plan`` found the broker differing from the plan (``apply``: still differing).
+    DRIFT = 11
+    #: A second SIGTERM/SIGINT cut the graceful drain short; or a signal stopped a dlq command.
     INTERRUPTED = 130
 
 
@@ -73,7 +75,8 @@ class EnvelopeError(EventworkerError):
     """A delivered message cannot become an event; it is dead-lettered at once, never retried.
 
     ``reason`` is the machine-readable cause written into the parked copy's headers:
-    ``too_large``, ``unsupported_content_type``, ``decode_error`` or ``schema_error``.
+    ``too_large``, ``unsupported_content_type``, ``decode_error``, ``schema_error`` or
+    ``no_handler`` (the routing key matches none of the handler's binding keys).
     """
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -143,6 +146,12 @@ class OutboxError(EventworkerError):
     """The outbox database could not be reached or refused an operation (the relay retries)."""
 
     exit_code = ExitCode.DATABASE
+
+
+class Interrupted(EventworkerError):
+    """A signal stopped an operation between two messages; what it reported done is done."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 class HandlerTimeoutError(EventworkerError):

@@ -28,7 +28,7 @@ from eventworker.worker import Worker
 
 def readiness(worker: Worker) -> tuple[bool, dict[str, Any]]:
     """Whether ``worker`` is ready, and what ``/readyz`` says about it."""
-    consuming = {c.queue.name: not c.channel.is_closed for c in worker.consumers}
+    consuming = {c.queue.name: not c.is_closed for c in worker.consumers}
     every_queue = len(consuming) == len(worker.routes) and all(consuming.values())
     ready = worker.ready and every_queue
     return ready, {"ready": ready, "state": worker.state.value, "consuming": consuming}

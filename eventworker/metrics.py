@@ -35,10 +35,10 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from eventworker import stats, topology
-from eventworker.dispatch import Route
 from eventworker.envelope import Event
 from eventworker.idempotency import Duplicate, Requeue
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn
+from eventworker.routes import Route
 from eventworker.settings import Settings
 
 #: Every reason a dead-letter decision can carry (retry.DeadLetter), pre-set to 0 per handler.

@@ -12,6 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Literal
 
 import aio_pika
@@ -48,6 +49,8 @@ class Outgoing:
     headers: Mapping[str, Any] | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+    #: When the event happened; None: now. Set when an exported event is published again.
+    timestamp: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +191,7 @@ class Publisher:
                 correlation_id=event.correlation_id,
                 causation_id=event.causation_id,
                 headers=event.headers,
+                timestamp=event.timestamp,
             ),
         )
         return await self._confirmed(self._exchange, message, event.routing_key, event.id)
@@ -224,10 +228,23 @@ class Publisher:
         Raises:
             PublishError: not confirmed, or the queue does not exist (returned).
         """
-        result = await self._confirmed(
-            self._channel.default_exchange, message, queue, message.message_id or ""
-        )
-        result.check(f"copy of {result.event_id} to queue {queue!r}")
+        await self._copy(self._channel.default_exchange, message, queue, f"queue {queue!r}")
+
+    async def send_copy(self, message: aio_pika.Message, routing_key: str) -> None:
+        """Publish a prepared ``message`` (a replayed copy) to this publisher's exchange with
+        ``routing_key``, confirmed and mandatory.
+
+        Raises:
+            PublishError: not confirmed, or no queue is bound for it (returned).
+        """
+        where = f"exchange {self._exchange.name!r}"
+        await self._copy(self._exchange, message, routing_key, where)
+
+    async def _copy(
+        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, where: str
+    ) -> None:
+        result = await self._confirmed(exchange, message, routing_key, message.message_id or "")
+        result.check(f"copy of {result.event_id} to {where}")
 
     async def _confirmed(
         self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, event_id: str

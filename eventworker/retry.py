@@ -29,9 +29,9 @@ class DeadLetter:
     """Park a copy in the handler's dead-letter queue with ``reason``, then ack the original.
 
     Reasons: ``rejected``, ``timeout``, ``exception`` and ``retry_requested`` (attempts spent),
-    ``give_up`` (a ``give_up_on`` type), plus the envelope's ``too_large``,
-    ``unsupported_content_type``, ``decode_error`` and ``schema_error``, and the inbox's
-    ``idempotency_key_conflict``.
+    ``give_up`` (a ``give_up_on`` type, or one not in ``retry_on``), plus the envelope's
+    ``too_large``, ``unsupported_content_type``, ``decode_error``, ``schema_error`` and
+    ``no_handler``, and the inbox's ``idempotency_key_conflict``.
     """
 
     reason: str

@@ -198,6 +198,11 @@ class Settings(BaseSettings):
     metrics_poll_interval: float = Field(15.0, ge=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    # -- dead letters and topology (issue 4) ------------------------------------------------
+    #: A queue for events no binding matches, fed by the exchange's alternate exchange; "" = off.
+    unrouted_queue: str = Field("", max_length=255)
+    #: The management API (http://user:password@host:15672), for ``topology`` to read bindings.
+    management_url: SecretStr = SecretStr("")
 
     @field_validator("plugins", "handlers", mode="before")
     @classmethod
@@ -214,6 +219,14 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple):
             return ",".join(str(v) for v in value)
         return value
+
+    @field_validator("management_url")
+    @classmethod
+    def _http_url(cls, url: SecretStr) -> SecretStr:
+        value = url.get_secret_value()
+        if value and not value.lower().startswith(("http://", "https://")):
+            raise ValueError("the management URL must start with http:// or https://")
+        return url
 
     @field_validator("url")
     @classmethod

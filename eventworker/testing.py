@@ -31,7 +31,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from eventworker import envelope
-from eventworker.dispatch import Dispatcher, Route
+from eventworker.dispatch import Dispatcher
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
 from eventworker.handlers import Handler, HandlerFunc
@@ -39,8 +39,9 @@ from eventworker.producer import Publisher
 from eventworker.publisher import Publisher as ChannelPublisher
 from eventworker.registry import Plugin, Registration
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn
+from eventworker.routes import Route, routes
 from eventworker.settings import Settings
-from eventworker.worker import Worker, routes
+from eventworker.worker import Worker
 
 #: The broker the fixture uses: $EVENTWORKER_TEST_URL, else a local RabbitMQ.
 TEST_URL_ENV = "EVENTWORKER_TEST_URL"

@@ -6,6 +6,8 @@ Shape (RabbitMQ 3.10+, no plugins)::
     retry copy --> <prefix>retry.<delay>  (one fixed TTL per queue, shared by all handlers)
          expiry --> <exchange>.return (headers) --eventworker-return-to=<work queue>--> work queue
     parked copy --> <work queue>.dead                                 dead-letter queue
+    unroutable --> <exchange>.unrouted (fanout, the alternate exchange) --> unrouted queue
+                   (only with the unrouted_queue setting)
 
 Retry queues hold one delay each: RabbitMQ expires messages only at the head of a queue, so
 mixed delays in one queue would block each other. Expired copies go back through a headers
@@ -33,6 +35,7 @@ from eventworker.errors import BrokerError, TopologyConflictError
 class ExchangeDecl:
     name: str
     type: str
+    arguments: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +96,11 @@ def return_exchange(exchange: str) -> str:
     return f"{exchange}.return"
 
 
+def unrouted_exchange(exchange: str) -> str:
+    """The alternate exchange of ``exchange`` when the unrouted queue is on (fanout)."""
+    return f"{exchange}.unrouted"
+
+
 def handler_queues(
     name: str,
     bindings: Iterable[str],
@@ -120,19 +128,30 @@ def plan(
     delivery_limit: int,
     tiers: Iterable[float],
     initial_group_size: int = 0,
+    unrouted_queue: str = "",
 ) -> Plan:
     """Everything to declare for ``handlers``; idempotent to apply again.
 
     ``initial_group_size`` (quorum queues in a cluster): how many nodes replicate each queue;
-    0 leaves it to the broker (every cluster node).
+    0 leaves it to the broker (every cluster node). With ``unrouted_queue``, the exchange gets
+    an alternate exchange that feeds that queue every event no binding matches (an exchange
+    argument: every worker and the broker's exchange must agree on it, see
+    docs/operating-dead-letters.md).
     """
     back = return_exchange(exchange)
     replicas: dict[str, Any] = (
         {"x-quorum-initial-group-size": initial_group_size} if initial_group_size else {}
     )
     quorum = {"x-queue-type": "quorum", **replicas}
+    exchanges = [ExchangeDecl(exchange, "topic"), ExchangeDecl(back, "headers")]
     queues: list[QueueDecl] = []
     bindings: list[BindingDecl] = []
+    if unrouted_queue:
+        spare = unrouted_exchange(exchange)
+        exchanges[0] = ExchangeDecl(exchange, "topic", {"alternate-exchange": spare})
+        exchanges.append(ExchangeDecl(spare, "fanout"))
+        queues.append(QueueDecl(unrouted_queue, {"x-queue-type": queue_type}))
+        bindings.append(BindingDecl(unrouted_queue, spare, ""))
     for h in handlers:
         args: dict[str, Any] = {
             "x-queue-type": queue_type,
@@ -181,7 +200,7 @@ def plan(
     if duplicates:
         raise BrokerError(f"two handlers would share queue(s) {', '.join(sorted(duplicates))}")
     return Plan(
-        exchanges=(ExchangeDecl(exchange, "topic"), ExchangeDecl(back, "headers")),
+        exchanges=tuple(exchanges),
         queues=tuple(queues),
         bindings=tuple(bindings),
         retry_queues=retry_queues,
@@ -189,6 +208,23 @@ def plan(
 
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '(?P<arg>[^']+)' for (?P<kind>\w+) '(?P<name>[^']+)'")
+
+
+def conflict_error(exc: ChannelPreconditionFailed) -> TopologyConflictError | None:
+    """The conflict a PRECONDITION_FAILED names (queue or exchange, and one argument), or None
+    for another precondition."""
+    text = str(exc)
+    match = _INEQUIVALENT.search(text)
+    if match is None:
+        return None
+    return TopologyConflictError(
+        f"{match['kind']} {match['name']!r} exists with a different {match['arg']!r} than "
+        f"eventworker declares ({text.split(' - ', 1)[-1]}); change the setting back, or "
+        f"drain and delete the {match['kind']} so it can be declared anew (`eventworker "
+        f"topology plan` says how)",
+        queue=match["name"],
+        argument=match["arg"],
+    )
 
 
 async def apply(plan: Plan, channel: AbstractChannel) -> None:
@@ -202,7 +238,7 @@ async def apply(plan: Plan, channel: AbstractChannel) -> None:
         exchanges = {}
         for ex in plan.exchanges:
             exchanges[ex.name] = await channel.declare_exchange(
-                ex.name, aio_pika.ExchangeType(ex.type), durable=True
+                ex.name, aio_pika.ExchangeType(ex.type), durable=True, arguments=ex.arguments
             )
         for q in plan.queues:
             await channel.declare_queue(q.name, durable=True, arguments=q.arguments)
@@ -212,17 +248,10 @@ async def apply(plan: Plan, channel: AbstractChannel) -> None:
                 exchanges[b.exchange], routing_key=b.routing_key, arguments=b.arguments or None
             )
     except ChannelPreconditionFailed as exc:
-        text = str(exc)
-        match = _INEQUIVALENT.search(text)
-        if match is None:
-            raise BrokerError(f"broker refused the topology: {text}") from exc
-        raise TopologyConflictError(
-            f"{match['kind']} {match['name']!r} exists with a different {match['arg']!r} than "
-            f"eventworker declares ({text.split(' - ', 1)[-1]}); change the setting back, or "
-            f"drain and delete the {match['kind']} so it can be declared anew",
-            queue=match["name"],
-            argument=match["arg"],
-        ) from exc
+        conflict = conflict_error(exc)
+        if conflict is None:
+            raise BrokerError(f"broker refused the topology: {exc}") from exc
+        raise conflict from exc
     except ChannelAccessRefused as exc:
         raise BrokerError(f"broker refused to declare the topology: {exc}") from exc
     except AMQPChannelError as exc:

@@ -14,30 +14,24 @@ import signal
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from enum import Enum
-from typing import Any, cast
+from typing import Any
 
-import aiormq
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractConnection,
-    AbstractIncomingMessage,
-    AbstractQueue,
-)
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 from loguru import logger
 
 from eventworker import topology
 from eventworker.connection import CHANNEL_GONE, connect
-from eventworker.dispatch import Dispatcher, Observer, Route
+from eventworker.consumer import Consumer, unserved
+from eventworker.dispatch import Dispatcher, Observer
 from eventworker.errors import BrokerUnreachableError
 from eventworker.idempotency import InboxStore
 from eventworker.inbox import Inbox
 from eventworker.inbox_stores import build_inbox
 from eventworker.publisher import Publisher
 from eventworker.registry import Registration
-from eventworker.retry import all_tiers, effective_policy
+from eventworker.routes import Route, routes, topology_plan
 from eventworker.settings import Settings
 
 #: Reconnection back-off: first pause, growth factor and the longest pause, in seconds.
@@ -52,66 +46,6 @@ class State(Enum):
     RECONNECTING = "reconnecting"
     DRAINING = "draining"
     STOPPED = "stopped"
-
-
-@dataclass(slots=True)
-class _Consumer:
-    queue: AbstractQueue
-    tag: str
-    channel: AbstractChannel
-
-
-def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:
-    """Each handler with its queues, effective retry policy, concurrency and prefetch."""
-    policies = {r.handler.name: effective_policy(r.handler, settings) for r in registrations}
-    tiers = all_tiers(policies.values())
-    retry_queues = {d: topology.retry_queue(settings.queue_prefix, d) for d in tiers}
-    result = []
-    for reg in registrations:
-        h = reg.handler
-        queues = topology.handler_queues(
-            h.name, h.bindings, prefix=settings.queue_prefix, queue=h.queue
-        )
-        # One at a time keeps the order a single active consumer exists for.
-        concurrency = h.concurrency or (1 if h.single_active_consumer else settings.concurrency)
-        timeout = h.timeout or settings.handler_timeout or None
-        idempotent = settings.inbox.idempotent if h.idempotent is None else h.idempotent
-        result.append(
-            Route(
-                handler=h,
-                queue=queues.queue,
-                dead_letter_queue=queues.dead_letter_queue,
-                policy=policies[h.name],
-                retry_queues=retry_queues,
-                timeout=timeout,
-                concurrency=concurrency,
-                prefetch=settings.effective_prefetch(concurrency),
-                idempotent=idempotent,
-            )
-        )
-    return result
-
-
-def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.Plan:
-    tiers = {d for r in route_list for d in r.retry_queues}
-    return topology.plan(
-        [
-            topology.HandlerQueues(
-                r.handler.name,
-                r.queue,
-                r.dead_letter_queue,
-                r.handler.bindings,
-                single_active_consumer=r.handler.single_active_consumer,
-            )
-            for r in route_list
-        ],
-        exchange=settings.exchange,
-        prefix=settings.queue_prefix,
-        queue_type=settings.queue_type,
-        delivery_limit=settings.delivery_limit,
-        tiers=tiers,
-        initial_group_size=settings.quorum_initial_group_size,
-    )
 
 
 class Worker:
@@ -157,7 +91,7 @@ class Worker:
         self._stop = asyncio.Event()
         self._ready = asyncio.Event()
         #: The consumers of the current session (empty while not connected).
-        self.consumers: list[_Consumer] = []
+        self.consumers: list[Consumer] = []
         #: Sessions that connected again after a loss (metrics read it).
         self.reconnects = 0
         self._waiting: set[asyncio.Task[Any]] = set()
@@ -319,9 +253,8 @@ class Worker:
         route: Route,
         publisher: Publisher,
         lost: asyncio.Event,
-    ) -> _Consumer:
+    ) -> Consumer:
         channel = await connection.channel()
-        await channel.set_qos(prefetch_count=route.prefetch)
         # The broker cancels a consumer when its queue is deleted, and closes a channel on a
         # consumer timeout: either way this session is broken; a new one re-declares all.
         channel.close_callbacks.add(lambda *_: lost.set())
@@ -367,11 +300,15 @@ class Worker:
                 self._running.discard(task)
 
         queue = await channel.get_queue(route.queue, ensure=False)
-        tag = await queue.consume(on_message)
-        return _Consumer(queue, tag, channel)
+        # Starts on probation (prefetch 1 while redelivered messages come): see consumer.py.
+        consumer = Consumer(
+            channel, queue, prefetch=route.prefetch, on_message=on_message, name=route.handler.name
+        )
+        await consumer.start()
+        return consumer
 
     async def _watchdog(
-        self, connection: AbstractConnection, consumers: list[_Consumer], lost: asyncio.Event
+        self, connection: AbstractConnection, consumers: list[Consumer], lost: asyncio.Event
     ) -> None:
         """Every ``watchdog_interval`` seconds, check that each queue we serve still has our
         consumer; if one lost it without any notice we saw, end the session so the next one
@@ -382,37 +319,14 @@ class Worker:
             return
         while not lost.is_set():
             await asyncio.sleep(interval)
-            missing = await self._unserved(connection, consumers)
+            missing = await unserved(connection, consumers)
             if missing:
                 logger.error(
                     "watchdog: no consumer of ours on {}; subscribing again", ", ".join(missing)
                 )
                 lost.set()
 
-    async def _unserved(
-        self, connection: AbstractConnection, consumers: list[_Consumer]
-    ) -> list[str]:
-        """The queues among ``consumers`` that our consumer no longer serves."""
-        missing = []
-        probe = await connection.channel()
-        try:
-            for consumer in consumers:
-                underlay = cast(aiormq.Channel, await consumer.channel.get_underlay_channel())
-                if consumer.channel.is_closed or consumer.tag not in underlay.consumers:
-                    missing.append(consumer.queue.name)
-                    continue
-                declared = await probe.declare_queue(consumer.queue.name, passive=True)
-                if not declared.declaration_result.consumer_count:
-                    missing.append(consumer.queue.name)
-        except CHANNEL_GONE:
-            # The probe channel died: a queue was deleted (404) or the connection went.
-            missing.append("(queue gone or connection lost)")
-        finally:
-            with contextlib.suppress(*CHANNEL_GONE):
-                await probe.close()
-        return missing
-
-    async def _drain(self, consumers: list[_Consumer]) -> None:
+    async def _drain(self, consumers: list[Consumer]) -> None:
         """Stop consuming first, then let started handlers finish within the grace period.
 
         Unstarted deliveries and handlers still running after the grace are left unacked:
@@ -423,7 +337,7 @@ class Worker:
         for consumer in consumers:
             # A dead channel has no consumer left to cancel.
             with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
-                await asyncio.wait_for(consumer.queue.cancel(consumer.tag), CLOSE_TIMEOUT)
+                await asyncio.wait_for(consumer.cancel(), CLOSE_TIMEOUT)
         for task in list(self._waiting):
             task.cancel()
         running = set(self._running)

@@ -11,10 +11,12 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
+from eventworker import topology
 from eventworker.handlers import Handler
 from eventworker.registry import Plugin, Registration, discover
+from eventworker.routes import routes
 from eventworker.settings import Settings
-from eventworker.worker import Worker, routes
+from eventworker.worker import Worker
 
 TEST_PLUGIN = Plugin(entry_point="tests", value="tests", distribution="tests", version="0")
 
@@ -45,6 +47,18 @@ class Broker:
 
     def track(self, worker: Worker) -> None:
         self._queues.update(q.name for q in worker.plan.queues)
+        self._exchanges.update(e.name for e in worker.plan.exchanges)
+
+    async def declare(self, *handlers: Handler, settings: Settings | None = None) -> Worker:
+        """Declare the topology a worker of ``handlers`` would, without running it."""
+        worker = Worker(registrations(*handlers), settings or self.settings)
+        self.track(worker)
+        channel = await self.connection.channel()
+        try:
+            await topology.apply(worker.plan, channel)
+        finally:
+            await channel.close()
+        return worker
 
     def track_installed(self, *names: str) -> list[str]:
         """Track the queues a worker of the installed handlers ``names`` declares; returns

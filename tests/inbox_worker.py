@@ -26,10 +26,10 @@ import sys
 from typing import Any
 
 from eventworker import Context, Event, handler, logs
-from eventworker.dispatch import Route
 from eventworker.idempotency import InboxStore, Key
 from eventworker.inbox_stores import open_store
 from eventworker.retry import Decision
+from eventworker.routes import Route
 from eventworker.settings import load_settings
 from eventworker.worker import Worker
 from tests.broker import registrations

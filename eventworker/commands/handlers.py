@@ -18,7 +18,7 @@ def list_handlers(as_json: bool, config: str | None) -> None:
     """List every discovered handler: plugin, distribution, bindings, queues, retry policy,
     idempotent or not."""
     from eventworker import registry
-    from eventworker.worker import routes
+    from eventworker.routes import routes
 
     with errors():
         settings = load_settings(config)

@@ -83,7 +83,7 @@ def _shortstr(value: str | None, what: str) -> None:
 
 
 @click.command()
-@click.argument("routing_key")
+@click.argument("routing_key", required=False)
 @click.argument("data", metavar="[JSON]", required=False)
 @click.option(
     "--file",
@@ -91,6 +91,12 @@ def _shortstr(value: str | None, what: str) -> None:
     type=click.Path(dir_okay=False),
     default=None,
     help="Publish one event per line of this file (JSON Lines).",
+)
+@click.option(
+    "--exported",
+    is_flag=True,
+    help="--file holds records written by `eventworker dlq export` (each with its routing "
+    "key, id, properties and headers); give no ROUTING_KEY.",
 )
 @click.option("--id", "event_id", default=None, help="Event id (message_id); default: a UUID.")
 @click.option(
@@ -118,9 +124,10 @@ def _shortstr(value: str | None, what: str) -> None:
 @config_option
 @url_option
 def publish(
-    routing_key: str,
+    routing_key: str | None,
     data: str | None,
     file: str | None,
+    exported: bool,
     event_id: str | None,
     header_pairs: Sequence[str],
     correlation_id: str | None,
@@ -132,32 +139,40 @@ def publish(
 ) -> None:
     """Publish events to the topic exchange with ROUTING_KEY, each confirmed by the broker.
 
-    The event is JSON from the argument, from stdin, or one per line of --file. Input is
-    checked before connecting. Publishing is mandatory: an event no queue is bound for is an
-    error. Prints how many were confirmed; exits 1 when any was not.
+    The event is JSON from the argument, from stdin, or one per line of --file; with
+    --exported, --file holds records of `eventworker dlq export`. Input is checked before
+    connecting. Publishing is mandatory: an event no queue is bound for is an error, unless the
+    unrouted_queue setting is on: then it goes to that queue, and a warning says how many did.
+    Prints how many were confirmed; exits 1 when any was not.
     """
-    from eventworker import envelope, logs
+    from eventworker import logs
 
     with errors():
         settings = load_settings(config, url=url, exchange=exchange, publish_timeout=timeout)
         logs.configure("ERROR")
-        try:
-            envelope.check_routing_key(routing_key)
-        except ValueError as exc:
-            raise InvalidInputError(str(exc)) from None
         _shortstr(event_id, "--id")
         _shortstr(correlation_id, "--correlation-id")
-        if event_id is not None and file is not None:
-            raise InvalidInputError("--id names one event; a --file gets an id per event")
-        bodies = _bodies(data, file, settings)
-        headers = _headers(header_pairs)
-        outgoing = [
-            envelope_outgoing(routing_key, body, event_id, headers, correlation_id)
-            for body in bodies
-        ]
+        if exported:
+            if event_id or header_pairs or correlation_id:
+                raise InvalidInputError(
+                    "--exported records carry their own id, headers and correlation id"
+                )
+            outgoing = _exported(routing_key, data, file, settings)
+        else:
+            if routing_key is None:
+                raise InvalidInputError("no ROUTING_KEY given")
+            _check_routing_key(routing_key)
+            if event_id is not None and file is not None:
+                raise InvalidInputError("--id names one event; a --file gets an id per event")
+            bodies = _bodies(data, file, settings)
+            headers = _headers(header_pairs)
+            outgoing = [
+                envelope_outgoing(routing_key, body, event_id, headers, correlation_id)
+                for body in bodies
+            ]
         started = time.perf_counter()
         with progress(len(outgoing), label="publishing") as advance:
-            results = asyncio.run(_publish_all(settings, outgoing, lambda _: advance(1)))
+            results, unrouted = asyncio.run(_publish_all(settings, outgoing, lambda _: advance(1)))
         elapsed = time.perf_counter() - started
     failed = [r for r in results if not r.ok]
     confirmed = len(results) - len(failed)
@@ -165,8 +180,16 @@ def publish(
     ids = f" (id {results[0].event_id})" if len(results) == 1 and not failed else ""
     click.echo(
         f"published {len(results)} event(s) to exchange {settings.exchange!r} as "
-        f"{routing_key!r}: {confirmed} confirmed in {elapsed:.2f}s{rate}{ids}"
+        f"{'their exported routing keys' if exported else repr(routing_key)}: {confirmed} "
+        f"confirmed in {elapsed:.2f}s{rate}{ids}"
     )
+    if unrouted:
+        click.echo(
+            f"warning: {len(unrouted)} of them matched no binding and went to the unrouted "
+            f"queue {settings.unrouted_queue!r} (see `eventworker dlq show "
+            f"{settings.unrouted_queue}`)",
+            err=True,
+        )
     for r in failed[:MAX_LISTED_FAILURES]:
         click.echo(f"not published: {r.event_id}: {r.status} {r.detail}".rstrip(), err=True)
     if len(failed) > MAX_LISTED_FAILURES:
@@ -191,6 +214,56 @@ def _write_failed(path: Path, failed: Sequence[Any]) -> None:
         click.echo(f"error: cannot write {path}: {exc.strerror}", err=True)
 
 
+def _check_routing_key(routing_key: str) -> None:
+    from eventworker import envelope
+
+    try:
+        envelope.check_routing_key(routing_key)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+
+
+def _exported(
+    routing_key: str | None, data: str | None, file: str | None, settings: Settings
+) -> list[Any]:
+    """The events of an export file, each checked like any other before connecting."""
+    from eventworker import envelope
+    from eventworker.parked import read_record
+    from eventworker.publisher import Outgoing
+
+    if file is None or routing_key is not None or data is not None:
+        raise InvalidInputError("--exported takes --file and no ROUTING_KEY or JSON")
+    try:
+        lines = Path(file).read_bytes().splitlines()
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {file}: {exc.strerror}") from None
+    outgoing = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{file} line {n}"
+        record = read_record(line, where)
+        try:
+            _check_routing_key(record.routing_key)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from None
+        _parse_json(record.body, where, settings.max_body_bytes)
+        outgoing.append(
+            Outgoing(
+                record.routing_key,
+                record.body,
+                record.id or envelope.new_id(),
+                record.headers or None,
+                record.correlation_id,
+                record.causation_id,
+                record.timestamp,
+            )
+        )
+    if not outgoing:
+        raise InvalidInputError(f"{file} holds no events")
+    return outgoing
+
+
 def envelope_outgoing(
     routing_key: str,
     body: bytes,
@@ -208,44 +281,65 @@ def envelope_outgoing(
 
 async def _publish_all(
     settings: Settings, outgoing: list[Any], on_result: Callable[[Any], None]
-) -> list[Any]:
-    """Publish everything; events whose connection was lost before their confirm are sent
-    again (same id) on a new connection — the next node of a cluster — up to RECONNECTS
-    times. A lost confirm may mean the broker has it: a duplicate, never a loss.
-    ``on_result`` hears each event's final result once."""
+) -> tuple[list[Any], set[str]]:
+    """The result of each publish, and the ids of those that went to the unrouted queue.
+
+    Events whose connection was lost before their confirm are sent again (same id) on a new
+    connection — the next node of a cluster — up to RECONNECTS times. A lost confirm may mean
+    the broker has it: a duplicate, never a loss. ``on_result`` hears each final result once.
+    """
+    from contextlib import AsyncExitStack
+
+    from eventworker import unrouted
     from eventworker.errors import BrokerUnreachableError
     from eventworker.publisher import Publisher
 
-    results: list[Any] = [None] * len(outgoing)
-    pending = list(range(len(outgoing)))
-    for round_ in range(RECONNECTS + 1):
-        last = round_ == RECONNECTS
+    async with AsyncExitStack() as stack:
+        watch = None
+        if settings.unrouted_queue:
+            watch = await stack.enter_async_context(
+                unrouted.watch(
+                    settings.url,
+                    settings.exchange,
+                    connect_timeout=settings.connect_timeout,
+                    heartbeat=settings.heartbeat,
+                )
+            )
+            if watch.problem:
+                click.echo(f"note: {watch.problem}", err=True)
+        results: list[Any] = [None] * len(outgoing)
+        pending = list(range(len(outgoing)))
+        for round_ in range(RECONNECTS + 1):
+            last = round_ == RECONNECTS
 
-        def settled(result: Any, last: bool = last) -> None:
-            if last or result.status != "connection_lost":
-                on_result(result)
+            def settled(result: Any, last: bool = last) -> None:
+                if last or result.status != "connection_lost":
+                    on_result(result)
 
-        try:
-            async with Publisher.connect(
-                settings.urls(),
-                exchange=settings.exchange,
-                source="eventworker",
-                timeout=settings.publish_timeout,
-                connect_timeout=settings.connect_timeout,
-                heartbeat=settings.heartbeat,
-                tls=settings.tls,
-            ) as publisher:
-                sent = await publisher.send_many([outgoing[i] for i in pending], on_result=settled)
-        except BrokerUnreachableError:
-            if round_ == 0:
-                raise
-            break  # the lost ones stay reported as connection_lost
-        for i, result in zip(pending, sent, strict=True):
-            results[i] = result
-        pending = [i for i in pending if results[i].status == "connection_lost"]
-        if not pending or last:
-            break
-        click.echo(
-            f"connection lost: publishing {len(pending)} unconfirmed event(s) again", err=True
-        )
-    return results
+            try:
+                async with Publisher.connect(
+                    settings.urls(),
+                    exchange=settings.exchange,
+                    source="eventworker",
+                    timeout=settings.publish_timeout,
+                    connect_timeout=settings.connect_timeout,
+                    heartbeat=settings.heartbeat,
+                    tls=settings.tls,
+                ) as publisher:
+                    sent = await publisher.send_many(
+                        [outgoing[i] for i in pending], on_result=settled
+                    )
+            except BrokerUnreachableError:
+                if round_ == 0:
+                    raise
+                break  # the lost ones stay reported as connection_lost
+            for i, result in zip(pending, sent, strict=True):
+                results[i] = result
+            pending = [i for i in pending if results[i].status == "connection_lost"]
+            if not pending or last:
+                break
+            click.echo(
+                f"connection lost: publishing {len(pending)} unconfirmed event(s) again", err=True
+            )
+        confirmed = [r.event_id for r in results if r is not None and r.ok]
+        return results, await watch.unrouted(confirmed) if watch else set()

@@ -42,7 +42,7 @@ def status(as_json: bool, config: str | None, url: str | None) -> None:
 
 async def _report(settings: Settings, registrations: list[Any]) -> dict[str, Any]:
     from eventworker import stats
-    from eventworker.worker import routes
+    from eventworker.routes import routes
 
     route_list = routes(registrations, settings)
     tiers = route_list[0].retry_queues if route_list else {}

@@ -1,0 +1,145 @@
+"""The broker's bindings, which AMQP 0-9-1 cannot list: read from the management HTTP API when
+``management_url`` is set, else with ``rabbitmqctl`` when the broker runs on this host.
+
+Only ``topology plan|apply`` needs them, to find bindings that are missing or left over. Without
+a source, the plan says bindings were not compared, and ``apply`` still declares every binding
+it needs (declaring one is idempotent) but cannot remove stale ones.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote, urlsplit
+
+from eventworker.errors import BrokerError
+from eventworker.settings import Settings, redact_url
+
+#: Hosts for which ``rabbitmqctl`` (which talks to the local node) sees the broker of the URL.
+LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+@dataclass(frozen=True, slots=True)
+class LiveBinding:
+    """A binding of an exchange to a queue, as the broker has it."""
+
+    exchange: str
+    queue: str
+    routing_key: str
+    arguments: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def of(
+        cls, exchange: str, queue: str, routing_key: str, arguments: Mapping[str, Any]
+    ) -> LiveBinding:
+        return cls(exchange, queue, routing_key, tuple(sorted(arguments.items())))
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """The bindings read (None: not read), and where from or why not."""
+
+    bindings: tuple[LiveBinding, ...] | None
+    source: str
+
+
+def vhost(amqp_url: str) -> str:
+    """The virtual host of an AMQP URL: its path, percent-decoded; ``/`` when empty."""
+    path = urlsplit(amqp_url).path
+    return unquote(path[1:]) if len(path) > 1 else "/"
+
+
+def read(settings: Settings, *, timeout: float = 30.0) -> Reading:
+    """The bindings of the settings' virtual host, from the best source available."""
+    url = settings.url.get_secret_value()
+    if settings.management_url.get_secret_value():
+        return Reading(tuple(from_management(settings, timeout=timeout)), "management API")
+    host = urlsplit(url).hostname or "localhost"
+    if host not in LOCAL_HOSTS:
+        return Reading(None, "not compared: the broker is not local and management_url is unset")
+    if shutil.which("rabbitmqctl") is None:
+        return Reading(None, "not compared: no rabbitmqctl here and management_url is unset")
+    return Reading(tuple(from_rabbitmqctl(vhost(url), timeout=timeout)), "rabbitmqctl")
+
+
+def from_rabbitmqctl(virtual_host: str, *, timeout: float) -> list[LiveBinding]:
+    """Bindings to queues, from ``rabbitmqctl list_bindings`` on this host.
+
+    Raises:
+        BrokerError: rabbitmqctl failed (node down, no permission to its Erlang cookie).
+    """
+    command = [
+        "rabbitmqctl",
+        "list_bindings",
+        "-p",
+        virtual_host,
+        "-q",
+        "--formatter",
+        "json",
+        "source_name",
+        "destination_name",
+        "destination_kind",
+        "routing_key",
+        "arguments",
+    ]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise BrokerError(f"rabbitmqctl list_bindings failed: {exc}") from exc
+    if done.returncode != 0:
+        raise BrokerError(f"rabbitmqctl list_bindings failed: {done.stderr.strip()[:300]}")
+    return [
+        LiveBinding.of(
+            row["source_name"],
+            row["destination_name"],
+            row["routing_key"],
+            {key: value for key, _type, value in row.get("arguments") or []},
+        )
+        for row in json.loads(done.stdout or "[]")
+        if row.get("destination_kind") == "queue"
+    ]
+
+
+def from_management(settings: Settings, *, timeout: float) -> list[LiveBinding]:
+    """Bindings to queues, from ``GET <management_url>/api/bindings/<vhost>``. Credentials are
+    the ones in ``management_url``, else those of the broker URL.
+
+    Raises:
+        BrokerError: the API could not be reached or refused; the message shows no password.
+    """
+    base = settings.management_url.get_secret_value()
+    parts = urlsplit(base)
+    user, password = parts.username, parts.password
+    if user is None:
+        amqp = urlsplit(settings.url.get_secret_value())
+        user, password = amqp.username or "guest", amqp.password or "guest"
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    virtual_host = vhost(settings.url.get_secret_value())
+    endpoint = parts._replace(netloc=netloc).geturl().rstrip("/")
+    endpoint += f"/api/bindings/{quote(virtual_host, safe='')}"
+    token = base64.b64encode(f"{unquote(user)}:{unquote(password or '')}".encode()).decode()
+    request = urllib.request.Request(endpoint, headers={"Authorization": f"Basic {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            rows = json.load(response)
+    except urllib.error.HTTPError as exc:
+        raise BrokerError(f"management API at {redact_url(base)} answered {exc.code}") from None
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise BrokerError(f"management API at {redact_url(base)} failed: {reason}") from None
+    return [
+        LiveBinding.of(
+            row["source"], row["destination"], row["routing_key"], row.get("arguments") or {}
+        )
+        for row in rows
+        if row.get("destination_type") == "queue"
+    ]

@@ -1,0 +1,145 @@
+"""Consuming one handler's queue, on probation after every (re)connect.
+
+A message whose handler kills the worker (segfault, out-of-memory kill, ``os._exit``) is never
+settled: it goes back to the queue together with every other message the worker had fetched,
+and on a quorum queue each such return counts towards ``x-delivery-limit``. A restarted worker
+that fetched the same batch again would crash again, and after a few rounds the innocent
+messages fetched with the poison one would pass the limit and be parked with it.
+
+So a consumer starts with prefetch 1: messages the broker redelivers (``redelivered``: handed
+out before and not settled) are run one at a time, and when one of them kills the worker it
+alone goes back and counts a delivery. The first delivery that was never handed out before
+means the redelivered ones ahead of it are done (a queue hands returned messages out before
+new ones): probation ends and the consumer subscribes again with the handler's prefetch
+(``basic.qos`` applies to consumers started after it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
+from loguru import logger
+
+from eventworker.connection import CHANNEL_GONE
+from eventworker.logs import one_line
+
+OnMessage = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class Consumer:
+    """Consumes ``queue`` on ``channel`` (a channel of its own), starting on probation."""
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        queue: AbstractQueue,
+        *,
+        prefetch: int,
+        on_message: OnMessage,
+        name: str,
+    ) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._prefetch = prefetch
+        self._on_message = on_message
+        self._name = name
+        self._tag: str | None = None
+        self._cancelled = False
+        self._widening = asyncio.Lock()
+        #: True while deliveries run one at a time.
+        self.on_probation = prefetch > 1
+
+    @property
+    def queue(self) -> AbstractQueue:
+        return self._queue
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether its channel is closed (the broker or a lost connection closed it)."""
+        return self._channel.is_closed
+
+    @property
+    def tag(self) -> str | None:
+        """The current consumer tag (it changes when probation ends)."""
+        return self._tag
+
+    async def is_serving(self) -> bool:
+        """Whether our consumer is on the queue as far as this client knows (the switch at the
+        end of probation counts as serving). The broker's side is the watchdog's to check."""
+        if self._channel.is_closed:
+            return False
+        if self._widening.locked():
+            return True
+        underlay = cast(aiormq.Channel, await self._channel.get_underlay_channel())
+        return self._tag is not None and self._tag in underlay.consumers
+
+    async def start(self) -> None:
+        await self._channel.set_qos(prefetch_count=1 if self.on_probation else self._prefetch)
+        self._tag = await self._queue.consume(self._deliver)
+
+    async def cancel(self) -> None:
+        """Stop the deliveries (unsettled ones stay with the channel)."""
+        self._cancelled = True
+        async with self._widening:  # not between ending probation and its new consumer tag
+            if self._tag is not None:
+                await self._queue.cancel(self._tag)
+
+    async def _deliver(self, message: AbstractIncomingMessage) -> None:
+        if self.on_probation:
+            if message.redelivered:
+                # If this one kills the worker, this line is the last the log has of it.
+                logger.info(
+                    "{} on probation: running redelivered message {} alone",
+                    self._name,
+                    one_line(message.message_id or "(no id)", 100),
+                )
+            else:
+                await self._end_probation()
+        await self._on_message(message)
+
+    async def _end_probation(self) -> None:
+        async with self._widening:
+            if not self.on_probation or self._cancelled:
+                return
+            self.on_probation = False
+            if self._tag is not None:
+                await self._queue.cancel(self._tag)
+            if self._cancelled:
+                return
+            await self._channel.set_qos(prefetch_count=self._prefetch)
+            self._tag = await self._queue.consume(self._deliver)
+            logger.debug(
+                "{}: no redelivered messages left; prefetch {}", self._name, self._prefetch
+            )
+
+
+async def unserved(connection: AbstractConnection, consumers: list[Consumer]) -> list[str]:
+    """The queues among ``consumers`` that our consumer no longer serves: its channel closed,
+    its tag gone, or the broker counting no consumer on the queue (a passive declare)."""
+    missing = []
+    probe = await connection.channel()
+    try:
+        for consumer in consumers:
+            if not await consumer.is_serving():
+                missing.append(consumer.queue.name)
+                continue
+            declared = await probe.declare_queue(consumer.queue.name, passive=True)
+            if not declared.declaration_result.consumer_count:
+                missing.append(consumer.queue.name)
+    except CHANNEL_GONE:
+        # The probe channel died: a queue was deleted (404) or the connection went.
+        missing.append("(queue gone or connection lost)")
+    finally:
+        with contextlib.suppress(*CHANNEL_GONE):
+            await probe.close()
+    return missing

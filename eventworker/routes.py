@@ -1,0 +1,86 @@
+"""Handlers resolved into routes: each one's queues, effective retry policy, limits; and the
+topology plan they need. Pure: no broker, computed once when a worker (or a command) starts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from eventworker import topology
+from eventworker.handlers import Handler, RetryPolicy
+from eventworker.registry import Registration
+from eventworker.retry import all_tiers, effective_policy
+from eventworker.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One handler with everything resolved: queues, effective policy, limits."""
+
+    handler: Handler
+    queue: str
+    dead_letter_queue: str
+    policy: RetryPolicy
+    retry_queues: dict[float, str]
+    timeout: float | None
+    concurrency: int
+    prefetch: int
+    idempotent: bool = False
+
+    @property
+    def tiers(self) -> tuple[float, ...]:
+        return tuple(sorted(self.retry_queues))
+
+
+def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:
+    """Each handler with its queues, effective retry policy, concurrency and prefetch."""
+    policies = {r.handler.name: effective_policy(r.handler, settings) for r in registrations}
+    tiers = all_tiers(policies.values())
+    retry_queues = {d: topology.retry_queue(settings.queue_prefix, d) for d in tiers}
+    result = []
+    for reg in registrations:
+        h = reg.handler
+        queues = topology.handler_queues(
+            h.name, h.bindings, prefix=settings.queue_prefix, queue=h.queue
+        )
+        # One at a time keeps the order a single active consumer exists for.
+        concurrency = h.concurrency or (1 if h.single_active_consumer else settings.concurrency)
+        timeout = h.timeout or settings.handler_timeout or None
+        idempotent = settings.inbox.idempotent if h.idempotent is None else h.idempotent
+        result.append(
+            Route(
+                handler=h,
+                queue=queues.queue,
+                dead_letter_queue=queues.dead_letter_queue,
+                policy=policies[h.name],
+                retry_queues=retry_queues,
+                timeout=timeout,
+                concurrency=concurrency,
+                prefetch=settings.effective_prefetch(concurrency),
+                idempotent=idempotent,
+            )
+        )
+    return result
+
+
+def topology_plan(route_list: Sequence[Route], settings: Settings) -> topology.Plan:
+    tiers = {d for r in route_list for d in r.retry_queues}
+    return topology.plan(
+        [
+            topology.HandlerQueues(
+                r.handler.name,
+                r.queue,
+                r.dead_letter_queue,
+                r.handler.bindings,
+                single_active_consumer=r.handler.single_active_consumer,
+            )
+            for r in route_list
+        ],
+        exchange=settings.exchange,
+        prefix=settings.queue_prefix,
+        queue_type=settings.queue_type,
+        delivery_limit=settings.delivery_limit,
+        tiers=tiers,
+        initial_group_size=settings.quorum_initial_group_size,
+        unrouted_queue=settings.unrouted_queue,
+    )

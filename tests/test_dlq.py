@@ -1,0 +1,233 @@
+"""Dead-letter operations against the real broker: reading leaves order and content alone, a
+replay moves exactly the selected messages, each copy confirmed before its original goes."""
+
+from __future__ import annotations
+
+import io
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import orjson
+import pytest
+
+from eventworker import dlq, topology
+from eventworker.dlq import Parking, Selection
+from eventworker.errors import BrokerError
+from eventworker.handlers import handler
+from eventworker.parked import Parked
+from eventworker.settings import Settings
+from tests.broker import Broker
+
+H = "x-eventworker-"
+PRODUCED = datetime(2026, 1, 1, 12, 30, tzinfo=UTC)
+
+
+@handler("dlq.event", name="target")
+async def target(event: Any, ctx: Any) -> None:
+    """Never runs: these tests declare its topology and look into its queues."""
+
+
+async def declare(broker: Broker, settings: Settings) -> Parking:
+    """The handler's topology, declared as a worker would, and its Parking."""
+    worker = await broker.declare(target, settings=settings)
+    route = worker.routes[0]
+    return Parking(
+        "target",
+        route.dead_letter_queue,
+        topology.return_exchange(settings.exchange),
+        route.queue,
+        queue_type=settings.queue_type,
+    )
+
+
+async def park(broker: Broker, queue: str, ids: list[str], **headers: Any) -> None:
+    """Put copies into ``queue`` the way dispatch parks them (confirmed)."""
+    channel = await broker.connection.channel(publisher_confirms=True)
+    for n, event_id in enumerate(ids):
+        reason = "exception" if n % 2 else "schema_error"
+        message = aio_pika.Message(
+            orjson.dumps({"n": n}),
+            message_id=event_id,
+            content_type="application/json",
+            timestamp=PRODUCED,
+            headers={
+                H + "routing-key": "dlq.event",
+                H + "reason": reason,
+                H + "attempt": 3,
+                H + "last-failure": "2026-01-01T00:00:00.000+00:00",
+                "tenant": "acme",
+                **headers,
+            },
+        )
+        await channel.default_exchange.publish(message, queue)
+    await channel.close()
+
+
+async def ids_in(broker: Broker, queue: str) -> list[str]:
+    return [m.message_id or "" for m in await broker.take_all(queue)]
+
+
+async def replay(
+    broker: Broker, parking: Parking, select: Selection | None = None, **options: Any
+) -> tuple[dlq.ReplayOutcome, list[Parked]]:
+    seen: list[Parked] = []
+    kwargs: dict[str, Any] = {
+        "limit": None,
+        "rate": None,
+        "dry_run": False,
+        "publish_timeout": 5.0,
+        **options,
+    }
+    outcome = await dlq.replay(
+        broker.connection, parking, select=select or Selection(), on_move=seen.append, **kwargs
+    )
+    return outcome, seen
+
+
+IDS = [f"m{n}" for n in range(10)]
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_show_reads_without_taking_and_leaves_the_order(
+    broker: Broker, settings: Settings, queue_type: str
+) -> None:
+    parking = await declare(broker, settings.model_copy(update={"queue_type": queue_type}))
+    await park(broker, parking.queue, IDS)
+    shown = await dlq.show(broker.connection, parking, limit=4, preview_chars=20)
+    assert [p.id for p in shown] == IDS[:4]
+    assert [p.reason for p in shown] == ["schema_error", "exception"] * 2
+    assert shown[0].preview == '{"n":0}'
+    assert await ids_in(broker, parking.queue) == IDS
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_replay_moves_only_the_selected_and_leaves_the_rest_in_order(
+    broker: Broker, settings: Settings, queue_type: str
+) -> None:
+    parking = await declare(broker, settings.model_copy(update={"queue_type": queue_type}))
+    await park(broker, parking.queue, IDS)
+    outcome, seen = await replay(broker, parking, Selection(frozenset({"m2", "m5", "m7"})))
+    assert outcome.error is None and outcome.scanned == 10
+    assert [p.id for p in outcome.moved] == [p.id for p in seen] == ["m2", "m5", "m7"]
+    assert await ids_in(broker, parking.queue) == [i for i in IDS if i not in {"m2", "m5", "m7"}]
+    back = await broker.take_all(parking.return_to or "", expect=3)
+    assert [m.message_id for m in back] == ["m2", "m5", "m7"]
+    # Copies for the worker: attempt reset, diagnosis dropped, replay counted, the producer's
+    # headers and the body kept.
+    headers = back[0].headers
+    assert headers[H + "attempt"] == 1
+    assert headers[H + "replays"] == 1
+    assert headers[H + "routing-key"] == "dlq.event"
+    assert headers["tenant"] == "acme"
+    assert H + "reason" not in headers and H + "last-failure" not in headers
+    assert back[0].exchange == parking.exchange  # came through the return exchange
+    assert back[0].body == orjson.dumps({"n": 2})
+
+
+async def test_replay_selects_by_reason_and_stops_at_the_limit(
+    broker: Broker, settings: Settings
+) -> None:
+    parking = await declare(broker, settings)
+    await park(broker, parking.queue, IDS)
+    outcome, _ = await replay(broker, parking, Selection(reason="exception"), limit=2)
+    assert [p.id for p in outcome.moved] == ["m1", "m3"]
+    assert await ids_in(broker, parking.queue) == [i for i in IDS if i not in {"m1", "m3"}]
+
+
+async def test_a_dry_run_moves_nothing(broker: Broker, settings: Settings) -> None:
+    parking = await declare(broker, settings)
+    await park(broker, parking.queue, IDS[:3])
+    outcome, seen = await replay(broker, parking, dry_run=True)
+    assert [p.id for p in seen] == [p.id for p in outcome.moved] == IDS[:3]
+    assert await broker.count(parking.return_to or "") == 0
+    assert await ids_in(broker, parking.queue) == IDS[:3]
+
+
+async def test_the_rate_bounds_copies_per_second(broker: Broker, settings: Settings) -> None:
+    parking = await declare(broker, settings)
+    await park(broker, parking.queue, IDS[:6])
+    started = time.monotonic()
+    outcome, _ = await replay(broker, parking, rate=10.0)
+    assert len(outcome.moved) == 6
+    assert time.monotonic() - started >= 0.5  # six copies at ten a second: 0.5 s at least
+
+
+async def test_replay_refuses_when_the_work_queue_does_not_exist(
+    broker: Broker, settings: Settings
+) -> None:
+    parking = await declare(broker, settings)
+    await park(broker, parking.queue, IDS[:1])
+    gone = Parking("gone", parking.queue, parking.exchange, f"{settings.queue_prefix}gone")
+    with pytest.raises(BrokerError, match="start a worker"):
+        await replay(broker, gone)
+    assert await ids_in(broker, parking.queue) == IDS[:1]
+
+
+async def test_a_copy_nobody_receives_is_not_confirmed_and_its_original_stays(
+    broker: Broker, settings: Settings
+) -> None:
+    parking = await declare(broker, settings)
+    await park(broker, parking.queue, IDS[:3])
+    # The work queue exists but is not bound to the return exchange: the copy is returned.
+    channel = await broker.connection.channel()
+    await channel.declare_queue(f"{settings.queue_prefix}unbound", durable=True)
+    await channel.close()
+    broker._queues.add(f"{settings.queue_prefix}unbound")
+    unbound = Parking("x", parking.queue, parking.exchange, f"{settings.queue_prefix}unbound")
+    outcome, _ = await replay(broker, unbound)
+    assert outcome.error is not None and outcome.error.status == "unroutable"
+    assert outcome.moved == ()
+    assert await ids_in(broker, parking.queue) == IDS[:3]
+
+
+async def test_purge_deletes_the_selected_or_everything(broker: Broker, settings: Settings) -> None:
+    parking = await declare(broker, settings)
+    await park(broker, parking.queue, IDS[:5])
+    assert await dlq.purge(broker.connection, parking, select=Selection(frozenset({"m1"}))) == 1
+    assert await broker.count(parking.queue) == 4
+    assert await dlq.purge(broker.connection, parking, select=None) == 4
+    assert await broker.count(parking.queue) == 0
+
+
+async def test_stats_count_every_message_and_sample_age_and_reasons(
+    broker: Broker, settings: Settings
+) -> None:
+    parking = await declare(broker, settings)
+    await park(broker, parking.queue, IDS[:5])
+    stats = await dlq.stats(broker.connection, parking, sample=3)
+    assert (stats.exists, stats.count, stats.sampled) == (True, 5, 3)
+    assert stats.reasons == (("schema_error", 2), ("exception", 1))
+    assert stats.oldest_age is not None and stats.oldest_age > 0
+    missing = Parking("m", f"{settings.queue_prefix}missing.dead", "x", None)
+    assert (await dlq.stats(broker.connection, missing, sample=3)).exists is False
+    assert await ids_in(broker, parking.queue) == IDS[:5]
+
+
+async def test_export_writes_every_message_and_leaves_them_parked(
+    broker: Broker, settings: Settings
+) -> None:
+    parking = await declare(broker, settings)
+    await park(broker, parking.queue, IDS[:3])
+    out = io.BytesIO()
+    assert await dlq.export(broker.connection, parking, out, limit=None) == 3
+    records = [orjson.loads(line) for line in out.getvalue().splitlines()]
+    assert [r["properties"]["message_id"] for r in records] == IDS[:3]
+    assert records[0]["routing_key"] == "dlq.event"
+    assert await ids_in(broker, parking.queue) == IDS[:3]
+
+
+@pytest.mark.parametrize(
+    ("version", "counted"),
+    [("3.10.8", False), ("3.13.7", False), ("4.0.1", True), ("4.2.0", True), ("4.3.0", False),
+     ("5.0.0", False), ("", False), ("weird", False)],
+)  # fmt: skip
+def test_reads_count_towards_the_delivery_limit_on_rabbitmq_4_0_to_4_2(
+    version: str, counted: bool
+) -> None:
+    assert dlq.counts_reads(version) is counted
+
+
+async def test_the_broker_version_is_the_one_it_announced(broker: Broker) -> None:
+    assert dlq.broker_version(broker.connection).count(".") >= 2
