@@ -23,6 +23,7 @@ guide asks handlers to be (the core gets its own inbox in issue 6).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import signal
@@ -67,16 +68,7 @@ class Spec:
     model: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "bindings": list(self.bindings),
-            "max_attempts": self.max_attempts,
-            "delays": list(self.delays),
-            "timeout": self.timeout,
-            "concurrency": self.concurrency,
-            "sync": self.sync,
-            "model": self.model,
-        }
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> Spec:

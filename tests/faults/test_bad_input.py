@@ -287,7 +287,7 @@ async def test_f8_forged_and_hostile_headers_neither_steer_nor_break_the_worker(
     rig.other_queues.add(spy)
     hostile = "line\nbreak\r\x1b[31mred\x1b[0m {secret} {0}"
     fails_once = {"n": 1, "fail_attempts": 1}
-    cases = {
+    cases: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
         "forged-attempt": ({"x-eventworker-attempt": 999}, fails_once),
         "junk-x-death": ({"x-death": [{"count": "junk", "queue": 5}, "text", 7]}, fails_once),
         "cc": ({"CC": [spy]}, fails_once),

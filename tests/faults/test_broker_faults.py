@@ -55,8 +55,9 @@ async def test_b1_broker_restarted_twice_mid_stream_loses_nothing(
         traffic.publish_through_faults(rig.url, rig.settings.exchange, rig.ledger, events)
     )
     for share in (0.3, 0.7):
+        target = share * n
         await rig.wait(
-            lambda share=share: rig.ledger.count_processed() >= share * n,
+            lambda: rig.ledger.count_processed() >= target,  # noqa: B023 - awaited here
             timeout=120,
             what=f"{share:.0%} processed",
         )
@@ -102,7 +103,7 @@ async def test_b3_connections_closed_under_load_are_restored_without_stale_acks(
         closes.append((before, time.time()))
         assert closed == 1, f"closed {closed} consuming connections"
         await rig.wait(
-            lambda k=k: worker.log().count("reconnected: 1 queue(s) consuming again") > k,
+            lambda: worker.log().count("reconnected: 1 queue(s) consuming again") > k,  # noqa: B023 - awaited here
             timeout=30,
             what="the worker consuming again",
         )
@@ -189,8 +190,8 @@ async def test_b7_a_memory_alarm_blocks_publishing_but_not_acks(
 
     # Within the publish timeout + 2 s, as the CLI measures its publishing (and the process
     # as a whole, Python's start-up included, with some slack for this busy machine).
-    publishing = float(re.findall(r"0 confirmed in ([0-9.]+)s", cli.stdout)[0])
-    assert cli.returncode == ExitCode.FAILED and publishing <= 5 + 2, (cli.stdout, cli.stderr)
+    cli_publishing = float(re.findall(r"0 confirmed in ([0-9.]+)s", cli.stdout)[0])
+    assert cli.returncode == ExitCode.FAILED and cli_publishing <= 5 + 2, cli.stdout + cli.stderr
     assert cli_took <= 5 + 2 + LOAD_SLACK
     assert "blocked" in cli.stderr
     consuming = [s for name, s in states if name.startswith("eventworker worker [b7]")]

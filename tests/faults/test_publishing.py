@@ -16,8 +16,9 @@ from typing import Any
 import orjson
 import pytest
 
+from eventworker import Publisher
 from eventworker.errors import ExitCode
-from eventworker.publisher import Outgoing, Publisher
+from eventworker.publisher import Outgoing, PublishResult
 from tests.faults import traffic
 from tests.faults.node import PrivateNode
 from tests.faults.plugin import Spec
@@ -50,21 +51,12 @@ async def test_e1_publishing_across_a_broker_restart_never_claims_a_lost_event(
     spec = Spec("e1", ("e1.event",))
     await rig.declare([spec])
     connections = contextlib.AsyncExitStack()
-    early = await connections.enter_async_context(
-        Publisher.connect(rig.url, exchange=rig.settings.exchange)
-    )
+    early = await connections.enter_async_context(library(rig))
 
-    # (b) 5,000 events on one connection while the broker stops and starts again.
+    # (b) 5,000 events through the library while the broker stops and starts again.
     ids = traffic.new_ids(5000, "e1")
     publishing = asyncio.create_task(
-        traffic.publish(
-            rig.url,
-            rig.settings.exchange,
-            rig.ledger,
-            traffic.outgoing("e1.event", [{"n": i} for i in range(5000)], ids),
-            timeout=5,
-            window=64,
-        )
+        send_all(rig, traffic.outgoing("e1.event", [{"n": i} for i in range(5000)], ids))
     )
     await asyncio.sleep(0.3)
     await asyncio.to_thread(node.stop_app)
@@ -79,7 +71,7 @@ async def test_e1_publishing_across_a_broker_restart_never_claims_a_lost_event(
 
     # (c) the first publish after the restart, on a connection opened before it.
     [first_after] = traffic.new_ids(1, "e1c")
-    result = await early.send(Outgoing("e1.event", b'{"n": -1}', first_after))
+    [result] = await early.send_many([Outgoing("e1.event", b'{"n": -1}', first_after)])
     traffic.record(rig.ledger, [(result, time.time())])
     await connections.aclose()
 
@@ -93,9 +85,28 @@ async def test_e1_publishing_across_a_broker_restart_never_claims_a_lost_event(
     assert "published" not in down.stdout
     assert len(results) == len(ids)
     assert {r.status for r in results} <= {"confirmed", "connection_lost", "timeout"}
-    assert any(r.status != "confirmed" for r in results), "the restart hit no publish"
     assert result.status in ("confirmed", "connection_lost"), result
-    print(f"first publish after the restart: {result.status}")
+    print(
+        f"{sum(r.ok for r in results)} of {len(ids)} confirmed across the restart; the "
+        f"first publish after it: {result.status}"
+    )
+
+
+def library(rig: Rig, **options: Any) -> contextlib.AbstractAsyncContextManager[Publisher]:
+    """The library publisher of applications (``eventworker.Publisher``), which re-opens a
+    lost connection or channel and sends the unconfirmed events again, same ids."""
+    return Publisher.connect(
+        rig.url, exchange=rig.settings.exchange, timeout=10, reconnect_timeout=60, **options
+    )
+
+
+async def send_all(rig: Rig, events: list[Outgoing], **options: Any) -> list[PublishResult]:
+    """``events`` through the library publisher, every outcome in the ledger."""
+    async with library(rig, **options) as publisher:
+        sent = time.time()
+        results = await publisher.send_many(events)
+    traffic.record(rig.ledger, [(r, sent) for r in results])
+    return results
 
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
@@ -211,16 +222,17 @@ async def test_e5_an_oversize_body_in_a_file_is_refused_before_anything_is_sent(
     assert await rig.view.count(rig.work_queue("e5")) == 0
 
 
-async def oversize_on_one_channel(rig: Rig, node: PrivateNode) -> list[Any]:
-    """1,000 events through the library on one channel, a 2 MiB one at position 500, with the
-    broker's own limit lowered to 1 MiB (so only the broker refuses it)."""
+async def oversize_on_one_channel(rig: Rig, node: PrivateNode) -> list[PublishResult]:
+    """1,000 events through the library, a 2 MiB one at position 500, with the broker's own
+    limit lowered to 1 MiB (and the client's check bypassed), so the broker closes the channel
+    with the 999 others in flight around it."""
     node.ctl.eval("application:set_env(rabbit, max_message_size, 1048576).")
     await rig.declare([Spec("e5b", ("e5b.event",))])
     bodies: list[Any] = [{"n": i} for i in range(1000)]
     bodies[500] = {"n": 500, "pad": "x" * (2 * 1024 * 1024)}
     ids = traffic.new_ids(1000, "e5b")
     try:
-        return await rig.publish_results("e5b.event", bodies, ids)
+        return await send_all(rig, traffic.outgoing("e5b.event", bodies, ids))
     finally:
         node.ctl.eval("application:set_env(rabbit, max_message_size, 134217728).")
 

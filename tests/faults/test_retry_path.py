@@ -7,6 +7,7 @@ import hashlib
 import random
 import time
 from collections import defaultdict
+from typing import Any
 
 import aio_pika
 import orjson
@@ -215,7 +216,7 @@ async def _return_binding(rig: Rig, handler: str, bind: bool) -> None:
     try:
         queue = await channel.get_queue(rig.work_queue(handler), ensure=False)
         exchange = topology.return_exchange(rig.settings.exchange)
-        arguments = {"x-match": "all", envelope.RETURN_TO: queue.name}
+        arguments: dict[str, Any] = {"x-match": "all", envelope.RETURN_TO: queue.name}
         if bind:
             await queue.bind(exchange, "", arguments=arguments)
         else:

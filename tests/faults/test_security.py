@@ -21,7 +21,7 @@ import pytest
 from eventworker.errors import ExitCode
 from tests.faults.node import PrivateNode
 from tests.faults.plugin import Spec
-from tests.faults.processes import REPO, settings_env
+from tests.faults.processes import settings_env
 from tests.faults.rig import Rig
 
 EVENTWORKER = str(Path(sys.executable).with_name("eventworker"))
@@ -316,6 +316,3 @@ async def test_h4_publish_to_a_missing_exchange_is_a_clear_error_not_a_hang(
     assert done.returncode == ExitCode.BROKER_REFUSED
     assert "does not exist" in done.stderr and f"{rig.prefix}missing" in done.stderr
     assert time.monotonic() - started < 10
-
-
-_ = REPO  # the worker processes of this module run from the repository

@@ -156,7 +156,7 @@ async def read_parked(connection: AbstractConnection, queues: Sequence[str], led
                     (
                         message.message_id or "",
                         _text(headers.get(envelope.REASON)),
-                        int(headers.get(envelope.ATTEMPT) or 0),
+                        _attempts(headers.get(envelope.ATTEMPT)),
                         json.dumps(_plain(headers)),
                         hashlib.sha256(message.body).hexdigest(),
                         name,
@@ -182,6 +182,10 @@ def properties(message: AbstractIncomingMessage) -> dict[str, Any]:
         "delivery_mode": int(message.delivery_mode or 0),
         "routing_key": message.routing_key,
     }
+
+
+def _attempts(value: Any) -> int:
+    return value if isinstance(value, int) else 0
 
 
 def _text(value: Any) -> str:
