@@ -39,10 +39,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-#: Node names and ports of this test run alone: another checkout's cluster tests may run on the
-#: same machine at the same time.
-CLUSTER_NAME = f"ew-t{os.getpid()}-"
-CLUSTER_PORT = 30000 + (os.getpid() % 3000) * 4
+#: The script's default node names and ports (EW_CLUSTER_NAME / EW_CLUSTER_PORT move them).
+CLUSTER_NAME = "ew-c"
+CLUSTER_PORT = 5701
 
 
 def node(n: int) -> str:
