@@ -30,13 +30,16 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "cluster.sh"
 EVENTWORKER = str(Path(sys.executable).with_name("eventworker"))
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("rabbitmq-server") is None
-    or shutil.which("rabbitmqctl") is None
-    or os.geteuid() != 0,
-    reason="the cluster tests start private RabbitMQ nodes: need rabbitmq-server, "
-    "rabbitmqctl and root",
-)
+pytestmark = [
+    pytest.mark.cluster,
+    pytest.mark.skipif(
+        shutil.which("rabbitmq-server") is None
+        or shutil.which("rabbitmqctl") is None
+        or os.geteuid() != 0,
+        reason="the cluster tests start private RabbitMQ nodes: need rabbitmq-server, "
+        "rabbitmqctl and root",
+    ),
+]
 
 
 #: The script's default node names and ports (EW_CLUSTER_NAME / EW_CLUSTER_PORT move them).
