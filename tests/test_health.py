@@ -10,6 +10,8 @@ import aiohttp
 import pytest
 
 from eventworker import Context, Event, handler
+from eventworker import worker as worker_module
+from eventworker.connection import connect
 from eventworker.errors import ConfigError
 from eventworker.health import serving
 from eventworker.settings import Settings
@@ -41,12 +43,24 @@ async def until_status(port: int, path: str, status: int, timeout: float = 20) -
 
 @needs_rabbitmqctl
 async def test_readyz_turns_unready_when_the_connection_closes_and_ready_after_reconnect(
-    broker: Broker, settings: Settings
+    broker: Broker, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     @handler("ready.event")
     async def ready(event: Event[Any], ctx: Context) -> None:
         pass
 
+    # A reconnect on loopback can finish between two polls; a slow one (as across a network)
+    # leaves an unready window the poll cannot miss. The first session connects at once.
+    connections = 0
+
+    async def slow_reconnect(*args: Any, **kwargs: Any) -> Any:
+        nonlocal connections
+        connections += 1
+        if connections > 2:  # a session opens two: consuming and publishing
+            await asyncio.sleep(1.5)
+        return await connect(*args, **kwargs)
+
+    monkeypatch.setattr(worker_module, "connect", slow_reconnect)
     async with (
         running(broker, [ready], settings) as worker,
         serving(worker, None, host="127.0.0.1", port=0) as port,
@@ -58,7 +72,7 @@ async def test_readyz_turns_unready_when_the_connection_closes_and_ready_after_r
             "state": "running",
             "consuming": {worker.routes[0].queue: True},
         }
-        close_worker_connections()
+        await asyncio.to_thread(close_worker_connections)
         unready = await until_status(port, "/readyz", 503)
         assert unready["ready"] is False
         assert (await get(port, "/healthz"))[0] == 200  # alive all along: no restart wanted
