@@ -158,7 +158,7 @@ async def test_a_closed_connection_is_reopened_and_consumers_restored(
 
     async with running(broker, [survivor], settings) as worker:
         close_worker_connections()
-        await wait_for(lambda: worker.state is not State.RUNNING, timeout=10)
+        await wait_for(lambda: worker.reconnects == 1, timeout=20)
         await worker.wait_ready(20)
         await broker.publish("closed.event", b"{}", message_id="after")
         await wait_for(lambda: seen == ["after"])
