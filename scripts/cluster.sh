@@ -55,6 +55,17 @@ start_node() {
 
 start() {
   command -v rabbitmqctl >/dev/null || { echo "rabbitmqctl not installed" >&2; exit 3; }
+  mkdir -p "$DIR"
+  # The nodes run as the rabbitmq user: a folder it cannot reach (pytest's tmp_path is private
+  # to root) would leave them failing to boot with nothing but a timeout to show for it.
+  if [ "$(id -u)" = 0 ]; then
+    chown rabbitmq:rabbitmq "$DIR"
+    if ! su rabbitmq -s /bin/sh -c "cd '$DIR'" 2>/dev/null; then
+      echo "cluster.sh: the rabbitmq user cannot reach $DIR (a parent folder is private);" \
+           "set EW_CLUSTER_DIR to a folder it can reach" >&2
+      exit 3
+    fi
+  fi
   for i in $(seq 1 $COUNT); do start_node "$i" & done
   wait
   for i in $(seq 2 $COUNT); do
