@@ -47,6 +47,7 @@ class Consumer:
         prefetch: int,
         on_message: OnMessage,
         name: str,
+        probation: bool = True,
     ) -> None:
         self._channel = channel
         self._queue = queue
@@ -57,7 +58,7 @@ class Consumer:
         self._cancelled = False
         self._widening = asyncio.Lock()
         #: True while deliveries run one at a time.
-        self.on_probation = prefetch > 1
+        self.on_probation = probation and prefetch > 1
 
     @property
     def queue(self) -> AbstractQueue:

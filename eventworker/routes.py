@@ -45,6 +45,12 @@ def routes(registrations: Sequence[Registration], settings: Settings) -> list[Ro
         )
         # One at a time keeps the order a single active consumer exists for.
         concurrency = h.concurrency or (1 if h.single_active_consumer else settings.concurrency)
+        # A single active consumer takes no more than it runs: a crash then returns only the
+        # messages being handled, so innocent ones behind a poison message keep their
+        # delivery count (it has no probation to protect them, see worker._subscribe).
+        prefetch = (
+            concurrency if h.single_active_consumer else settings.effective_prefetch(concurrency)
+        )
         timeout = h.timeout or settings.handler_timeout or None
         idempotent = settings.inbox.idempotent if h.idempotent is None else h.idempotent
         result.append(
@@ -56,7 +62,7 @@ def routes(registrations: Sequence[Registration], settings: Settings) -> list[Ro
                 retry_queues=retry_queues,
                 timeout=timeout,
                 concurrency=concurrency,
-                prefetch=settings.effective_prefetch(concurrency),
+                prefetch=prefetch,
                 idempotent=idempotent,
             )
         )

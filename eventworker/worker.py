@@ -301,8 +301,15 @@ class Worker:
 
         queue = await channel.get_queue(route.queue, ensure=False)
         # Starts on probation (prefetch 1 while redelivered messages come): see consumer.py.
+        # Not with a single active consumer: ending probation re-subscribes, and the broker
+        # would hand the queue to another worker while this one still runs a message.
         consumer = Consumer(
-            channel, queue, prefetch=route.prefetch, on_message=on_message, name=route.handler.name
+            channel,
+            queue,
+            prefetch=route.prefetch,
+            on_message=on_message,
+            name=route.handler.name,
+            probation=not route.handler.single_active_consumer,
         )
         await consumer.start()
         return consumer
