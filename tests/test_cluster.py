@@ -162,8 +162,10 @@ async def test_workers_keep_processing_while_their_node_stops(
         await stop_worker(worker, task)
     assert len(confirmed) == 10_000
     assert seen.ids <= {f"id-{n}" for n in range(10_000)}
-    assert restored < 30, f"consumers restored after {restored:.1f}s"
-    print(f"duplicates: {seen.calls - len(seen.ids)}, restored in {restored:.1f}s")
+    assert restored < 15, f"consumers restored after {restored:.1f}s"
+    # The only duplicates the ledger explains: deliveries in flight (at most a prefetch's
+    # worth) when the connection died, redelivered to the reconnected consumer.
+    assert seen.calls - len(seen.ids) <= worker.routes[0].prefetch * worker.reconnects
 
 
 async def test_workers_keep_processing_while_the_queue_leader_stops(
@@ -184,6 +186,7 @@ async def test_workers_keep_processing_while_the_queue_leader_stops(
         .splitlines()[0]
     )
     seen.ids.clear()
+    seen.calls = 0
     worker = Worker(regs, s)  # connected to node 1
     task = await run_worker(worker)
     try:
@@ -196,6 +199,10 @@ async def test_workers_keep_processing_while_the_queue_leader_stops(
     finally:
         await stop_worker(worker, task)
     assert len(confirmed) == 10_000
+    assert seen.ids <= {f"id-{n}" for n in range(10_000)}
+    # A new leader keeps the replicated record of what is unacked: at most what was in flight
+    # comes again.
+    assert seen.calls - len(seen.ids) <= worker.routes[0].prefetch
 
 
 async def test_the_publish_cli_keeps_publishing_through_a_node_loss(
