@@ -83,6 +83,14 @@ class Broker:
         """Messages ready in ``queue`` (unacknowledged ones are not counted)."""
         return (await self._declare_ok(queue)).message_count or 0
 
+    async def wait_count(self, queue: str, expected: int, timeout: float = 20) -> None:
+        """Wait until ``queue`` holds ``expected`` ready messages (polling the broker: a quorum
+        queue takes messages handed back through Raft, a moment after the nack returned)."""
+        deadline = time.monotonic() + timeout
+        while (held := await self.count(queue)) != expected:
+            assert time.monotonic() < deadline, f"{queue} holds {held}, never {expected}"
+            await asyncio.sleep(0.05)
+
     async def consumers(self, queue: str) -> int:
         return (await self._declare_ok(queue)).consumer_count or 0
 

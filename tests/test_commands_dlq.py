@@ -22,14 +22,6 @@ from tests.test_dlq import IDS, PRODUCED, declare, ids_in, park
 H = "x-eventworker-"
 
 
-async def wait_count(broker: Broker, queue: str, expected: int, timeout: float = 20) -> None:
-    """Wait until ``queue`` holds ``expected`` ready messages (polling the broker)."""
-    deadline = asyncio.get_running_loop().time() + timeout
-    while await broker.count(queue) != expected:
-        assert asyncio.get_running_loop().time() < deadline, f"{queue} never held {expected}"
-        await asyncio.sleep(0.05)
-
-
 async def test_a_spent_message_is_listed_and_shown_with_its_reason(
     broker: Broker, settings: Settings
 ) -> None:
@@ -37,7 +29,7 @@ async def test_a_spent_message_is_listed_and_shown_with_its_reason(
     async with running(broker, [broken], settings) as worker:
         dead = worker.routes[0].dead_letter_queue
         await broker.publish("demo.broken", b'{"order": 7}', message_id="spent-1")
-        await wait_count(broker, dead, 1)
+        await broker.wait_count(dead, 1)
     listed = cli(settings, "dlq", "ls")
     assert listed.returncode == 0, listed.stderr
     [line] = [row for row in listed.stdout.splitlines() if row.startswith("broken ")]

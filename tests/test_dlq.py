@@ -12,7 +12,7 @@ import aio_pika
 import orjson
 import pytest
 
-from eventworker import dlq, topology
+from eventworker import dlq, queue_reader, topology
 from eventworker.dlq import Parking, Selection
 from eventworker.errors import BrokerError
 from eventworker.handlers import handler
@@ -186,7 +186,7 @@ async def test_purge_deletes_the_selected_or_everything(broker: Broker, settings
     parking = await declare(broker, settings)
     await park(broker, parking.queue, IDS[:5])
     assert await dlq.purge(broker.connection, parking, select=Selection(frozenset({"m1"}))) == 1
-    assert await broker.count(parking.queue) == 4
+    await broker.wait_count(parking.queue, 4)
     assert await dlq.purge(broker.connection, parking, select=None) == 4
     assert await broker.count(parking.queue) == 0
 
@@ -226,8 +226,8 @@ async def test_export_writes_every_message_and_leaves_them_parked(
 def test_reads_count_towards_the_delivery_limit_on_rabbitmq_4_0_to_4_2(
     version: str, counted: bool
 ) -> None:
-    assert dlq.counts_reads(version) is counted
+    assert queue_reader.counts_reads(version) is counted
 
 
 async def test_the_broker_version_is_the_one_it_announced(broker: Broker) -> None:
-    assert dlq.broker_version(broker.connection).count(".") >= 2
+    assert queue_reader.broker_version(broker.connection).count(".") >= 2

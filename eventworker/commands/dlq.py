@@ -132,6 +132,7 @@ def show(
 ) -> None:
     """The first parked messages of HANDLER (of every queue when omitted), left in place."""
     from eventworker import dlq as ops
+    from eventworker import queue_reader
 
     with errors():
         settings = load_settings(config, url=url)
@@ -142,7 +143,7 @@ def show(
         ) -> list[tuple[Parking, list[Parked]]]:
             found = []
             for p in parkings:
-                if handler is None and await ops.count(connection, p.queue) is None:
+                if handler is None and await queue_reader.count(connection, p.queue) is None:
                     continue  # not declared yet: nothing parked
                 found.append(
                     (

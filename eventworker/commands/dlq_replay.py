@@ -50,6 +50,7 @@ def replay(
     routing key. Prints each message it moved.
     """
     from eventworker import dlq as ops
+    from eventworker import queue_reader
 
     with errors():
         if (handler is None) == (not every):
@@ -67,7 +68,7 @@ def replay(
         ) -> list[tuple[Parking, ReplayOutcome]]:
             outcomes = []
             for p in parkings:
-                if every and await ops.count(connection, p.queue) is None:
+                if every and await queue_reader.count(connection, p.queue) is None:
                     continue
                 outcome = await ops.replay(
                     connection,

@@ -113,7 +113,7 @@ def run(settings: Settings, operation: Callable[[Connection, asyncio.Event], Awa
 
 
 def _warn_about_read_counts(settings: Settings, connection: Connection) -> None:
-    from eventworker.dlq import broker_version, counts_reads
+    from eventworker.queue_reader import broker_version, counts_reads
 
     version = broker_version(connection)
     if settings.queue_type == "quorum" and counts_reads(version):
