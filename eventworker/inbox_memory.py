@@ -104,7 +104,7 @@ class MemoryStore:
             key
             for key, entry in self._entries.items()
             if (handler is None or key.handler == handler)
-            and (entry.done_at if entry.state == "done" else entry.expires_at) < cutoff
+            and (entry.done_at if entry.state == "done" else entry.expires_at) <= cutoff
         ]
         for key in gone:
             del self._entries[key]

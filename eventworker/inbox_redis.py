@@ -78,7 +78,7 @@ return 0
 _PURGE = """
 if redis.call('HGET', KEYS[1], 'state') == 'done'
    and (ARGV[2] == '' or redis.call('HGET', KEYS[1], 'handler') == ARGV[2])
-   and tonumber(redis.call('HGET', KEYS[1], 'done_at')) < tonumber(ARGV[1]) then
+   and tonumber(redis.call('HGET', KEYS[1], 'done_at')) <= tonumber(ARGV[1]) then
   return redis.call('DEL', KEYS[1])
 end
 return 0

@@ -79,8 +79,8 @@ _SQL = {
     # $1 seconds, $2 handler or NULL for all.
     "purge": """DELETE FROM {t}
         WHERE handler = coalesce($2, handler)
-            AND ((state = 'done' AND done_at < {now} - CAST($1 AS DOUBLE PRECISION))
-                OR (state = 'claimed' AND expires_at < {now} - CAST($1 AS DOUBLE PRECISION)))""",
+            AND ((state = 'done' AND done_at <= {now} - CAST($1 AS DOUBLE PRECISION))
+                OR (state = 'claimed' AND expires_at <= {now} - CAST($1 AS DOUBLE PRECISION)))""",
 }
 
 
