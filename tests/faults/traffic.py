@@ -142,9 +142,13 @@ async def publish_raw(
         await channel.close()
 
 
-async def read_parked(connection: AbstractConnection, queues: Sequence[str], ledger: Ledger) -> int:
+async def read_parked(
+    connection: AbstractConnection, queues: Sequence[str], ledger: Ledger, *, unrouted: str = ""
+) -> int:
     """Record every message of the dead-letter ``queues`` in the ledger, and leave them there:
-    they are got unacknowledged on one channel, which is closed (so requeued) at the end."""
+    they are got unacknowledged on one channel, which is closed (so requeued) at the end.
+    Messages of the ``unrouted`` queue carry no diagnosis: their reason is "unrouted", as
+    ``eventworker dlq`` shows them."""
     channel = await connection.channel()
     rows = []
     try:
@@ -154,7 +158,8 @@ async def read_parked(connection: AbstractConnection, queues: Sequence[str], led
                 headers = message.headers or {}
                 # The library's own diagnosis: our headers on copies the worker parked, the
                 # broker's x-death on messages it moved itself (quorum delivery limit, C4).
-                diagnosis = parked.describe(message, preview_chars=0, default_reason="")
+                default = "unrouted" if name == unrouted else ""
+                diagnosis = parked.describe(message, preview_chars=0, default_reason=default)
                 rows.append(
                     (
                         message.message_id or "",
