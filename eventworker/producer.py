@@ -4,9 +4,10 @@ dropped connection.
 :class:`Publisher` owns its connection. Every event is checked before anything is sent (routing
 key, headers, id, size, JSON), published with ``mandatory`` and a broker confirm, and reported
 per event (``confirmed``, ``nacked``, ``unroutable``, ``timeout``, ``connection_lost``). Events
-whose confirm was lost with the connection are published again on a new connection, with the
-same id, so a consumer sees at most a duplicate it can recognise. It sends through
-:class:`eventworker.publisher.Publisher`, the confirm channel the worker uses too.
+whose confirm was lost with the connection, or with a channel the broker closed, are published
+again on a new connection, with the same id, so a consumer sees at most a duplicate it can
+recognise; an event the broker closed the channel over is found and reported ``nacked``. It
+sends through :class:`eventworker.publisher.Publisher`, the confirm channel the worker uses too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from eventworker.publisher import DEFAULT_WINDOW, Outgoing, PublishResult
 from eventworker.publisher import Publisher as ChannelPublisher
 from eventworker.settings import Settings, TlsSettings
 
-#: How often one event is sent at most when its confirm keeps getting lost with the connection.
+#: How often one event is sent at most when its confirm keeps getting lost (connection or channel).
 MAX_SENDS = 5
 #: First pause between reconnection attempts, in seconds; it doubles up to RECONNECT_PAUSE_MAX.
 RECONNECT_PAUSE, RECONNECT_PAUSE_MAX = 0.2, 5.0
@@ -122,9 +123,10 @@ class Publisher:
     """Publishes events to a topic exchange on a connection of its own, with confirms.
 
     Safe to share between tasks of one event loop. Use :meth:`connect` (an async context
-    manager), or build one and call :meth:`open` and :meth:`close`. A lost connection is
-    re-opened on the next publish (waiting up to ``reconnect_timeout``), and every event whose
-    confirm it took along is published again with the same id, up to ``MAX_SENDS`` times.
+    manager), or build one and call :meth:`open` and :meth:`close`. A lost connection, or a
+    channel the broker closed, is re-opened on the next publish (waiting up to
+    ``reconnect_timeout``), and every event whose confirm it took along is published again with
+    the same id, up to ``MAX_SENDS`` times (see :meth:`send_many`).
     """
 
     def __init__(
@@ -254,32 +256,54 @@ class Publisher:
         self, outgoing: Sequence[Outgoing], *, window: int | None = None
     ) -> list[PublishResult]:
         """Publish events already in wire form (checked by the caller, e.g. with
-        :func:`prepare`); results as :meth:`publish_many`. Events whose confirm was lost with
-        the connection are sent again, with the same id, on a new one."""
+        :func:`prepare`); results as :meth:`publish_many`.
+
+        Events whose confirm was lost with the connection, or with a channel the broker closed,
+        are sent again, with the same id, on a new one. A broker that closes the channel over
+        one publish (406 for a message over its size limit) fails every confirm in flight with
+        it, so the unconfirmed events are then sent one at a time: the one the broker closes
+        the channel over again is reported ``nacked`` with the broker's reason, and the rest
+        go on at the full window."""
         results = [PublishResult(o.id, "connection_lost") for o in outgoing]
+        sends = [0] * len(outgoing)
         todo = list(range(len(outgoing)))
         failed: ChannelPublisher | None = None
-        for send in range(MAX_SENDS):
-            if not todo:
-                break
+        alone = False
+        while todo:
             try:
                 channel = await self._current(failed)
             except BrokerError as exc:
                 for i in todo:
                     results[i] = PublishResult(outgoing[i].id, "connection_lost", str(exc))
                 break
-            if send:
-                self.republished += len(todo)
-                logger.warning("publishing {} unconfirmed event(s) again", len(todo))
-            sent = await channel.send_many(
-                [outgoing[i] for i in todo], window=window or self._window
-            )
+            again = sum(1 for i in todo if sends[i])
+            if again:
+                how = " one at a time" if alone else ""
+                logger.warning("publishing {} unconfirmed event(s) again{}", again, how)
+            batch = [outgoing[i] for i in todo]
+            if alone:
+                sent = await _one_by_one(channel, batch)
+            else:
+                sent = await channel.send_many(batch, window=window or self._window)
             lost = []
-            for i, result in zip(todo, sent, strict=True):
+            for i, result in zip(todo, sent, strict=False):  # one by one stops early
+                self.republished += sends[i] > 0
+                sends[i] += 1
                 results[i] = result
-                if result.status == "connection_lost":
+                if result.status == "connection_lost" and sends[i] < MAX_SENDS:
                     lost.append(i)
-            todo, failed = lost, channel
+            if alone and channel.refused and sent[-1].status == "connection_lost":
+                # Alone in flight when the broker closed the channel: refused, not lost.
+                culprit = todo[len(sent) - 1]
+                results[culprit] = PublishResult(
+                    outgoing[culprit].id,
+                    "nacked",
+                    f"the broker closed the channel over it: {channel.refused}",
+                )
+                lost = [i for i in lost if i != culprit]
+            todo = lost + todo[len(sent) :]
+            alone = bool(channel.refused) and not alone
+            failed = channel
         return results
 
     async def _current(self, failed: ChannelPublisher | None) -> ChannelPublisher:
@@ -296,7 +320,16 @@ class Publisher:
                 return channel
             if channel is not None:
                 self.reconnects += 1
-                logger.warning("publisher connection lost; reconnecting")
+                if channel.refused:
+                    # Reconnected rather than a channel opened beside it: aiormq can still write
+                    # frames on the closed channel, which the broker answers by closing the
+                    # whole connection (504 CHANNEL_ERROR).
+                    logger.warning(
+                        "the broker closed the publisher channel ({}); reconnecting",
+                        channel.refused,
+                    )
+                else:
+                    logger.warning("publisher connection lost; reconnecting")
             await self._drop()
             return await self._reopen(deadline=time.monotonic() + self.reconnect_timeout)
 
@@ -334,3 +367,14 @@ class Publisher:
                 await asyncio.wait_for(connection.close(), self._connect_timeout)
             except (TimeoutError, *CHANNEL_GONE):
                 pass  # already broken: nothing left to close cleanly
+
+
+async def _one_by_one(channel: ChannelPublisher, events: Sequence[Outgoing]) -> list[PublishResult]:
+    """Send ``events`` one at a time, each confirmed before the next, until one is lost with
+    the channel: then the broker closed the channel over that one, or the connection went."""
+    results = []
+    for event in events:
+        results.append(await channel.send(event))
+        if results[-1].status == "connection_lost":
+            break
+    return results

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.exceptions import (
+    AMQPChannelError,
     AMQPError,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
@@ -93,6 +94,10 @@ class Publisher:
         self._exchange = exchange
         self._source = source
         self._timeout = timeout
+        #: The broker's reply text when it closed this channel with a channel error while a
+        #: publish was in flight, as it does for a publish it refuses outright (406 for an
+        #: oversize message); "" otherwise (open, or gone with the connection).
+        self.refused = ""
 
     @classmethod
     @asynccontextmanager
@@ -261,6 +266,11 @@ class Publisher:
                 "timeout",
                 f"no confirm within {self._timeout:g}s (broker blocked by a resource alarm?)",
             )
+        except AMQPChannelError as exc:
+            # The channel's close reason, given to every publish in flight on it.
+            reply = " ".join(str(arg) for arg in exc.args if arg is not None)
+            self.refused = self.refused or reply
+            return PublishResult(event_id, "connection_lost", reply or type(exc).__name__)
         except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError) as exc:
             return PublishResult(event_id, "connection_lost", type(exc).__name__)
         return PublishResult(event_id, "confirmed")

@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from eventworker import BlockingPublisher, NewEvent, Publisher
 from eventworker.errors import BrokerError, BrokerUnreachableError, InvalidInputError, PublishError
+from eventworker.publisher import Outgoing
 from eventworker.settings import Settings
 from tests.broker import Broker
 
@@ -212,6 +213,26 @@ async def test_nothing_is_lost_across_a_forced_connection_close(
     delivered = [m.message_id for m in await drain(broker, queue, expect=len(sent))]
     assert set(delivered) == set(sent)  # nothing confirmed is lost
     assert set(delivered) <= set(sent)  # and a duplicate is only ever of a sent id
+
+
+async def test_nothing_is_lost_when_the_broker_closes_the_channel_over_one_event(
+    broker: Broker, settings: Settings
+) -> None:
+    """A CC header that is not an array makes the broker close the channel (406), failing
+    every confirm in flight with it: only that event is reported, the rest are confirmed."""
+    queue = await sink(broker, "chan.#")
+    events = [Outgoing("chan.x", b'{"n": %d}' % n, f"c-{n}") for n in range(300)]
+    # Past prepare(), which refuses CC, as a producer of raw wire-form events could send it.
+    events[150] = Outgoing("chan.x", b"{}", "poison", headers={"CC": "not-an-array"})
+    async with Publisher.connect(settings.url, **options(settings)) as pub:
+        results = await pub.send_many(events)
+        assert pub.republished >= 1
+    failed = [r for r in results if not r.ok]
+    assert [(r.event_id, r.status) for r in failed] == [("poison", "nacked")]
+    assert "PRECONDITION_FAILED" in failed[0].detail
+    sent = {e.id for e in events} - {"poison"}
+    delivered = [m.message_id for m in await drain(broker, queue, expect=len(sent))]
+    assert set(delivered) == sent  # duplicates allowed, each with its own id
 
 
 async def test_the_blocking_publisher_publishes_from_threads(
