@@ -272,10 +272,6 @@ async def test_f7_an_event_a_plain_producer_sends_to_no_binding_is_kept(shared_r
         interleaved.insert(4 * k + 2, ("f7u.orders.refunded", b.message()))
     await rig.publish_raw(interleaved)
     await rig.wait_processed([b.id for b in created])
-    # rabbitmqctl counts a quorum queue's messages every few seconds; INV-DRAINED reads them.
-    await rig.wait(
-        lambda: rig.queues()[unrouted].messages == len(refunded), 15, "the unrouted count"
-    )
     await rig.finish(workers=[worker])
 
     parked = {row["id"]: row for row in rig.ledger.parked_rows()}
