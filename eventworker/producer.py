@@ -261,50 +261,71 @@ class Publisher:
         Events whose confirm was lost with the connection, or with a channel the broker closed,
         are sent again, with the same id, on a new one. A broker that closes the channel over
         one publish (406 for a message over its size limit) fails every confirm in flight with
-        it, so the unconfirmed events are then sent one at a time: the one the broker closes
-        the channel over again is reported ``nacked`` with the broker's reason, and the rest
-        go on at the full window."""
+        it and does not say which one it refused, so the unconfirmed events are then sent one
+        at a time: the one it closes the channel over, alone in flight, is reported ``nacked``
+        with the broker's reason, and the rest go on at the full window."""
         results = [PublishResult(o.id, "connection_lost") for o in outgoing]
         sends = [0] * len(outgoing)
         todo = list(range(len(outgoing)))
         failed: ChannelPublisher | None = None
         alone = False
         while todo:
-            try:
-                channel = await self._current(failed)
-            except BrokerError as exc:
-                for i in todo:
-                    results[i] = PublishResult(outgoing[i].id, "connection_lost", str(exc))
-                break
             again = sum(1 for i in todo if sends[i])
             if again:
                 how = " one at a time" if alone else ""
                 logger.warning("publishing {} unconfirmed event(s) again{}", again, how)
             batch = [outgoing[i] for i in todo]
-            if alone:
-                sent = await _one_by_one(channel, batch)
-            else:
-                sent = await channel.send_many(batch, window=window or self._window)
+            try:
+                if alone:
+                    sent, channel = await self._one_by_one(batch)
+                else:
+                    channel = failed = await self._current(failed)
+                    sent = await channel.send_many(batch, window=window or self._window)
+            except BrokerError as exc:
+                for i in todo:
+                    results[i] = PublishResult(outgoing[i].id, "connection_lost", str(exc))
+                break
             lost = []
             for i, result in zip(todo, sent, strict=False):  # one by one stops early
-                self.republished += sends[i] > 0
+                if sends[i]:
+                    self.republished += 1
                 sends[i] += 1
+                if result.status == "connection_lost" and outgoing[i].id == channel.refused_id:
+                    # Alone in flight when the broker closed the channel: refused, not lost.
+                    reason = f"the broker closed the channel over it: {channel.refused}"
+                    result = PublishResult(outgoing[i].id, "nacked", reason)
                 results[i] = result
                 if result.status == "connection_lost" and sends[i] < MAX_SENDS:
                     lost.append(i)
-            if alone and channel.refused and sent[-1].status == "connection_lost":
-                # Alone in flight when the broker closed the channel: refused, not lost.
-                culprit = todo[len(sent) - 1]
-                results[culprit] = PublishResult(
-                    outgoing[culprit].id,
-                    "nacked",
-                    f"the broker closed the channel over it: {channel.refused}",
-                )
-                lost = [i for i in lost if i != culprit]
             todo = lost + todo[len(sent) :]
-            alone = bool(channel.refused) and not alone
-            failed = channel
+            # Closed over an event it could not single out: one at a time until one is alone.
+            alone = bool(channel.refused) and not channel.refused_id
         return results
+
+    async def _one_by_one(
+        self, events: Sequence[Outgoing]
+    ) -> tuple[list[PublishResult], ChannelPublisher]:
+        """Send ``events`` one at a time, each confirmed before the next, until one is lost:
+        then the broker closed the channel over that one (the channel's ``refused_id``), or the
+        connection went. On a connection of their own, so that no publish of another task is
+        in flight beside them.
+
+        Raises:
+            BrokerError: closed, or no connection within ``reconnect_timeout``.
+        """
+        if self._closed:
+            raise BrokerError("the publisher is closed")
+        deadline = time.monotonic() + self.reconnect_timeout
+        connection, channel = await self._open_channel(deadline)
+        results: list[PublishResult] = []
+        try:
+            for event in events:
+                results.append(await channel.send(event))
+                if results[-1].status == "connection_lost":
+                    break
+        finally:
+            await self._close_quietly(connection)
+        return results, channel
 
     async def _current(self, failed: ChannelPublisher | None) -> ChannelPublisher:
         """The live channel, reconnecting when it is gone or is the one that just ``failed``.
@@ -334,6 +355,11 @@ class Publisher:
             return await self._reopen(deadline=time.monotonic() + self.reconnect_timeout)
 
     async def _reopen(self, *, deadline: float) -> ChannelPublisher:
+        self._connection, channel = await self._open_channel(deadline)
+        self._channel = channel
+        return channel
+
+    async def _open_channel(self, deadline: float) -> tuple[AbstractConnection, ChannelPublisher]:
         pause = RECONNECT_PAUSE
         while True:
             try:
@@ -357,24 +383,15 @@ class Publisher:
             except BaseException:
                 await connection.close()
                 raise
-            self._connection, self._channel = connection, channel
-            return channel
+            return connection, channel
 
     async def _drop(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
+        await self._close_quietly(connection)
+
+    async def _close_quietly(self, connection: AbstractConnection | None) -> None:
         if connection is not None and not connection.is_closed:
             try:
                 await asyncio.wait_for(connection.close(), self._connect_timeout)
             except (TimeoutError, *CHANNEL_GONE):
                 pass  # already broken: nothing left to close cleanly
-
-
-async def _one_by_one(channel: ChannelPublisher, events: Sequence[Outgoing]) -> list[PublishResult]:
-    """Send ``events`` one at a time, each confirmed before the next, until one is lost with
-    the channel: then the broker closed the channel over that one, or the connection went."""
-    results = []
-    for event in events:
-        results.append(await channel.send(event))
-        if results[-1].status == "connection_lost":
-            break
-    return results
