@@ -157,7 +157,7 @@ class Publisher:
         self._channel: ChannelPublisher | None = None
         self._lock = asyncio.Lock()
         self._closed = False
-        #: Connections opened after the first one, and events sent again after a lost confirm.
+        #: Times the connection was opened again, and events sent again after a lost confirm.
         self.reconnects = 0
         self.republished = 0
 
