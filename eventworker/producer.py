@@ -4,9 +4,10 @@ dropped connection.
 :class:`Publisher` owns its connection. Every event is checked before anything is sent (routing
 key, headers, id, size, JSON), published with ``mandatory`` and a broker confirm, and reported
 per event (``confirmed``, ``nacked``, ``unroutable``, ``timeout``, ``connection_lost``). Events
-whose confirm was lost with the connection are published again on a new connection, with the
-same id, so a consumer sees at most a duplicate it can recognise. It sends through
-:class:`eventworker.publisher.Publisher`, the confirm channel the worker uses too.
+whose confirm was lost with the connection, or with a channel the broker closed, are published
+again on a new connection, with the same id, so a consumer sees at most a duplicate it can
+recognise; an event the broker closed the channel over is found and reported ``nacked``. It
+sends through :class:`eventworker.publisher.Publisher`, the confirm channel the worker uses too.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from eventworker.publisher import DEFAULT_WINDOW, Outgoing, PublishResult
 from eventworker.publisher import Publisher as ChannelPublisher
 from eventworker.settings import Settings, TlsSettings
 
-#: How often one event is sent at most when its confirm keeps getting lost with the connection.
+#: How often one event is sent at most when its confirm keeps getting lost (connection or channel).
 MAX_SENDS = 5
 #: First pause between reconnection attempts, in seconds; it doubles up to RECONNECT_PAUSE_MAX.
 RECONNECT_PAUSE, RECONNECT_PAUSE_MAX = 0.2, 5.0
@@ -122,9 +123,10 @@ class Publisher:
     """Publishes events to a topic exchange on a connection of its own, with confirms.
 
     Safe to share between tasks of one event loop. Use :meth:`connect` (an async context
-    manager), or build one and call :meth:`open` and :meth:`close`. A lost connection is
-    re-opened on the next publish (waiting up to ``reconnect_timeout``), and every event whose
-    confirm it took along is published again with the same id, up to ``MAX_SENDS`` times.
+    manager), or build one and call :meth:`open` and :meth:`close`. A lost connection, or a
+    channel the broker closed, is re-opened on the next publish (waiting up to
+    ``reconnect_timeout``), and every event whose confirm it took along is published again with
+    the same id, up to ``MAX_SENDS`` times (see :meth:`send_many`).
     """
 
     def __init__(
@@ -155,7 +157,7 @@ class Publisher:
         self._channel: ChannelPublisher | None = None
         self._lock = asyncio.Lock()
         self._closed = False
-        #: Connections opened after the first one, and events sent again after a lost confirm.
+        #: Times the connection was opened again, and events sent again after a lost confirm.
         self.reconnects = 0
         self.republished = 0
 
@@ -254,33 +256,76 @@ class Publisher:
         self, outgoing: Sequence[Outgoing], *, window: int | None = None
     ) -> list[PublishResult]:
         """Publish events already in wire form (checked by the caller, e.g. with
-        :func:`prepare`); results as :meth:`publish_many`. Events whose confirm was lost with
-        the connection are sent again, with the same id, on a new one."""
+        :func:`prepare`); results as :meth:`publish_many`.
+
+        Events whose confirm was lost with the connection, or with a channel the broker closed,
+        are sent again, with the same id, on a new one. A broker that closes the channel over
+        one publish (406 for a message over its size limit) fails every confirm in flight with
+        it and does not say which one it refused, so the unconfirmed events are then sent one
+        at a time: the one it closes the channel over, alone in flight, is reported ``nacked``
+        with the broker's reason, and the rest go on at the full window."""
         results = [PublishResult(o.id, "connection_lost") for o in outgoing]
+        sends = [0] * len(outgoing)
         todo = list(range(len(outgoing)))
         failed: ChannelPublisher | None = None
-        for send in range(MAX_SENDS):
-            if not todo:
-                break
+        alone = False
+        while todo:
+            again = sum(1 for i in todo if sends[i])
+            if again:
+                how = " one at a time" if alone else ""
+                logger.warning("publishing {} unconfirmed event(s) again{}", again, how)
+            batch = [outgoing[i] for i in todo]
             try:
-                channel = await self._current(failed)
+                if alone:
+                    sent, channel = await self._one_by_one(batch)
+                else:
+                    channel = failed = await self._current(failed)
+                    sent = await channel.send_many(batch, window=window or self._window)
             except BrokerError as exc:
                 for i in todo:
                     results[i] = PublishResult(outgoing[i].id, "connection_lost", str(exc))
                 break
-            if send:
-                self.republished += len(todo)
-                logger.warning("publishing {} unconfirmed event(s) again", len(todo))
-            sent = await channel.send_many(
-                [outgoing[i] for i in todo], window=window or self._window
-            )
             lost = []
-            for i, result in zip(todo, sent, strict=True):
+            for i, result in zip(todo, sent, strict=False):  # one by one stops early
+                if sends[i]:
+                    self.republished += 1
+                sends[i] += 1
+                if result.status == "connection_lost" and outgoing[i].id == channel.refused_id:
+                    # Alone in flight when the broker closed the channel: refused, not lost.
+                    reason = f"the broker closed the channel over it: {channel.refused}"
+                    result = PublishResult(outgoing[i].id, "nacked", reason)
                 results[i] = result
-                if result.status == "connection_lost":
+                if result.status == "connection_lost" and sends[i] < MAX_SENDS:
                     lost.append(i)
-            todo, failed = lost, channel
+            todo = lost + todo[len(sent) :]
+            # Closed over an event it could not single out: one at a time until one is alone.
+            alone = bool(channel.refused) and not channel.refused_id
         return results
+
+    async def _one_by_one(
+        self, events: Sequence[Outgoing]
+    ) -> tuple[list[PublishResult], ChannelPublisher]:
+        """Send ``events`` one at a time, each confirmed before the next, until one is lost:
+        then the broker closed the channel over that one (the channel's ``refused_id``), or the
+        connection went. On a connection of their own, so that no publish of another task is
+        in flight beside them.
+
+        Raises:
+            BrokerError: closed, or no connection within ``reconnect_timeout``.
+        """
+        if self._closed:
+            raise BrokerError("the publisher is closed")
+        deadline = time.monotonic() + self.reconnect_timeout
+        connection, channel = await self._open_channel(deadline)
+        results: list[PublishResult] = []
+        try:
+            for event in events:
+                results.append(await channel.send(event))
+                if results[-1].status == "connection_lost":
+                    break
+        finally:
+            await self._close_quietly(connection)
+        return results, channel
 
     async def _current(self, failed: ChannelPublisher | None) -> ChannelPublisher:
         """The live channel, reconnecting when it is gone or is the one that just ``failed``.
@@ -296,11 +341,25 @@ class Publisher:
                 return channel
             if channel is not None:
                 self.reconnects += 1
-                logger.warning("publisher connection lost; reconnecting")
+                if channel.refused:
+                    # Reconnected rather than a channel opened beside it: aiormq can still write
+                    # frames on the closed channel, which the broker answers by closing the
+                    # whole connection (504 CHANNEL_ERROR).
+                    logger.warning(
+                        "the broker closed the publisher channel ({}); reconnecting",
+                        channel.refused,
+                    )
+                else:
+                    logger.warning("publisher connection lost; reconnecting")
             await self._drop()
             return await self._reopen(deadline=time.monotonic() + self.reconnect_timeout)
 
     async def _reopen(self, *, deadline: float) -> ChannelPublisher:
+        self._connection, channel = await self._open_channel(deadline)
+        self._channel = channel
+        return channel
+
+    async def _open_channel(self, deadline: float) -> tuple[AbstractConnection, ChannelPublisher]:
         pause = RECONNECT_PAUSE
         while True:
             try:
@@ -324,11 +383,13 @@ class Publisher:
             except BaseException:
                 await connection.close()
                 raise
-            self._connection, self._channel = connection, channel
-            return channel
+            return connection, channel
 
     async def _drop(self) -> None:
         connection, self._connection, self._channel = self._connection, None, None
+        await self._close_quietly(connection)
+
+    async def _close_quietly(self, connection: AbstractConnection | None) -> None:
         if connection is not None and not connection.is_closed:
             try:
                 await asyncio.wait_for(connection.close(), self._connect_timeout)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.exceptions import (
+    AMQPChannelError,
     AMQPError,
     ChannelInvalidStateError,
     ChannelNotFoundEntity,
@@ -93,6 +94,14 @@ class Publisher:
         self._exchange = exchange
         self._source = source
         self._timeout = timeout
+        #: The broker's reply text when it closed this channel with a channel error while a
+        #: publish was in flight, as it does for a publish it refuses outright (406 for an
+        #: oversize message); "" otherwise (open, or gone with the connection).
+        self.refused = ""
+        #: The id of the event the broker closed the channel over, when it was the only
+        #: publish in flight then (else "": the broker does not say which one it refused).
+        self.refused_id = ""
+        self._in_flight = 0
 
     @classmethod
     @asynccontextmanager
@@ -249,6 +258,7 @@ class Publisher:
     async def _confirmed(
         self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, event_id: str
     ) -> PublishResult:
+        self._in_flight += 1
         try:
             await exchange.publish(message, routing_key, mandatory=True, timeout=self._timeout)
         except ReturnedError:
@@ -261,6 +271,16 @@ class Publisher:
                 "timeout",
                 f"no confirm within {self._timeout:g}s (broker blocked by a resource alarm?)",
             )
+        except AMQPChannelError as exc:
+            # The channel's close reason, given to every publish in flight on it at once: the
+            # first to see it sees the others still counted in flight.
+            reply = " ".join(str(arg) for arg in exc.args if arg is not None) or repr(exc)
+            if not self.refused:
+                self.refused = reply
+                self.refused_id = event_id if self._in_flight == 1 else ""
+            return PublishResult(event_id, "connection_lost", reply)
         except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError) as exc:
             return PublishResult(event_id, "connection_lost", type(exc).__name__)
+        finally:
+            self._in_flight -= 1
         return PublishResult(event_id, "confirmed")

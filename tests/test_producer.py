@@ -14,6 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from eventworker import BlockingPublisher, NewEvent, Publisher
 from eventworker.errors import BrokerError, BrokerUnreachableError, InvalidInputError, PublishError
+from eventworker.publisher import Outgoing
 from eventworker.settings import Settings
 from tests.broker import Broker
 
@@ -212,6 +213,32 @@ async def test_nothing_is_lost_across_a_forced_connection_close(
     delivered = [m.message_id for m in await drain(broker, queue, expect=len(sent))]
     assert set(delivered) == set(sent)  # nothing confirmed is lost
     assert set(delivered) <= set(sent)  # and a duplicate is only ever of a sent id
+
+
+async def test_nothing_is_lost_when_the_broker_closes_the_channel_over_one_event(
+    broker: Broker, settings: Settings
+) -> None:
+    """A CC header that is not an array makes the broker close the channel (406), failing
+    every confirm in flight with it, another task's too: only that event is reported."""
+    queue = await sink(broker, "chan.#")
+    events = [Outgoing("chan.x", b'{"n": %d}' % n, f"c-{n}") for n in range(300)]
+    # Past prepare(), which refuses CC, as a producer of raw wire-form events could send it.
+    poison = Outgoing("chan.x", b"{}", "poison", headers={"CC": "not-an-array"})
+    events[150] = poison
+    others = [Outgoing("chan.y", b"{}", f"o-{n}") for n in range(300)]
+    async with Publisher.connect(settings.url, **options(settings)) as pub:
+        mixed, clean = await asyncio.gather(pub.send_many(events), pub.send_many(others))
+        assert pub.republished >= 1
+        republished = pub.republished
+        [single] = await pub.send_many([poison])
+        assert pub.republished == republished, "alone in flight, it is known at once"
+    failed = [r for r in [*mixed, *clean] if not r.ok]
+    assert [(r.event_id, r.status) for r in failed] == [("poison", "nacked")]
+    assert "PRECONDITION_FAILED" in failed[0].detail
+    assert (single.status, single.detail) == ("nacked", failed[0].detail)
+    sent = {e.id for e in [*events, *others]} - {"poison"}
+    delivered = [m.message_id for m in await drain(broker, queue, expect=len(sent))]
+    assert set(delivered) == sent  # duplicates allowed, each with its own id
 
 
 async def test_the_blocking_publisher_publishes_from_threads(

@@ -4,7 +4,8 @@
     INV-UNEXPECTED  (S | D) - P is empty      nothing appears from nowhere
     INV-ONCE        max(effects.count) = 1    the effect happened once per id
     INV-EXCL        S & D is empty            processed or parked, not both
-    INV-DRAINED     work and retry queues hold 0 messages once stable; parking holds |D|
+    INV-DRAINED     work and retry queues hold 0 messages once stable; parking (dead-letter
+                    queues and the unrouted queue) holds |D|
     INV-ALIVE       the worker pid is unchanged unless killed on purpose; no unhandled errors
 
 ``dup`` and ``recovered`` are reported, not asserted, unless a test states a bound.
@@ -63,26 +64,30 @@ def inv_excl(ledger: Ledger) -> None:
     assert not both, f"INV-EXCL: {len(both)} ids were both processed and parked: {_sample(both)}"
 
 
-def is_parking(queue: str) -> bool:
-    return queue.endswith(".dead")
+def is_parking(queue: str, unrouted: str = "") -> bool:
+    """A queue whose messages are D: a dead-letter queue, or the unrouted queue (named by
+    the ``unrouted_queue`` setting; "" when off), which keeps what no binding matched."""
+    return queue.endswith(".dead") or (bool(unrouted) and queue == unrouted)
 
 
-def drained_problems(queues: Mapping[str, QueueState], parked: int | None) -> list[str]:
+def drained_problems(
+    queues: Mapping[str, QueueState], parked: int | None, unrouted: str = ""
+) -> list[str]:
     """Why ``queues`` (one test's, by prefix) are not drained; [] when they are. ``parked``
     is |D|, which the dead-letter queues must hold exactly (None: not checked)."""
     problems = [
         f"{q.name} holds {q.messages} ({q.ready} ready, {q.unacked} unacked)"
         for q in queues.values()
-        if not is_parking(q.name) and q.messages
+        if not is_parking(q.name, unrouted) and q.messages
     ]
-    in_parking = sum(q.messages for q in queues.values() if is_parking(q.name))
+    in_parking = sum(q.messages for q in queues.values() if is_parking(q.name, unrouted))
     if parked is not None and in_parking != parked:
         problems.append(f"dead-letter queues hold {in_parking} messages, |D| = {parked}")
     return problems
 
 
-def inv_drained(queues: Mapping[str, QueueState], ledger: Ledger) -> None:
-    problems = drained_problems(queues, parked=len(ledger.parked_ids()))
+def inv_drained(queues: Mapping[str, QueueState], ledger: Ledger, unrouted: str = "") -> None:
+    problems = drained_problems(queues, parked=len(ledger.parked_ids()), unrouted=unrouted)
     assert not problems, "INV-DRAINED: " + "; ".join(problems)
 
 

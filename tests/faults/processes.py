@@ -41,6 +41,7 @@ _SETTINGS = (
     "broker_consumer_timeout",
     "watchdog_interval",
     "log_level",
+    "unrouted_queue",
 )
 
 

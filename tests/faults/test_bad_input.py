@@ -257,21 +257,29 @@ async def test_f7_an_event_no_handler_binds_is_reported_unroutable_not_dropped(
     assert rig.queues()[rig.work_queue("f7")].ready == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 4: unrouted_queue, an alternate exchange that keeps what plain AMQP "
-    "producers publish with no binding",
-)
 async def test_f7_an_event_a_plain_producer_sends_to_no_binding_is_kept(shared_rig: Rig) -> None:
-    rig = shared_rig
-    unrouted = f"{rig.prefix}unrouted"
-    worker = rig.started(
-        [Spec("f7u", ("f7u.orders.created",))], env={"EVENTWORKER_UNROUTED_QUEUE": unrouted}
-    )
-    await rig.publish_raw([("f7u.orders.refunded", Bad(b'{"n": 1}', None).message())])
-    await rig.wait(lambda: unrouted in rig.queues(), timeout=5, what="the unrouted queue")
-    assert rig.queues()[unrouted].messages == 1
-    worker.stop()
+    """A producer that does not publish mandatory (any plain AMQP client) gets no return for
+    an event no handler binds. With ``unrouted_queue`` on, the exchange's alternate exchange
+    keeps such events in that queue, to be read and replayed like parked ones (reason
+    "unrouted"): kept, not dropped, and nothing stuck in the work queue."""
+    rig = shared_rig.with_settings(unrouted_queue=f"{shared_rig.prefix}unrouted")
+    unrouted = rig.settings.unrouted_queue
+    worker = rig.started([Spec("f7u", ("f7u.orders.created",), model=True)])
+    created = [Bad(orjson.dumps({"n": n}), None) for n in range(20)]
+    refunded = [Bad(orjson.dumps({"n": n}), "unrouted") for n in range(5)]
+    interleaved = [("f7u.orders.created", b.message()) for b in created]
+    for k, b in enumerate(refunded):
+        interleaved.insert(4 * k + 2, ("f7u.orders.refunded", b.message()))
+    await rig.publish_raw(interleaved)
+    await rig.wait_processed([b.id for b in created])
+    await rig.finish(workers=[worker])
+
+    parked = {row["id"]: row for row in rig.ledger.parked_rows()}
+    assert parked.keys() == {b.id for b in refunded}
+    assert {row["queue"] for row in parked.values()} == {unrouted}
+    assert {row["reason"] for row in parked.values()} == {"unrouted"}
+    assert not any(rig.ledger.invocations(b.id) for b in refunded), "a handler ran on it"
+    assert rig.queues()[rig.work_queue("f7u")].ready == 0
 
 
 async def test_f8_forged_and_hostile_headers_neither_steer_nor_break_the_worker(

@@ -16,7 +16,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from eventworker import envelope
+from eventworker import parked
 from eventworker.errors import BrokerError
 from eventworker.publisher import Outgoing, Publisher, PublishResult
 from tests.faults.ledger import CONFIRMED, NACKED, UNKNOWN, Ledger
@@ -142,9 +142,13 @@ async def publish_raw(
         await channel.close()
 
 
-async def read_parked(connection: AbstractConnection, queues: Sequence[str], ledger: Ledger) -> int:
+async def read_parked(
+    connection: AbstractConnection, queues: Sequence[str], ledger: Ledger, *, unrouted: str = ""
+) -> int:
     """Record every message of the dead-letter ``queues`` in the ledger, and leave them there:
-    they are got unacknowledged on one channel, which is closed (so requeued) at the end."""
+    they are got unacknowledged on one channel, which is closed (so requeued) at the end.
+    Messages of the ``unrouted`` queue carry no diagnosis: their reason is "unrouted", as
+    ``eventworker dlq`` shows them."""
     channel = await connection.channel()
     rows = []
     try:
@@ -152,11 +156,15 @@ async def read_parked(connection: AbstractConnection, queues: Sequence[str], led
             queue = await channel.get_queue(name, ensure=False)
             while (message := await queue.get(fail=False, no_ack=False)) is not None:
                 headers = message.headers or {}
+                # The library's own diagnosis: our headers on copies the worker parked, the
+                # broker's x-death on messages it moved itself (quorum delivery limit, C4).
+                default = "unrouted" if name == unrouted else ""
+                diagnosis = parked.describe(message, preview_chars=0, default_reason=default)
                 rows.append(
                     (
                         message.message_id or "",
-                        _text(headers.get(envelope.REASON)),
-                        _attempts(headers.get(envelope.ATTEMPT)),
+                        diagnosis.reason,
+                        diagnosis.attempts or 0,
                         json.dumps(_plain(headers)),
                         hashlib.sha256(message.body).hexdigest(),
                         name,
@@ -182,14 +190,6 @@ def properties(message: AbstractIncomingMessage) -> dict[str, Any]:
         "delivery_mode": int(message.delivery_mode or 0),
         "routing_key": message.routing_key,
     }
-
-
-def _attempts(value: Any) -> int:
-    return value if isinstance(value, int) else 0
-
-
-def _text(value: Any) -> str:
-    return value.decode(errors="replace") if isinstance(value, bytes) else str(value or "")
 
 
 def _plain(value: Any) -> Any:
