@@ -22,6 +22,7 @@ from aiormq.exceptions import AMQPError
 from loguru import logger
 
 from eventworker import topology
+from eventworker.acks import Acks
 from eventworker.connection import CHANNEL_GONE, connect
 from eventworker.consumer import Consumer, unserved
 from eventworker.dispatch import Dispatcher, Observer
@@ -282,8 +283,8 @@ class Worker:
         )
         slots = asyncio.Semaphore(route.concurrency)
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            # aio-pika runs each delivery in a task of its own; the semaphore bounds how many
+        async def on_message(message: AbstractIncomingMessage, acks: Acks) -> None:
+            # aiormq runs each delivery in a task of its own; the semaphore bounds how many
             # run the handler at once (prefetch only bounds how many are delivered).
             task = asyncio.current_task()
             assert task is not None
@@ -294,7 +295,7 @@ class Worker:
                     if self.state is State.DRAINING:
                         return  # unstarted: left unacked, the broker redelivers it
                     self._running.add(task)
-                    await dispatcher.handle(message)
+                    await dispatcher.handle(message, acks)
             finally:
                 self._waiting.discard(task)
                 self._running.discard(task)
@@ -302,7 +303,12 @@ class Worker:
         queue = await channel.get_queue(route.queue, ensure=False)
         # Starts on probation (prefetch 1 while redelivered messages come): see consumer.py.
         consumer = Consumer(
-            channel, queue, prefetch=route.prefetch, on_message=on_message, name=route.handler.name
+            channel,
+            underlay,
+            queue,
+            prefetch=route.prefetch,
+            on_message=on_message,
+            name=route.handler.name,
         )
         await consumer.start()
         return consumer
@@ -350,12 +356,21 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=CLOSE_TIMEOUT) if pending else None
+        await asyncio.gather(*(self._close(consumer) for consumer in consumers))
         logger.info(
             "drained in {:.1f}s: {} finished, {} unfinished handed back to the broker",
             time.monotonic() - started,
             len(running) - len(pending),
             len(pending),
         )
+
+    @staticmethod
+    async def _close(consumer: Consumer) -> None:
+        """Write the consumer's coalesced acks and close its channel; unfinished deliveries
+        stay unacked and go back to the queue."""
+        # A dead channel has nothing left to ack: the broker requeued its deliveries.
+        with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
+            await asyncio.wait_for(consumer.close(), CLOSE_TIMEOUT)
 
     def _log_start(self) -> None:
         s = self.settings

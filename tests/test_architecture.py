@@ -42,7 +42,8 @@ LAYERS = {
     "publisher": 4,
     "routes": 4,
     "stats": 4,
-    "consumer": 4,
+    "acks": 4,
+    "consumer": 5,
     "parked": 4,
     "producer": 5,
     "dispatch": 5,
@@ -78,6 +79,7 @@ LAYERS = {
 ALLOWED = {("__main__", "cli")}
 #: The modules that speak AMQP (aio-pika, and aiormq beneath it).
 AMQP = {
+    "acks",
     "connection",
     "topology",
     "publisher",
