@@ -210,9 +210,7 @@ class Worker:
                 heartbeat=s.heartbeat,
                 tls=s.tls,
             )
-            channel = await consuming.channel()
-            await topology.apply(self.plan, channel)
-            await channel.close()
+            await topology.apply(self.plan, consuming)
             publisher = await Publisher.open(
                 publishing, s.exchange, source=None, timeout=s.publish_timeout
             )
