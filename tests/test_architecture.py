@@ -18,6 +18,7 @@ PACKAGE = Path(eventworker.__file__).parent
 #: Each module of eventworker and its layer; a module imports only from strictly lower layers.
 LAYERS = {
     "errors": 0,
+    "supervisor": 1,
     "settings": 1,
     "envelope": 1,
     "tracing": 1,

@@ -13,7 +13,7 @@ import click
 
 from eventworker.commands import config_option, errors, url_option
 from eventworker.errors import ExitCode, InvalidInputError
-from eventworker.settings import load_settings
+from eventworker.settings import Settings, load_settings
 
 
 @click.command()
@@ -62,6 +62,12 @@ from eventworker.settings import load_settings
     default=None,
     help="Serve /metrics, /healthz and /readyz on this port; 0 = off (default: metrics_port).",
 )
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Worker processes under one supervisor (default: processes, 1).",
+)
 def run(
     config: str | None,
     url: str | None,
@@ -72,6 +78,7 @@ def run(
     log_level: str | None,
     log_format: str | None,
     metrics_port: int | None,
+    processes: int | None,
 ) -> None:
     """Run the installed handlers until SIGTERM or SIGINT.
 
@@ -80,6 +87,10 @@ def run(
     within the grace period and exits 0; unfinished messages go back to the broker. A second
     signal stops at once (exit 130). With --metrics-port it serves Prometheus metrics and
     health endpoints. Runs on uvloop when it is installed (the ``speed`` extra).
+
+    With --processes N it starts N such workers under a supervisor that forwards the signals,
+    restarts a worker that died (with a growing pause) and exits 1 when one fails for good;
+    worker i serves its endpoints on metrics port + i.
     """
     from eventworker import logs, registry
     from eventworker.worker import Worker
@@ -95,6 +106,7 @@ def run(
             log_format=log_format,
             metrics_port=metrics_port,
             handlers=tuple(handler_names) or None,
+            processes=processes,
         )
         logs.configure(settings.log_level, format=settings.log_format)
         registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
@@ -103,6 +115,9 @@ def run(
                 f"no handlers installed: no package registers any in the entry-point group "
                 f"{registry.GROUP!r}"
             )
+        if settings.processes > 1:
+            # Plugins were checked above, once, so a broken one fails here and not N times.
+            sys.exit(_supervise(settings, config=config, url=url))
         if settings.metrics_port:
             from eventworker import health
             from eventworker.metrics import Metrics
@@ -130,3 +145,37 @@ def _run(main: Coroutine[Any, Any, None]) -> None:
         asyncio.run(main)
         return
     uvloop.run(main)
+
+
+def _supervise(settings: Settings, *, config: str | None, url: str | None) -> int:
+    """Run ``settings.processes`` children, each ``eventworker run --processes 1`` with these
+    settings (the URL through the environment, never on a command line ``ps`` shows)."""
+    from eventworker.supervisor import ChildSpec, Supervisor
+
+    env = dict(os.environ)
+    if url is not None:
+        env["EVENTWORKER_URL"] = url
+    base = [sys.executable, "-m", "eventworker", "run", "--processes", "1"]
+    if config is not None:
+        base += ["--config", config]
+    for name in settings.handlers:
+        base += ["--handler", name]
+    base += [
+        f"--concurrency={settings.concurrency}",
+        f"--prefetch={settings.prefetch}",
+        f"--grace={settings.grace}",
+        f"--log-level={settings.log_level}",
+        f"--log-format={settings.log_format}",
+    ]
+    specs = [
+        ChildSpec(
+            index,
+            [
+                *base,
+                f"--metrics-port={settings.metrics_port + index if settings.metrics_port else 0}",
+            ],
+            env,
+        )
+        for index in range(settings.processes)
+    ]
+    return asyncio.run(Supervisor(specs).run())
