@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import socket
 import time
 import traceback
@@ -40,7 +39,7 @@ from eventworker.errors import (
 from eventworker.handlers import Context
 from eventworker.idempotency import CONFLICT_REASON, Duplicate, Key, Requeue
 from eventworker.inbox import Claim, Inbox
-from eventworker.logs import one_line
+from eventworker.logs import OneLine, one_line
 from eventworker.publisher import Publisher
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn, decide
 from eventworker.routes import Route
@@ -111,8 +110,14 @@ class Dispatcher:
         route = self.route
         received = time.monotonic()
         trusted = message.exchange == self._return_exchange
+        # The body first, so the event is built once (its refusal is settled below).
+        invalid: EnvelopeError | None = None
+        try:
+            data = self._data(message)
+        except EnvelopeError as exc:
+            data, invalid = None, exc
         event: Event[Any] = envelope.decode(
-            message, None, trusted=trusted, max_attempts=route.policy.max_attempts
+            message, data, trusted=trusted, max_attempts=route.policy.max_attempts
         )
         for observer in self._observers:
             observer.received(route, event)
@@ -131,8 +136,9 @@ class Dispatcher:
             logs.handling(route.handler.name, event, trace_id=span.trace_id),
         ):
             try:
-                self._check_routing_key(event.type)
-                event = dataclasses.replace(event, data=self._data(message))
+                self._check_routing_key(event.type)  # before the body's refusal, as it decides
+                if invalid is not None:
+                    raise invalid
             except EnvelopeError as exc:
                 # Input that can never succeed: parked at once, attempts = 1.
                 error, decision = exc, DeadLetter(exc.reason)
@@ -273,7 +279,7 @@ class Dispatcher:
         name = route.handler.name
         match decision:
             case Ack():
-                logger.debug("{} handled {} [{}]", name, event.id, one_line(event.type, 100))
+                logger.debug("{} handled {} [{}]", name, event.id, OneLine(event.type, 100))
             case Duplicate():
                 logger.debug("{} skipped {}: a duplicate of a handled event", name, event.id)
             case Requeue(reason=reason):

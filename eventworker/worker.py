@@ -286,17 +286,24 @@ class Worker:
             # run the handler at once (prefetch only bounds how many are delivered).
             task = asyncio.current_task()
             assert task is not None
-            self._waiting.add(task)
-            try:
-                async with slots:
+            if slots.locked():
+                self._waiting.add(task)  # the drain cancels the waiting ones
+                try:
+                    await slots.acquire()
+                finally:
                     self._waiting.discard(task)
-                    if self.state is State.DRAINING:
-                        return  # unstarted: left unacked, the broker redelivers it
-                    self._running.add(task)
+            else:
+                await slots.acquire()  # a free slot: returns at once
+            try:
+                if self.state is State.DRAINING:
+                    return  # unstarted: left unacked, the broker redelivers it
+                self._running.add(task)
+                try:
                     await dispatcher.handle(message, acks)
+                finally:
+                    self._running.discard(task)
             finally:
-                self._waiting.discard(task)
-                self._running.discard(task)
+                slots.release()
 
         queue = await channel.get_queue(route.queue, ensure=False)
         # Starts on probation (prefetch 1 while redelivered messages come): see consumer.py.
