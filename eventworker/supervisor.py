@@ -5,8 +5,10 @@ own connections, consumers and prefetch), so the broker spreads the deliveries a
 every at-least-once rule of one worker holds unchanged. The supervisor only:
 
 - forwards SIGTERM/SIGINT to every child (the first one drains them, a second stops them at
-  once); the children run in a process group of their own, so a Ctrl-C in a terminal reaches
-  them once, through the supervisor, and not twice;
+  once). The children stay in the supervisor's process group, so killing the group (or the
+  cgroup) reaches them all; a signal that reaches a child both that way and forwarded counts
+  once, because a supervised worker ignores a repeat within ``REPEAT_WINDOW`` seconds. A child
+  whose supervisor died (``SUPERVISOR_ENV`` names its pid) drains and exits by itself;
 - restarts a child that exits without being asked to, after a pause that doubles from
   ``RESTART_FIRST`` to ``RESTART_MAX`` seconds (reset once a child ran ``STABLE`` seconds);
 - gives up on a child that failed ``GIVE_UP`` times in a row, or with an exit code a restart
@@ -20,9 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from loguru import logger
@@ -30,6 +33,12 @@ from loguru import logger
 from eventworker.errors import ExitCode
 
 RESTART_FIRST, RESTART_FACTOR, RESTART_MAX = 0.5, 2.0, 15.0
+#: Set in each child's environment: the supervisor's pid.
+SUPERVISOR_ENV = "EVENTWORKER_SUPERVISOR_PID"
+#: A supervised worker takes a second signal this soon after the first for the same one.
+REPEAT_WINDOW = 1.0
+#: How often a supervised worker checks that its supervisor still lives.
+PARENT_CHECK = 1.0
 #: A child that ran this long is healthy again: its failure count and pause start over.
 STABLE = 60.0
 #: Failures in a row after which a child has failed for good.
@@ -63,6 +72,7 @@ class Supervisor:
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
         self._signals = 0
+        self._first_signal = 0.0
         self.failed = False
 
     async def run(self) -> int:
@@ -88,6 +98,10 @@ class Supervisor:
                 child.send_signal(signum)
 
     def _on_signal(self, signum: int) -> None:
+        now = time.monotonic()
+        if self._signals and now - self._first_signal < REPEAT_WINDOW:
+            return  # the same request, from the group and from whoever signalled us
+        self._first_signal = now
         self._signals += 1
         name = signal.Signals(signum).name
         if self._signals == 1:
@@ -101,9 +115,8 @@ class Supervisor:
         failures, pause = 0, RESTART_FIRST
         while True:
             started = time.monotonic()
-            child = await asyncio.create_subprocess_exec(
-                *spec.argv, env=dict(spec.env), start_new_session=True
-            )
+            env = {**spec.env, SUPERVISOR_ENV: str(os.getpid())}
+            child = await asyncio.create_subprocess_exec(*spec.argv, env=env)
             self._children[spec.index] = child
             logger.info(
                 "worker process {}/{} started (pid {})", spec.index + 1, len(self._specs), child.pid
@@ -141,3 +154,14 @@ class Supervisor:
             if self._stopping.is_set():
                 return code
             pause = min(pause * RESTART_FACTOR, RESTART_MAX)
+
+
+async def watch_parent(parent: int, on_gone: Callable[[], None]) -> None:
+    """In a supervised worker: call ``on_gone`` (a graceful stop) once ``parent``, the
+    supervisor, is no longer this process's parent (it died, even by SIGKILL)."""
+    # Polled: no portable notice of a parent's death exists (prctl's PDEATHSIG is Linux-only
+    # and needs a pre-exec hook); a second's delay before the drain starts does no harm.
+    while os.getppid() == parent:  # noqa: ASYNC110
+        await asyncio.sleep(PARENT_CHECK)
+    logger.warning("the supervisor (pid {}) is gone: draining", parent)
+    on_gone()

@@ -84,6 +84,11 @@ class Worker:
             max_workers=max(sync_slots, 1), thread_name_prefix="eventworker-handler"
         )
         self.interrupted = False
+        #: A second SIGTERM/SIGINT this soon after the first is the same stop request, not a
+        #: "stop at once": a supervised worker gets one from its process group (a terminal's
+        #: Ctrl-C, systemd, ``kill -- -PGID``) and one forwarded by the supervisor.
+        self.repeat_window = 0.0
+        self._first_signal: float | None = None
         self.inbox: Inbox | None = build_inbox(
             settings.inbox,
             handlers={r.handler.name: r.concurrency for r in self.routes if r.idempotent},
@@ -169,6 +174,9 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
+            now = time.monotonic()
+            if self._first_signal is not None and now - self._first_signal < self.repeat_window:
+                return
             if self._stop.is_set():
                 logger.warning(
                     "second {}: stopping now, unfinished messages go back to the broker",
@@ -178,6 +186,7 @@ class Worker:
                 if main is not None:
                     main.cancel()
                 return
+            self._first_signal = now
             logger.info(
                 "{}: draining (grace {:g}s); send it again to stop at once",
                 signal.Signals(signum).name,

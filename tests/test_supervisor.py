@@ -113,14 +113,7 @@ async def test_run_processes_shares_the_queue_restarts_a_killed_child_and_drains
     log = tmp_path / "run.log"
     process = _start(log, settings, "--processes=2", "--handler=greet", f"--metrics-port={port}")
     try:
-
-        async def consumers(n: int) -> bool:
-            try:
-                return await broker.consumers(queue) == n
-            except Exception:  # the queue is not declared yet
-                return False
-
-        await eventually(lambda: consumers(2), timeout=60)
+        await eventually(lambda: _consumers(broker, queue, 2), timeout=60)
         for n in range(30):
             await broker.publish("demo.greet", b'{"name": "Ada"}', message_id=f"g{n}")
 
@@ -136,7 +129,7 @@ async def test_run_processes_shares_the_queue_restarts_a_killed_child_and_drains
         os.kill(first, signal.SIGKILL)
 
         async def restarted() -> bool:
-            return len(_child_pids(log)) == 3 and await consumers(2)
+            return len(_child_pids(log)) == 3 and await _consumers(broker, queue, 2)
 
         await eventually(restarted, timeout=60)
         await broker.publish("demo.greet", b'{"name": "Bo"}', message_id="after")
@@ -150,6 +143,46 @@ async def test_run_processes_shares_the_queue_restarts_a_killed_child_and_drains
     text = log.read_text()
     assert "restarting it in" in text
     assert text.count("drained in") == 2, text
+
+
+async def test_children_drain_by_themselves_when_the_supervisor_is_killed(
+    broker: Broker, settings: Settings, tmp_path: Path
+) -> None:
+    broker.track_installed("greet")
+    queue = f"{settings.queue_prefix}greet"
+    log = tmp_path / "run.log"
+    process = _start(log, settings, "--processes=2", "--handler=greet")
+    try:
+        await eventually(lambda: _consumers(broker, queue, 2), timeout=60)
+        children = _child_pids(log)
+        process.kill()  # SIGKILL: no forwarding, no cleanup
+        await asyncio.to_thread(process.wait, 10)
+        await eventually(lambda: _consumers(broker, queue, 0), timeout=30)
+
+        async def gone() -> bool:
+            return not any(_alive(pid) for pid in children)
+
+        await eventually(gone, timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(10)
+    assert log.read_text().count("is gone: draining") == 2
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+async def _consumers(broker: Broker, queue: str, n: int) -> bool:
+    try:
+        return await broker.consumers(queue) == n
+    except Exception:  # the queue is not declared yet
+        return False
 
 
 def _child_pids(log: Path) -> list[int]:

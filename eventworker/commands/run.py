@@ -7,13 +7,16 @@ import os
 import sys
 import threading
 from collections.abc import Coroutine, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from eventworker.commands import config_option, errors, url_option
 from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from eventworker.worker import Worker
 
 
 @click.command()
@@ -124,16 +127,36 @@ def run(
 
             metrics = Metrics()
             worker = Worker(registrations, settings, observers=[metrics])
-            _run(health.run_worker(worker, metrics, settings, port=settings.metrics_port))
+            _run(
+                _serve(
+                    worker, health.run_worker(worker, metrics, settings, port=settings.metrics_port)
+                )
+            )
         else:
             worker = Worker(registrations, settings)
-            _run(worker.run(handle_signals=True))
+            _run(_serve(worker, worker.run(handle_signals=True)))
     code = ExitCode.INTERRUPTED if worker.interrupted else ExitCode.OK
     if any(t.name.startswith("eventworker-handler") for t in threading.enumerate()):
         # A sync handler still runs in a thread; Python would wait for it at exit.
         sys.stderr.flush()
         os._exit(int(code))
     sys.exit(int(code))
+
+
+async def _serve(worker: Worker, main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main``; under ``run --processes``, as a child that follows its supervisor."""
+    from eventworker import supervisor
+
+    parent = os.environ.get(supervisor.SUPERVISOR_ENV)
+    if not parent:
+        await main
+        return
+    worker.repeat_window = supervisor.REPEAT_WINDOW
+    watch = asyncio.ensure_future(supervisor.watch_parent(int(parent), worker.stop))
+    try:
+        await main
+    finally:
+        watch.cancel()
 
 
 def _run(main: Coroutine[Any, Any, None]) -> None:
