@@ -1,10 +1,14 @@
-"""Coalesced acks for one consuming channel: one ``basic.ack(multiple=True)`` per loop iteration.
+"""Coalesced acks for one consuming channel: one ``basic.ack(multiple=True)`` per batch.
 
 An awaited ack per message costs about a third of a consumer's CPU (each frame is written and
 drained on its own). Here a finished handling only marks its delivery tag done; a single writer
-task, started when the first tag of a loop iteration is marked, acks the longest contiguous run
-of done tags from the oldest outstanding one with ``multiple=True``, without waiting for the
-socket drain. The rules that keep this at-least-once:
+task acks the longest contiguous run of done tags from the oldest outstanding one with
+``multiple=True``, without waiting for the socket drain. The writer starts ``ACK_DELAY`` after
+the first tag of a batch is marked, or at once when a quarter of the prefetch is waiting (so
+the broker never runs out of prefetch to deliver). Measured on a no-op handler: flushing once
+per event-loop iteration wrote one ack per ~3 messages (a handler's concurrency bounds how many
+finish together); 3 ms wrote one per ~40 and cut a quarter of the worker's CPU per message.
+The rules that keep this at-least-once:
 
 - **A tag whose handling is not finished stops the run.** A multiple ack never reaches past it,
   so a slow, cancelled (drain) or crashed handling is never acked by a later one's ack; closing
@@ -34,6 +38,9 @@ from loguru import logger
 
 from eventworker.connection import CHANNEL_GONE
 
+#: How long the first finished delivery of a batch waits for others to share its ack. A
+#: crash within it only redelivers what was handled (a duplicate, never a loss).
+ACK_DELAY = 0.003
 #: Longest time a finished delivery waits behind an unfinished older one before it is acked on
 #: its own.
 HOLD = 0.1
@@ -52,7 +59,9 @@ class Acks:
         #: Tags settled on their own (nacked, or acked behind a slow one) still in the deque.
         self._gone: set[int] = set()
         self._release_at = max(prefetch // 2, 1)
+        self._batch = max(prefetch // 4, 1)
         self._writer: asyncio.Task[None] | None = None
+        self._delay: asyncio.TimerHandle | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._release = False
 
@@ -69,17 +78,22 @@ class Acks:
             bisect.insort(outstanding, tag)
 
     def ack(self, tag: int) -> None:
-        """Mark ``tag``'s handling finished; its ack is written within this loop iteration."""
-        self._done.add(tag)
-        if self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+        """Mark ``tag``'s handling finished; its ack is written within ``ACK_DELAY``."""
+        done = self._done
+        done.add(tag)
+        if self._writer is not None:
+            return  # the running writer takes it too
+        if len(done) >= self._batch:
+            self._start()
+        elif self._delay is None:
+            self._delay = asyncio.get_running_loop().call_later(ACK_DELAY, self._start)
 
     async def nack(self, tag: int, *, requeue: bool) -> None:
         """Hand ``tag`` back (or drop it) now. Raises what the channel raises when it is gone."""
         await self._channel.basic_nack(tag, requeue=requeue)
         self._gone.add(tag)
-        if self._done and self._writer is None:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+        if self._done:
+            self._start()
 
     async def flush(self) -> None:
         """Write every ack that can be written (before closing the channel, at drain): finished
@@ -88,8 +102,17 @@ class Acks:
         while self._writer is not None:
             await asyncio.shield(self._writer)
         if self._done:
-            self._writer = asyncio.get_running_loop().create_task(self._write())
+            self._start()
+            assert self._writer is not None
             await asyncio.shield(self._writer)
+
+    def _start(self) -> None:
+        """Start the writer now (the batch is full, or its delay is over)."""
+        if self._delay is not None:
+            self._delay.cancel()
+            self._delay = None
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write())
 
     def _run(self) -> int | None:
         """Pop the contiguous settled run at the head; the newest finished tag in it, if any."""
@@ -149,13 +172,13 @@ class Acks:
         self._timer = None
         if self._done:
             self._release = True
-            if self._writer is None:
-                self._writer = asyncio.get_running_loop().create_task(self._write())
+            self._start()
 
     def _drop(self) -> None:
         self._outstanding.clear()
         self._done.clear()
         self._gone.clear()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        for timer in (self._timer, self._delay):
+            if timer is not None:
+                timer.cancel()
+        self._timer = self._delay = None

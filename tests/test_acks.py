@@ -16,7 +16,7 @@ import aiormq.abc
 import pytest
 
 from eventworker import Context, Event, handler
-from eventworker.acks import HOLD, Acks
+from eventworker.acks import ACK_DELAY, HOLD, Acks
 from eventworker.settings import Settings
 from tests.ack_worker import acky
 from tests.broker import Broker, running, spawn_worker, wait_for
@@ -64,11 +64,13 @@ def _acks(channel: ModelChannel, prefetch: int = 1000, delivered: int = 0) -> Ac
 
 
 async def _settle() -> None:
+    """Past the batch delay, and the writer's turns."""
+    await asyncio.sleep(ACK_DELAY * 3)
     for _ in range(5):
         await asyncio.sleep(0)
 
 
-async def test_one_multiple_ack_covers_the_finished_run_of_one_loop_iteration() -> None:
+async def test_one_multiple_ack_covers_the_finished_run_of_a_batch() -> None:
     channel = ModelChannel()
     acks = _acks(channel, delivered=10)
     for tag in range(1, 11):
@@ -114,6 +116,16 @@ async def test_a_nacked_tag_is_settled_before_any_ack_spans_it() -> None:
     await _settle()
     assert channel.nacked == {2} and channel.acked == {1, 3, 4}
     assert [f for f in channel.frames if f[0] == "nack"] == [("nack", 2, True)]
+
+
+async def test_a_quarter_of_the_prefetch_finished_is_acked_without_the_delay() -> None:
+    channel = ModelChannel()
+    acks = _acks(channel, prefetch=16, delivered=4)
+    for tag in range(1, 5):
+        acks.ack(tag)
+    for _ in range(3):  # the writer's turn, far less than the delay
+        await asyncio.sleep(0)
+    assert channel.frames == [("ack", 4, True)]
 
 
 async def test_a_closed_channel_drops_its_acks() -> None:
