@@ -119,7 +119,7 @@ BOUNDARIES = {
     "sqlite3": {"inbox_sqlite", "outbox_store", "commands.outbox"},
     "asyncpg": {"inbox_postgres", "outbox_store", "commands.outbox"},
     "redis": {"inbox_redis"},
-    "uvloop": {"commands.run"},
+    "uvloop": {"commands"},
     "sqlalchemy": {"outbox"},
     "fastapi": {"ingress"},
     "starlette": {"ingress"},

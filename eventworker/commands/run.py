@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from eventworker.commands import config_option, errors, url_option
+from eventworker.commands import config_option, errors, run_async, url_option
 from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
 
@@ -127,14 +127,14 @@ def run(
 
             metrics = Metrics()
             worker = Worker(registrations, settings, observers=[metrics])
-            _run(
+            run_async(
                 _serve(
                     worker, health.run_worker(worker, metrics, settings, port=settings.metrics_port)
                 )
             )
         else:
             worker = Worker(registrations, settings)
-            _run(_serve(worker, worker.run(handle_signals=True)))
+            run_async(_serve(worker, worker.run(handle_signals=True)))
     code = ExitCode.INTERRUPTED if worker.interrupted else ExitCode.OK
     if any(t.name.startswith("eventworker-handler") for t in threading.enumerate()):
         # A sync handler still runs in a thread; Python would wait for it at exit.
@@ -157,17 +157,6 @@ async def _serve(worker: Worker, main: Coroutine[Any, Any, None]) -> None:
         await main
     finally:
         watch.cancel()
-
-
-def _run(main: Coroutine[Any, Any, None]) -> None:
-    """Run ``main`` on uvloop when it is installed (``eventworker[speed]``): its event loop
-    costs less CPU per message than asyncio's; else on asyncio's."""
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(main)
-        return
-    uvloop.run(main)
 
 
 def _supervise(settings: Settings, *, config: str | None, url: str | None) -> int:
