@@ -96,7 +96,6 @@ def run(
     worker i serves its endpoints on metrics port + i.
     """
     from eventworker import logs, registry
-    from eventworker.worker import Worker
 
     with errors():
         settings = load_settings(
@@ -121,6 +120,9 @@ def run(
         if settings.processes > 1:
             # Plugins were checked above, once, so a broken one fails here and not N times.
             sys.exit(_supervise(settings, config=config, url=url))
+        # Not before: a supervisor holds no broker connection, so it never imports aio-pika.
+        from eventworker.worker import Worker
+
         if settings.metrics_port:
             from eventworker import health
             from eventworker.metrics import Metrics
