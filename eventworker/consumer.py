@@ -112,6 +112,7 @@ class Consumer:
         self._tag: str | None = None
         self._cancelled = False
         self._widening = asyncio.Lock()
+        self._widen: asyncio.Future[None] | None = None
         #: True while deliveries run one at a time.
         self.on_probation = prefetch > 1
 
@@ -176,8 +177,12 @@ class Consumer:
                     self._name,
                     one_line(message.message_id or "(no id)", 100),
                 )
-            else:
-                await self._end_probation()
+            elif self._widen is None:
+                # In the background: this message goes to its handler now, ahead of those
+                # the wider consumer will bring (awaiting the switch here let them overtake
+                # it, breaking the order a single active consumer promises).
+                self._widen = asyncio.ensure_future(self._end_probation())
+                self._widen.add_done_callback(_switch_failed)
         await self._on_message(message, self.acks)
 
     async def _end_probation(self) -> None:
@@ -193,6 +198,13 @@ class Consumer:
             logger.debug(
                 "{}: no redelivered messages left; prefetch {}", self._name, self._prefetch
             )
+
+
+def _switch_failed(task: asyncio.Future[None]) -> None:
+    # The channel died during the switch: the session sees the loss through the channel's
+    # close callbacks and subscribes again; nothing to do here but not leave it unretrieved.
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("end of probation interrupted: {}", task.exception())
 
 
 async def unserved(connection: AbstractConnection, consumers: list[Consumer]) -> list[str]:
