@@ -248,6 +248,11 @@ class Worker:
             self.consumers = []
             if self._stop.is_set():
                 await self._drain(consumers)
+            else:
+                # Lost, or the watchdog gave up on a consumer: write the coalesced acks of the
+                # channels still open (a dead one drops its own), so what finished is not
+                # redelivered; what still runs is, as the connection closes.
+                await asyncio.gather(*(self._close(consumer) for consumer in consumers))
         finally:
             for conn in (consuming, publishing):
                 if conn is not None and not conn.is_closed:
