@@ -76,11 +76,8 @@ async def declare(bench: Bench, the_plan: topology.Plan, *, apply: bool = True) 
     )
     if not apply:
         return
-    channel = await bench.broker.connection.channel()
-    try:
-        await topology.apply(the_plan, channel)
-    finally:
-        await channel.close()
+    # On the connection, as the worker declares it (over several channels at once).
+    await topology.apply(the_plan, bench.broker.connection)
 
 
 def start(bench: Bench, scratch: Path, config: Path, *extra: str, probe_dir: Path) -> Child:

@@ -6,7 +6,6 @@ The public API for plugin authors and producers; everything else is internal.
 
 import typing
 
-from eventworker.envelope import Event
 from eventworker.errors import (
     BrokerError,
     EventworkerError,
@@ -16,20 +15,27 @@ from eventworker.errors import (
     Reject,
     Retry,
 )
-from eventworker.handlers import Context, Handler, RetryPolicy, handler
 
 if typing.TYPE_CHECKING:  # the lazily imported names, for type checkers
     from eventworker.blocking import BlockingPublisher
+    from eventworker.envelope import Event
+    from eventworker.handlers import Context, Handler, RetryPolicy, handler
     from eventworker.producer import NewEvent, Publisher
     from eventworker.publisher import PublishResult
 
-#: Public names imported on first use: they pull in aio-pika, which a plugin module that only
-#: declares handlers (or a CLI showing --help) does not need.
+#: Public names imported on first use: the publishers pull in aio-pika, which a plugin module
+#: that only declares handlers does not need; the handler API pulls in pydantic (about 200 ms),
+#: which ``eventworker --help`` (whose module sits inside this package) does not need.
 _LAZY = {
     "BlockingPublisher": "eventworker.blocking",
+    "Context": "eventworker.handlers",
+    "Event": "eventworker.envelope",
+    "Handler": "eventworker.handlers",
     "NewEvent": "eventworker.producer",
     "PublishResult": "eventworker.publisher",
     "Publisher": "eventworker.producer",
+    "RetryPolicy": "eventworker.handlers",
+    "handler": "eventworker.handlers",
 }
 
 __all__ = [
@@ -59,4 +65,6 @@ def __getattr__(name: str) -> typing.Any:
         raise AttributeError(f"module 'eventworker' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(module), name)
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups are plain attribute reads
+    return value

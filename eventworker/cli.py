@@ -1,43 +1,93 @@
-"""The ``eventworker`` command group; each command lives in ``eventworker.commands``."""
+"""The ``eventworker`` command group; each command lives in ``eventworker.commands``.
+
+The commands are imported only when one runs (or shows its own help): they pull in aio-pika,
+pydantic-settings and the rest, a few hundred milliseconds that ``eventworker --help`` need
+not pay. The group's help lists the short help kept in ``COMMANDS``; a test checks it against
+the commands' own.
+"""
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-from eventworker.commands.dlq import dlq
-from eventworker.commands.dlq_replay import purge, replay
-from eventworker.commands.handlers import list_handlers
-from eventworker.commands.inbox import inbox
-from eventworker.commands.outbox import outbox_group
-from eventworker.commands.plugins import list_plugins
-from eventworker.commands.publish import publish
-from eventworker.commands.run import run
-from eventworker.commands.serve import serve
-from eventworker.commands.status import status
-from eventworker.commands.topology import topology
+#: Each command: its module under ``eventworker.commands``, its object there, its short help.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "dlq": ("dlq", "dlq", "Dead letters: list, show, replay, purge and export parked..."),
+    "handlers": (
+        "handlers",
+        "list_handlers",
+        "List every discovered handler: plugin, distribution,...",
+    ),
+    "inbox": (
+        "inbox",
+        "inbox",
+        "Look into and clean the inbox of idempotent handlers (the...",
+    ),
+    "outbox": (
+        "outbox",
+        "outbox_group",
+        "The transactional outbox: events written in the application's...",
+    ),
+    "plugins": (
+        "plugins",
+        "list_plugins",
+        "List the entry points of the eventworker.handlers group...",
+    ),
+    "publish": (
+        "publish",
+        "publish",
+        "Publish events to the topic exchange with ROUTING_KEY, each...",
+    ),
+    "run": ("run", "run", "Run the installed handlers until SIGTERM or SIGINT."),
+    "serve": ("serve", "serve", "Serve the HTTP ingress until SIGTERM/SIGINT."),
+    "status": (
+        "status",
+        "status",
+        "Show each handler's queue depth, consumers, retry-tier depths...",
+    ),
+    "topology": (
+        "topology",
+        "topology",
+        "Compare the topology the installed handlers need with the...",
+    ),
+}
+#: Subcommands that live in a module of their own: (group, module, object).
+SUBCOMMANDS = (("dlq", "dlq_replay", "replay"), ("dlq", "dlq_replay", "purge"))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group that imports a command's module when that command is looked up to run."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        command: click.Command = getattr(_module(entry[0]), entry[1])
+        if isinstance(command, click.Group):
+            for group, module, name in SUBCOMMANDS:
+                if group == cmd_name and name not in command.commands:
+                    command.add_command(getattr(_module(module), name))
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The stored short help: listing the commands must not import them.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, COMMANDS[name][2]) for name in self.list_commands(ctx)])
+
+
+def _module(name: str) -> object:
+    return importlib.import_module(f"eventworker.commands.{name}")
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="eventworker", message="%(prog)s %(version)s")
 def main() -> None:
     """Event-driven workers on RabbitMQ: handler plugins, broker-held retries, dead letters.
 
     Settings come from defaults < TOML file < EVENTWORKER_* environment < options.
     """
-
-
-for command in (
-    run,
-    publish,
-    status,
-    list_handlers,
-    list_plugins,
-    dlq,
-    topology,
-    inbox,
-    outbox_group,
-    serve,
-):
-    main.add_command(command)
-for command in (replay, purge):
-    dlq.add_command(command)

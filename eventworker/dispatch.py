@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import socket
 import time
 import traceback
@@ -28,6 +27,7 @@ from loguru import logger
 from pydantic import ValidationError
 
 from eventworker import envelope, logs, tracing
+from eventworker.acks import Acks
 from eventworker.connection import CHANNEL_GONE
 from eventworker.envelope import Event
 from eventworker.errors import (
@@ -39,7 +39,7 @@ from eventworker.errors import (
 from eventworker.handlers import Context
 from eventworker.idempotency import CONFLICT_REASON, Duplicate, Key, Requeue
 from eventworker.inbox import Claim, Inbox
-from eventworker.logs import one_line
+from eventworker.logs import OneLine, one_line
 from eventworker.publisher import Publisher
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn, decide
 from eventworker.routes import Route
@@ -104,12 +104,20 @@ class Dispatcher:
         self._inbox = inbox if route.idempotent else None
         self._bindings = compile_bindings(route.handler.bindings)
 
-    async def handle(self, message: AbstractIncomingMessage) -> None:
+    async def handle(self, message: AbstractIncomingMessage, acks: Acks | None = None) -> None:
+        """Handle and settle ``message``: through ``acks`` (coalesced, the worker) when given,
+        else with the message's own awaited ack/nack."""
         route = self.route
         received = time.monotonic()
         trusted = message.exchange == self._return_exchange
+        # The body first, so the event is built once (its refusal is settled below).
+        invalid: EnvelopeError | None = None
+        try:
+            data = self._data(message)
+        except EnvelopeError as exc:
+            data, invalid = None, exc
         event: Event[Any] = envelope.decode(
-            message, None, trusted=trusted, max_attempts=route.policy.max_attempts
+            message, data, trusted=trusted, max_attempts=route.policy.max_attempts
         )
         for observer in self._observers:
             observer.received(route, event)
@@ -128,8 +136,9 @@ class Dispatcher:
             logs.handling(route.handler.name, event, trace_id=span.trace_id),
         ):
             try:
-                self._check_routing_key(event.type)
-                event = dataclasses.replace(event, data=self._data(message))
+                self._check_routing_key(event.type)  # before the body's refusal, as it decides
+                if invalid is not None:
+                    raise invalid
             except EnvelopeError as exc:
                 # Input that can never succeed: parked at once, attempts = 1.
                 error, decision = exc, DeadLetter(exc.reason)
@@ -139,7 +148,7 @@ class Dispatcher:
                 else:
                     error = await self._run(event)
                     decision = self._decide(event, error)
-            moved = await self._settle(message, event, error, decision)
+            moved = await self._settle(message, acks, event, error, decision)
             span.record(outcome=type(decision).__name__, error=error)
         seconds = time.monotonic() - received
         for observer in self._observers:
@@ -259,6 +268,7 @@ class Dispatcher:
     async def _settle(
         self,
         message: AbstractIncomingMessage,
+        acks: Acks | None,
         event: Event[Any],
         error: BaseException | None,
         decision: Decision,
@@ -269,13 +279,12 @@ class Dispatcher:
         name = route.handler.name
         match decision:
             case Ack():
-                logger.debug("{} handled {} [{}]", name, event.id, one_line(event.type, 100))
+                logger.debug("{} handled {} [{}]", name, event.id, OneLine(event.type, 100))
             case Duplicate():
                 logger.debug("{} skipped {}: a duplicate of a handled event", name, event.id)
             case Requeue(reason=reason):
                 logger.info("{} handed {} back to its queue unrun ({})", name, event.id, reason)
-                with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it
-                    await message.nack(requeue=True)
+                await _requeue(message, acks)
                 return True
             case RetryIn(delay=delay):
                 copy = self._copy(
@@ -284,7 +293,7 @@ class Dispatcher:
                     error,
                     {envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue},
                 )
-                if not await self._move(message, copy, route.retry_queues[delay], "retry"):
+                if not await self._move(message, acks, copy, route.retry_queues[delay], "retry"):
                     return False
                 logger.warning(
                     "{} attempt {}/{} of {} failed: {}; retry in {:g}s",
@@ -307,7 +316,8 @@ class Dispatcher:
                         envelope.HOST: _HOST,
                     },
                 )
-                if not await self._move(message, copy, route.dead_letter_queue, "dead_letter"):
+                queue = route.dead_letter_queue
+                if not await self._move(message, acks, copy, queue, "dead_letter"):
                     return False
                 logger.error(
                     "{} dead-lettered {} after attempt {} ({}): {}",
@@ -317,6 +327,10 @@ class Dispatcher:
                     reason,
                     _describe(error),
                 )
+        if acks is not None:
+            # Coalesced; a dead channel's acks are dropped there, never sent on another one.
+            acks.ack(message.delivery_tag)  # type: ignore[arg-type]  # consumed: always a tag
+            return True
         try:
             await message.ack()
         except CHANNEL_GONE:
@@ -330,6 +344,7 @@ class Dispatcher:
     async def _move(
         self,
         message: AbstractIncomingMessage,
+        acks: Acks | None,
         copy: aio_pika.Message,
         queue: str,
         kind: PublishKind,
@@ -343,8 +358,7 @@ class Dispatcher:
             self._published(kind, exc.status)
             logger.error("{}: {}; returning the message to its queue", self.route.handler.name, exc)
             await asyncio.sleep(REQUEUE_PAUSE)
-            with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it
-                await message.nack(requeue=True)
+            await _requeue(message, acks)
             return False
 
     def _copy(
@@ -389,6 +403,15 @@ class Dispatcher:
             priority=message.priority,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
+
+
+async def _requeue(message: AbstractIncomingMessage, acks: Acks | None) -> None:
+    """Hand the message back to its queue now (never coalesced)."""
+    with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it
+        if acks is None:
+            await message.nack(requeue=True)
+        else:
+            await acks.nack(message.delivery_tag, requeue=True)  # type: ignore[arg-type]
 
 
 def _message(error: BaseException | None) -> str:

@@ -47,6 +47,24 @@ def one_line(text: object, limit: int = 300) -> str:
     return escaped if len(escaped) <= limit else escaped[:limit] + "..."
 
 
+class OneLine:
+    """:func:`one_line` of ``text``, computed only when a log line is formatted: loguru drops
+    a record below the level before it formats its arguments, so a DEBUG line per message costs
+    next to nothing while DEBUG is off."""
+
+    __slots__ = ("limit", "text")
+
+    def __init__(self, text: object, limit: int = 300) -> None:
+        self.text = text
+        self.limit = limit
+
+    def __str__(self) -> str:
+        return one_line(self.text, self.limit)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: The longest message a log line carries; longer ones are truncated.
 MAX_MESSAGE = 4000

@@ -4,7 +4,7 @@ topology plan they need. Pure: no broker, computed once when a worker (or a comm
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from eventworker import topology
 from eventworker.handlers import Handler, RetryPolicy
@@ -26,10 +26,11 @@ class Route:
     concurrency: int
     prefetch: int
     idempotent: bool = False
+    #: The retry delays, shortest first: computed once here, read on every failed delivery.
+    tiers: tuple[float, ...] = field(init=False)
 
-    @property
-    def tiers(self) -> tuple[float, ...]:
-        return tuple(sorted(self.retry_queues))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tiers", tuple(sorted(self.retry_queues)))
 
 
 def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:

@@ -194,6 +194,7 @@ class Settings(BaseSettings):
     log_level: Literal["TRACE", "DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["pretty", "json"] = "pretty"
     metrics_port: int = Field(0, ge=0, le=65_535)
+    processes: int = Field(1, ge=1, le=64)
     metrics_host: str = Field("0.0.0.0", min_length=1)
     metrics_poll_interval: float = Field(15.0, ge=0)
     http: HttpSettings = Field(default_factory=HttpSettings)

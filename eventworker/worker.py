@@ -22,6 +22,7 @@ from aiormq.exceptions import AMQPError
 from loguru import logger
 
 from eventworker import topology
+from eventworker.acks import Acks
 from eventworker.connection import CHANNEL_GONE, connect
 from eventworker.consumer import Consumer, unserved
 from eventworker.dispatch import Dispatcher, Observer
@@ -83,6 +84,11 @@ class Worker:
             max_workers=max(sync_slots, 1), thread_name_prefix="eventworker-handler"
         )
         self.interrupted = False
+        #: A second SIGTERM/SIGINT this soon after the first is the same stop request, not a
+        #: "stop at once": a supervised worker gets one from its process group (a terminal's
+        #: Ctrl-C, systemd, ``kill -- -PGID``) and one forwarded by the supervisor.
+        self.repeat_window = 0.0
+        self._first_signal: float | None = None
         self.inbox: Inbox | None = build_inbox(
             settings.inbox,
             handlers={r.handler.name: r.concurrency for r in self.routes if r.idempotent},
@@ -168,6 +174,9 @@ class Worker:
         loop = asyncio.get_running_loop()
 
         def on_signal(signum: int) -> None:
+            now = time.monotonic()
+            if self._first_signal is not None and now - self._first_signal < self.repeat_window:
+                return
             if self._stop.is_set():
                 logger.warning(
                     "second {}: stopping now, unfinished messages go back to the broker",
@@ -177,6 +186,7 @@ class Worker:
                 if main is not None:
                     main.cancel()
                 return
+            self._first_signal = now
             logger.info(
                 "{}: draining (grace {:g}s); send it again to stop at once",
                 signal.Signals(signum).name,
@@ -209,9 +219,7 @@ class Worker:
                 heartbeat=s.heartbeat,
                 tls=s.tls,
             )
-            channel = await consuming.channel()
-            await topology.apply(self.plan, channel)
-            await channel.close()
+            await topology.apply(self.plan, consuming)
             publisher = await Publisher.open(
                 publishing, s.exchange, source=None, timeout=s.publish_timeout
             )
@@ -240,6 +248,11 @@ class Worker:
             self.consumers = []
             if self._stop.is_set():
                 await self._drain(consumers)
+            else:
+                # Lost, or the watchdog gave up on a consumer: write the coalesced acks of the
+                # channels still open (a dead one drops its own), so what finished is not
+                # redelivered; what still runs is, as the connection closes.
+                await asyncio.gather(*(self._close(consumer) for consumer in consumers))
         finally:
             for conn in (consuming, publishing):
                 if conn is not None and not conn.is_closed:
@@ -282,22 +295,29 @@ class Worker:
         )
         slots = asyncio.Semaphore(route.concurrency)
 
-        async def on_message(message: AbstractIncomingMessage) -> None:
-            # aio-pika runs each delivery in a task of its own; the semaphore bounds how many
+        async def on_message(message: AbstractIncomingMessage, acks: Acks) -> None:
+            # aiormq runs each delivery in a task of its own; the semaphore bounds how many
             # run the handler at once (prefetch only bounds how many are delivered).
             task = asyncio.current_task()
             assert task is not None
-            self._waiting.add(task)
-            try:
-                async with slots:
+            if slots.locked():
+                self._waiting.add(task)  # the drain cancels the waiting ones
+                try:
+                    await slots.acquire()
+                finally:
                     self._waiting.discard(task)
-                    if self.state is State.DRAINING:
-                        return  # unstarted: left unacked, the broker redelivers it
-                    self._running.add(task)
-                    await dispatcher.handle(message)
+            else:
+                await slots.acquire()  # a free slot: returns at once
+            try:
+                if self.state is State.DRAINING:
+                    return  # unstarted: left unacked, the broker redelivers it
+                self._running.add(task)
+                try:
+                    await dispatcher.handle(message, acks)
+                finally:
+                    self._running.discard(task)
             finally:
-                self._waiting.discard(task)
-                self._running.discard(task)
+                slots.release()
 
         queue = await channel.get_queue(route.queue, ensure=False)
         # Starts on probation (prefetch 1 while redelivered messages come): see consumer.py.
@@ -305,6 +325,7 @@ class Worker:
         # would hand the queue to another worker while this one still runs a message.
         consumer = Consumer(
             channel,
+            underlay,
             queue,
             prefetch=route.prefetch,
             on_message=on_message,
@@ -357,12 +378,21 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.wait(pending, timeout=CLOSE_TIMEOUT) if pending else None
+        await asyncio.gather(*(self._close(consumer) for consumer in consumers))
         logger.info(
             "drained in {:.1f}s: {} finished, {} unfinished handed back to the broker",
             time.monotonic() - started,
             len(running) - len(pending),
             len(pending),
         )
+
+    @staticmethod
+    async def _close(consumer: Consumer) -> None:
+        """Write the consumer's coalesced acks and close its channel; unfinished deliveries
+        stay unacked and go back to the queue."""
+        # A dead channel has nothing left to ack: the broker requeued its deliveries.
+        with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
+            await asyncio.wait_for(consumer.close(), CLOSE_TIMEOUT)
 
     def _log_start(self) -> None:
         s = self.settings

@@ -34,8 +34,10 @@ SECTIONS = {"outbox": "outbox", "serve": "http"}
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
     found = []
-    for name in sorted(group.commands):
-        command = group.commands[name]
+    ctx = click.Context(group)
+    for name in sorted(group.list_commands(ctx)):
+        command = group.get_command(ctx, name)
+        assert command is not None
         path = f"{prefix}{name}"
         if isinstance(command, click.Group):
             found += _commands(command, f"{path} ")

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -17,6 +19,8 @@ from eventworker.registry import Plugin, Registration, discover
 from eventworker.routes import routes
 from eventworker.settings import Settings
 from eventworker.worker import Worker
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TEST_PLUGIN = Plugin(entry_point="tests", value="tests", distribution="tests", version="0")
 
@@ -158,3 +162,16 @@ async def _ready_or_failed(worker: Worker, task: asyncio.Task[None]) -> None:
         ready.cancel()
         task.result()  # raises what the worker raised
         raise AssertionError("worker stopped before it was ready")
+
+
+async def spawn_worker(module: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    """``python -m module`` (a worker script under tests/) from the repository root, quiet."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )

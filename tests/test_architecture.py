@@ -18,6 +18,7 @@ PACKAGE = Path(eventworker.__file__).parent
 #: Each module of eventworker and its layer; a module imports only from strictly lower layers.
 LAYERS = {
     "errors": 0,
+    "supervisor": 1,
     "settings": 1,
     "envelope": 1,
     "tracing": 1,
@@ -42,7 +43,8 @@ LAYERS = {
     "publisher": 4,
     "routes": 4,
     "stats": 4,
-    "consumer": 4,
+    "acks": 4,
+    "consumer": 5,
     "parked": 4,
     "producer": 5,
     "dispatch": 5,
@@ -79,6 +81,7 @@ LAYERS = {
 ALLOWED = {("__main__", "cli")}
 #: The modules that speak AMQP (aio-pika, and aiormq beneath it).
 AMQP = {
+    "acks",
     "connection",
     "topology",
     "publisher",
@@ -118,6 +121,7 @@ BOUNDARIES = {
     "sqlite3": {"inbox_sqlite", "outbox_store", "commands.outbox"},
     "asyncpg": {"inbox_postgres", "outbox_store", "commands.outbox"},
     "redis": {"inbox_redis"},
+    "uvloop": {"commands"},
     "sqlalchemy": {"outbox"},
     "fastapi": {"ingress"},
     "starlette": {"ingress"},

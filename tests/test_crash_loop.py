@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 import time
 from pathlib import Path
 
 import aio_pika
 
 from eventworker.settings import Settings
-from tests.broker import Broker
+from tests.broker import Broker, spawn_worker
 from tests.crash_worker import crashy
 from tests.test_cli import env_for
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 async def test_a_handler_that_kills_its_worker_parks_exactly_that_message(
@@ -50,15 +47,7 @@ async def test_a_handler_that_kills_its_worker_parks_exactly_that_message(
         # The supervisor: start the worker again whenever it died.
         restarts += 1
         assert restarts <= 4, f"restarted {restarts} times"
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.crash_worker",
-            cwd=ROOT,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
+        process = await spawn_worker("tests.crash_worker", env)
         try:
             while process.returncode is None:
                 # Every message accounted for: handled, or parked (which ones, asserted below).

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
@@ -13,7 +12,7 @@ from typing import Any
 import click
 import orjson
 
-from eventworker.commands import config_option, errors, url_option
+from eventworker.commands import config_option, errors, run_async, url_option
 from eventworker.commands.progress import progress
 from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
@@ -172,7 +171,7 @@ def publish(
             ]
         started = time.perf_counter()
         with progress(len(outgoing), label="publishing") as advance:
-            results, unrouted = asyncio.run(_publish_all(settings, outgoing, lambda _: advance(1)))
+            results, unrouted = run_async(_publish_all(settings, outgoing, lambda _: advance(1)))
         elapsed = time.perf_counter() - started
     failed = [r for r in results if not r.ok]
     confirmed = len(results) - len(failed)
