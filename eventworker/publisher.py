@@ -168,6 +168,11 @@ class Publisher:
     def is_closed(self) -> bool:
         return self._channel.is_closed
 
+    def on_close(self, callback: Callable[..., Any]) -> None:
+        """Call ``callback`` when the channel closes, the broker may close it alone (a publish
+        to an exchange deleted under us: 404) while the connection stays up."""
+        self._channel.close_callbacks.add(callback)
+
     async def publish(
         self,
         routing_key: str,

@@ -226,6 +226,9 @@ class Worker:
             lost = asyncio.Event()
             for live in (consuming, publishing):
                 live.close_callbacks.add(lambda *_: lost.set())
+            # Without its channel the publisher can send no retry or parked copy, and every
+            # failing message would go round unacked: a new session opens a new one.
+            publisher.on_close(lambda *_: lost.set())
             consumers = self.consumers = [
                 await self._subscribe(consuming, route, publisher, lost) for route in self.routes
             ]

@@ -14,6 +14,7 @@ from eventworker.errors import BrokerUnreachableError, TopologyConflictError
 from eventworker.settings import Settings
 from eventworker.worker import State
 from tests.broker import Broker, running, wait_for
+from tests.test_producer import sink
 
 
 async def test_stop_drains_running_handlers_and_hands_back_unstarted_ones(
@@ -215,3 +216,37 @@ async def test_a_handler_timeout_not_below_the_brokers_consumer_timeout_is_warne
     warnings = [line for line in log_lines if "consumer timeout" in line]
     assert len(warnings) == 1
     assert "handler patient" in warnings[0] and "120s" in warnings[0]
+
+
+async def test_a_publishing_channel_the_broker_closed_is_replaced_by_a_new_session(
+    broker: Broker, settings: Settings
+) -> None:
+    """A follow-up published to an exchange deleted under the worker makes the broker close the
+    publishing channel (404) with the connection still up; retries and parking need it."""
+    started: list[str] = []
+    published: list[str] = []
+    deleted = asyncio.Event()
+
+    @handler("chain.#")
+    async def chain(event: Event[Any], ctx: Context) -> None:
+        started.append(event.id)
+        await deleted.wait()
+        await ctx.publish("chained.out", {"after": event.id})
+        published.append(event.id)
+
+    async with running(broker, [chain], settings) as worker:
+        await broker.publish("chain.first", b"{}", message_id="first")
+        await wait_for(lambda: started == ["first"])
+        channel = await broker.connection.channel()
+        await channel.exchange_delete(settings.exchange)
+        await channel.close()
+        deleted.set()  # the handler's publish now meets no exchange
+        await wait_for(lambda: worker.reconnects == 1, timeout=20)
+        await worker.wait_ready(20)  # the new session declared the exchange again
+        out = await sink(broker, "chained.#", name="chained")
+        await broker.publish("chain.next", b"{}", message_id="next")
+        await wait_for(lambda: "next" in published, timeout=20)
+        assert len(await broker.take_all(out, expect=1)) >= 1
+        # "first" was not acked on the dead channel: the broker has it again (a retry copy, or
+        # the original redelivered), nothing lost.
+        await wait_for(lambda: started.count("first") >= 2, timeout=20)
