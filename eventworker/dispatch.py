@@ -13,11 +13,9 @@ import contextlib
 import contextvars
 import socket
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal, Protocol
 
@@ -29,6 +27,7 @@ from pydantic import ValidationError
 from eventworker import envelope, logs, tracing
 from eventworker.acks import Acks
 from eventworker.connection import CHANNEL_GONE
+from eventworker.diagnosis import describe, failure_copy, short_traceback
 from eventworker.envelope import Event
 from eventworker.errors import (
     EnvelopeError,
@@ -39,7 +38,7 @@ from eventworker.errors import (
 from eventworker.handlers import Context
 from eventworker.idempotency import CONFLICT_REASON, Duplicate, Key, Requeue
 from eventworker.inbox import Claim, Inbox
-from eventworker.logs import OneLine, one_line
+from eventworker.logs import OneLine
 from eventworker.publisher import Publisher
 from eventworker.retry import Ack, DeadLetter, Decision, RetryIn, decide
 from eventworker.routes import Route
@@ -73,10 +72,6 @@ class Observer(Protocol):
 
 
 PublishKind = Literal["event", "retry", "dead_letter"]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 class Dispatcher:
@@ -287,11 +282,13 @@ class Dispatcher:
                 await _requeue(message, acks)
                 return True
             case RetryIn(delay=delay):
-                copy = self._copy(
+                copy = failure_copy(
                     message,
                     event,
                     error,
                     {envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue},
+                    handler=name,
+                    retried=message.exchange == self._return_exchange,
                 )
                 if not await self._move(message, acks, copy, route.retry_queues[delay], "retry"):
                     return False
@@ -301,20 +298,22 @@ class Dispatcher:
                     event.attempt,
                     route.policy.max_attempts,
                     event.id,
-                    _describe(error),
+                    describe(error),
                     delay,
                 )
             case DeadLetter(reason=reason):
-                copy = self._copy(
+                copy = failure_copy(
                     message,
                     event,
                     error,
                     {
                         envelope.ATTEMPT: event.attempt,
                         envelope.REASON: reason,
-                        envelope.TRACEBACK: _short_traceback(error),
+                        envelope.TRACEBACK: short_traceback(error),
                         envelope.HOST: _HOST,
                     },
+                    handler=name,
+                    retried=message.exchange == self._return_exchange,
                 )
                 queue = route.dead_letter_queue
                 if not await self._move(message, acks, copy, queue, "dead_letter"):
@@ -325,7 +324,7 @@ class Dispatcher:
                     event.id,
                     event.attempt,
                     reason,
-                    _describe(error),
+                    describe(error),
                 )
         if acks is not None:
             # Coalesced; a dead channel's acks are dropped there, never sent on another one.
@@ -361,49 +360,6 @@ class Dispatcher:
             await _requeue(message, acks)
             return False
 
-    def _copy(
-        self,
-        message: AbstractIncomingMessage,
-        event: Event[Any],
-        error: BaseException | None,
-        extra: dict[str, Any],
-    ) -> aio_pika.Message:
-        """A copy for a retry tier or the dead-letter queue: the body byte for byte, the
-        producer's properties and headers minus broker bookkeeping, plus the diagnosis."""
-        now = _now()
-        first = (
-            event.headers.get(envelope.FIRST_FAILURE)
-            if message.exchange == self._return_exchange
-            else None
-        )
-        headers = envelope.carried_headers(message.headers or {})
-        if event.causation_id:
-            headers[envelope.CAUSATION_ID] = event.causation_id
-        headers.update(
-            {
-                envelope.ROUTING_KEY: event.type,
-                envelope.HANDLER: self.route.handler.name,
-                envelope.FIRST_FAILURE: first if isinstance(first, str) else now,
-                envelope.LAST_FAILURE: now,
-                envelope.EXCEPTION: type(error).__name__ if error else "",
-                envelope.ERROR_MESSAGE: _message(error)[:1024],
-                **extra,
-            }
-        )
-        return aio_pika.Message(
-            message.body,
-            headers=headers,
-            content_type=message.content_type,
-            content_encoding=message.content_encoding,
-            message_id=event.id,
-            type=message.type,
-            timestamp=message.timestamp,
-            app_id=message.app_id,
-            correlation_id=message.correlation_id,
-            priority=message.priority,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        )
-
 
 async def _requeue(message: AbstractIncomingMessage, acks: Acks | None) -> None:
     """Hand the message back to its queue now (never coalesced)."""
@@ -412,23 +368,3 @@ async def _requeue(message: AbstractIncomingMessage, acks: Acks | None) -> None:
             await message.nack(requeue=True)
         else:
             await acks.nack(message.delivery_tag, requeue=True)  # type: ignore[arg-type]
-
-
-def _message(error: BaseException | None) -> str:
-    if error is None:
-        return ""
-    if isinstance(error, EnvelopeError):
-        return error.detail
-    return str(error)
-
-
-def _describe(error: BaseException | None) -> str:
-    return f"{type(error).__name__}: {one_line(_message(error), 200)}" if error else "ok"
-
-
-def _short_traceback(error: BaseException | None) -> str:
-    """The last frames of the traceback, at most 2 KiB: enough to find the line, no locals."""
-    if error is None or error.__traceback__ is None:
-        return ""
-    text = "".join(traceback.format_exception(error, limit=-4, chain=False))
-    return text[-2048:]

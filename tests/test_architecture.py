@@ -4,6 +4,7 @@ boundaries, and ``__all__`` is the public API exactly."""
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,7 @@ LAYERS = {
     "routes": 4,
     "stats": 4,
     "acks": 4,
+    "diagnosis": 4,
     "consumer": 5,
     "parked": 4,
     "producer": 5,
@@ -82,6 +84,7 @@ ALLOWED = {("__main__", "cli")}
 #: The modules that speak AMQP (aio-pika, and aiormq beneath it).
 AMQP = {
     "acks",
+    "diagnosis",
     "connection",
     "topology",
     "publisher",
@@ -236,3 +239,13 @@ def test_importing_the_package_does_not_import_aio_pika() -> None:
 
 def test_all_has_no_duplicates() -> None:
     assert len(eventworker.__all__) == len(set(eventworker.__all__))
+
+
+def test_the_layer_table_in_the_docs_is_this_one() -> None:
+    page = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    documented = {
+        module: int(layer)
+        for layer, cell in re.findall(r"^\| L(\d) \| (.+) \|$", page, re.MULTILINE)
+        for module in re.findall(r"`([\w.]+)`(?: \([^)]*\))?(?:,|$)", cell)
+    }
+    assert documented == LAYERS
