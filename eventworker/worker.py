@@ -21,7 +21,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 from aiormq.exceptions import AMQPError
 from loguru import logger
 
-from eventworker import topology
+from eventworker import banner, topology
 from eventworker.acks import Acks
 from eventworker.connection import CHANNEL_GONE, connect
 from eventworker.consumer import Consumer, unserved
@@ -233,7 +233,7 @@ class Worker:
                 await self._subscribe(consuming, route, publisher, lost) for route in self.routes
             ]
             if self.state is State.STARTING:
-                self._log_start()
+                banner.log_start(self.settings, self.routes, self.registrations)
             else:
                 self.reconnects += 1
                 logger.info("reconnected: {} queue(s) consuming again", len(consumers))
@@ -396,48 +396,3 @@ class Worker:
         # A dead channel has nothing left to ack: the broker requeued its deliveries.
         with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
             await asyncio.wait_for(consumer.close(), CLOSE_TIMEOUT)
-
-    def _log_start(self) -> None:
-        s = self.settings
-        logger.info(
-            "worker connected to {}: exchange {!r}, {} handler(s), {} queue type, grace {:g}s",
-            s.redacted_url(),
-            s.exchange,
-            len(self.routes),
-            s.queue_type,
-            s.grace,
-        )
-        by_name = {r.handler.name: r.plugin for r in self.registrations}
-        for unknown in sorted(set(s.retry_overrides) - set(by_name)):
-            logger.warning(
-                "retry_overrides names {!r}, which is no handler of this worker", unknown
-            )
-        for route in self.routes:
-            plugin = by_name[route.handler.name]
-            p = route.policy
-            logger.info(
-                "handler {} from {} {} (plugin {}): queue {} bound to {}; concurrency {}, "
-                "prefetch {}, timeout {}, retry {}x after {}s",
-                route.handler.name,
-                plugin.distribution,
-                plugin.version,
-                plugin.entry_point,
-                route.queue,
-                ", ".join(route.handler.bindings),
-                route.concurrency,
-                route.prefetch,
-                f"{route.timeout:g}s" if route.timeout else "none",
-                p.max_attempts,
-                "/".join(f"{d:g}" for d in p.delays),
-            )
-            limit = s.broker_consumer_timeout
-            if limit and (route.timeout is None or route.timeout >= limit):
-                # The broker closes the channel of a delivery unacked for longer than its
-                # consumer_timeout; every other in-flight message on it is redelivered.
-                logger.warning(
-                    "handler {}: timeout {} is not below the broker's consumer timeout {:g}s "
-                    "(broker_consumer_timeout): a long handling gets its channel closed",
-                    route.handler.name,
-                    f"{route.timeout:g}s" if route.timeout else "none",
-                    limit,
-                )

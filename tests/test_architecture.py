@@ -50,6 +50,7 @@ LAYERS = {
     "parked": 4,
     "producer": 5,
     "dispatch": 5,
+    "banner": 5,
     "queue_reader": 4,
     "dlq": 5,
     "drift": 5,
