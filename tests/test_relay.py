@@ -164,7 +164,11 @@ async def test_two_relays_in_parallel_never_send_a_row_twice(
     assert one.sent + two.sent == len(ids) and one.sent > 0 and two.sent > 0
     order = ordered_per_key(messages)
     keyless = order.pop("none")  # no key: any order
-    assert order == {f"k{k}": list(range(30)) for k in range(20)}
+    # The whole list of a key out of order, and which relay sent how much in how many batches:
+    # this failed once in a full run (not reproduced in 55 runs since).
+    wrong = {k: v for k, v in order.items() if v != list(range(30))}
+    relays = [(r.sent, r.batches, r.failed) for r in (one, two)]
+    assert not wrong and len(order) == 20, (wrong, relays)
     assert sorted(keyless) == list(range(400))
     assert await pending(pg_dsn, pg_table) == 0
 
