@@ -272,6 +272,7 @@ class Dispatcher:
         (the message went back to its queue instead)."""
         route = self.route
         name = route.handler.name
+        retried = message.exchange == self._return_exchange  # back from a retry tier
         match decision:
             case Ack():
                 logger.debug("{} handled {} [{}]", name, event.id, OneLine(event.type, 100))
@@ -288,7 +289,7 @@ class Dispatcher:
                     error,
                     {envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue},
                     handler=name,
-                    retried=message.exchange == self._return_exchange,
+                    retried=retried,
                 )
                 if not await self._move(message, acks, copy, route.retry_queues[delay], "retry"):
                     return False
@@ -313,7 +314,7 @@ class Dispatcher:
                         envelope.HOST: _HOST,
                     },
                     handler=name,
-                    retried=message.exchange == self._return_exchange,
+                    retried=retried,
                 )
                 queue = route.dead_letter_queue
                 if not await self._move(message, acks, copy, queue, "dead_letter"):

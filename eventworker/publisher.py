@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -169,8 +169,8 @@ class Publisher:
         return self._channel.is_closed
 
     def on_close(self, callback: Callable[..., Any]) -> None:
-        """Call ``callback`` when the channel closes, the broker may close it alone (a publish
-        to an exchange deleted under us: 404) while the connection stays up."""
+        """Call ``callback`` when the channel closes. The broker may close it alone, with the
+        connection still up (a publish to an exchange deleted under us: 404)."""
         self._channel.close_callbacks.add(callback)
 
     async def publish(
@@ -240,7 +240,9 @@ class Publisher:
                 if on_result is not None:
                     on_result(result)
 
-        await asyncio.gather(*(slot() for _ in range(window)))
+        # No more slots than events: the relay sends a round of a few events at a time.
+        slots = min(window, len(events)) if isinstance(events, Sized) else window
+        await asyncio.gather(*(slot() for _ in range(slots)))
         return [results[i] for i in range(len(results))]
 
     async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None:
