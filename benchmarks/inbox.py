@@ -32,16 +32,17 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from eventworker import Context, Event, handler, topology  # noqa: E402
-from eventworker.connection import connect  # noqa: E402
+from eventworker import Context, Event, handler  # noqa: E402
+from eventworker.amqp.connection import connect  # noqa: E402
 from eventworker.errors import EventworkerError  # noqa: E402
-from eventworker.idempotency import Key  # noqa: E402
-from eventworker.inbox_stores import open_store  # noqa: E402
-from eventworker.publisher import Outgoing, Publisher  # noqa: E402
-from eventworker.retry import Decision  # noqa: E402
-from eventworker.routes import Route  # noqa: E402
+from eventworker.inbox.protocol import Key  # noqa: E402
+from eventworker.inbox.stores import open_store  # noqa: E402
+from eventworker.plugins.resolved import Route  # noqa: E402
+from eventworker.publishing.channel import Outgoing, Publisher  # noqa: E402
 from eventworker.settings import InboxSettings, Settings, load_settings  # noqa: E402
-from eventworker.worker import Worker  # noqa: E402
+from eventworker.topology import declare, layout  # noqa: E402
+from eventworker.worker.decisions import Decision  # noqa: E402
+from eventworker.worker.lifecycle import Worker  # noqa: E402
 from tests.broker import registrations  # noqa: E402
 from tests.stores import POSTGRES_URL, REDIS_URL, drop  # noqa: E402
 
@@ -99,7 +100,7 @@ async def consume(base: Settings, store: str, messages: int, folder: Path) -> fl
     connection = await connect(s.url, role="benchmark", timeout=10, heartbeat=30)
     try:
         channel = await connection.channel()
-        await topology.apply(worker.plan, channel)
+        await declare.apply(worker.plan, channel)
         publisher = await Publisher.open(connection, s.exchange, source="bench", timeout=30)
         body = b'{"order_id": "o-1", "total": 12.5}'
         outgoing = [Outgoing("bench.event", body, f"e{n}") for n in range(messages)]
@@ -113,7 +114,7 @@ async def consume(base: Settings, store: str, messages: int, folder: Path) -> fl
         await task
         for queue in worker.plan.queues:
             await channel.queue_delete(queue.name)
-        for name in (s.exchange, topology.return_exchange(s.exchange)):
+        for name in (s.exchange, layout.return_exchange(s.exchange)):
             await channel.exchange_delete(name)
     finally:
         await connection.close()

@@ -29,9 +29,9 @@ import aio_pika
 from pydantic import SecretStr
 
 from eventworker import outbox
-from eventworker.outbox_store import open_store
-from eventworker.producer import Publisher
-from eventworker.relay import Relay, RelayOptions
+from eventworker.outbox.relay import Relay, RelayOptions
+from eventworker.outbox.store import open_store
+from eventworker.publishing.publisher import Publisher
 
 URL = os.environ.get("EVENTWORKER_URL", "amqp://guest:guest@localhost:5672/")
 PG_DSN = os.environ.get("EVENTWORKER_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")

@@ -15,11 +15,12 @@ from pathlib import Path
 from benchmarks import plugin
 from benchmarks.harness import Bench
 from benchmarks.procs import Child
-from eventworker import topology
 from eventworker.handlers import Handler
-from eventworker.registry import Plugin, Registration
+from eventworker.plugins.discovery import Plugin, Registration
 from eventworker.settings import Settings, load_settings
-from eventworker.worker import routes, topology_plan
+from eventworker.topology import layout
+from eventworker.topology.declare import apply as apply_plan
+from eventworker.worker.lifecycle import routes, topology_plan
 
 #: The entry-point name of the benchmark plugin.
 ENTRY_POINT = "bench"
@@ -61,7 +62,7 @@ def settings(bench: Bench, config: Path) -> Settings:
     return load_settings(config, url=bench.url)
 
 
-def plan(settings: Settings) -> topology.Plan:
+def plan(settings: Settings) -> layout.Plan:
     """The topology a worker with these settings declares."""
     source = Plugin(ENTRY_POINT, plugin.__name__, "eventworker-bench", "0")
     by_name = {h.name: h for h in vars(plugin).values() if isinstance(h, Handler)}
@@ -69,7 +70,7 @@ def plan(settings: Settings) -> topology.Plan:
     return topology_plan(routes(registrations, settings), settings)
 
 
-async def declare(bench: Bench, the_plan: topology.Plan, *, apply: bool = True) -> None:
+async def declare(bench: Bench, the_plan: layout.Plan, *, apply: bool = True) -> None:
     """Declare the worker's topology (unless not ``apply``); remember it for clean-up."""
     bench.broker.track(
         queues=[q.name for q in the_plan.queues], exchanges=[e.name for e in the_plan.exchanges]
@@ -77,7 +78,7 @@ async def declare(bench: Bench, the_plan: topology.Plan, *, apply: bool = True) 
     if not apply:
         return
     # On the connection, as the worker declares it (over several channels at once).
-    await topology.apply(the_plan, bench.broker.connection)
+    await apply_plan(the_plan, bench.broker.connection)
 
 
 def start(bench: Bench, scratch: Path, config: Path, *extra: str, probe_dir: Path) -> Child:

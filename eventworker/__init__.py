@@ -17,23 +17,23 @@ from eventworker.errors import (
 )
 
 if typing.TYPE_CHECKING:  # the lazily imported names, for type checkers
-    from eventworker.blocking import BlockingPublisher
     from eventworker.envelope import Event
     from eventworker.handlers import Context, Handler, RetryPolicy, handler
-    from eventworker.producer import NewEvent, Publisher
-    from eventworker.publisher import PublishResult
+    from eventworker.publishing.blocking import BlockingPublisher
+    from eventworker.publishing.channel import PublishResult
+    from eventworker.publishing.publisher import NewEvent, Publisher
 
 #: Public names imported on first use: the publishers pull in aio-pika, which a plugin module
 #: that only declares handlers does not need; the handler API pulls in pydantic (about 200 ms),
 #: which ``eventworker --help`` (whose module sits inside this package) does not need.
 _LAZY = {
-    "BlockingPublisher": "eventworker.blocking",
+    "BlockingPublisher": "eventworker.publishing.blocking",
     "Context": "eventworker.handlers",
     "Event": "eventworker.envelope",
     "Handler": "eventworker.handlers",
-    "NewEvent": "eventworker.producer",
-    "PublishResult": "eventworker.publisher",
-    "Publisher": "eventworker.producer",
+    "NewEvent": "eventworker.publishing.publisher",
+    "PublishResult": "eventworker.publishing.channel",
+    "Publisher": "eventworker.publishing.publisher",
     "RetryPolicy": "eventworker.handlers",
     "handler": "eventworker.handlers",
 }

@@ -17,8 +17,8 @@ from typing import Any, Protocol
 from loguru import logger as _root_logger
 from pydantic import BaseModel
 
-from eventworker import tracing
 from eventworker.envelope import Event
+from eventworker.observability import tracing
 
 #: AMQP short strings (routing keys, queue names) are at most 255 bytes.
 MAX_SHORTSTR = 255

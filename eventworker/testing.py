@@ -31,17 +31,17 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from eventworker import envelope
-from eventworker.dispatch import Dispatcher
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
 from eventworker.handlers import Handler, HandlerFunc
-from eventworker.producer import Publisher
-from eventworker.publisher import Publisher as ChannelPublisher
-from eventworker.registry import Plugin, Registration
-from eventworker.retry import Ack, DeadLetter, Decision, RetryIn
-from eventworker.routes import Route, routes
+from eventworker.plugins.discovery import Plugin, Registration
+from eventworker.plugins.resolved import Route, routes
+from eventworker.publishing.channel import Publisher as ChannelPublisher
+from eventworker.publishing.publisher import Publisher
 from eventworker.settings import Settings
-from eventworker.worker import Worker
+from eventworker.worker.decisions import Ack, DeadLetter, Decision, RetryIn
+from eventworker.worker.dispatch import Dispatcher
+from eventworker.worker.lifecycle import Worker
 
 #: The broker the fixture uses: $EVENTWORKER_TEST_URL, else a local RabbitMQ.
 TEST_URL_ENV = "EVENTWORKER_TEST_URL"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Set everything up and run every check: ruff (format and lint), mypy --strict, then the whole
-# test suite against a real RabbitMQ, PostgreSQL and Redis (the inbox stores). Extra arguments
-# go to pytest (e.g. -k retry, -m slow).
+# Set everything up and run every check: ruff (format and lint), mypy --strict, the import
+# contracts (import-linter), the docs build, then the whole test suite against a real RabbitMQ,
+# PostgreSQL and Redis (the inbox stores). Extra arguments go to pytest (-k retry, -m slow).
 set -euo pipefail
 # The tests use $EVENTWORKER_TEST_URL; make sure that is the broker the set-up checks.
 export EVENTWORKER_TEST_URL="${EVENTWORKER_TEST_URL:-${EVENTWORKER_URL:-amqp://guest:guest@localhost:5672/}}"
@@ -14,6 +14,8 @@ say "ruff"
 .venv/bin/ruff check .
 say "mypy --strict"
 .venv/bin/mypy
+say "import-linter (the architecture contracts in pyproject.toml)"
+.venv/bin/lint-imports --no-cache
 say "docs (mkdocs build --strict)"
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 say "pytest"

@@ -13,12 +13,12 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from eventworker import topology
 from eventworker.handlers import Handler
-from eventworker.registry import Plugin, Registration, discover
-from eventworker.routes import routes
+from eventworker.plugins.discovery import Plugin, Registration, discover
+from eventworker.plugins.resolved import routes
 from eventworker.settings import Settings
-from eventworker.worker import Worker
+from eventworker.topology import declare
+from eventworker.worker.lifecycle import Worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,7 +59,7 @@ class Broker:
         self.track(worker)
         channel = await self.connection.channel()
         try:
-            await topology.apply(worker.plan, channel)
+            await declare.apply(worker.plan, channel)
         finally:
             await channel.close()
         return worker

@@ -13,7 +13,7 @@ from typing import Any
 
 from eventworker import Context, Event, handler
 from eventworker.settings import load_settings
-from eventworker.worker import Worker
+from eventworker.worker.lifecycle import Worker
 from tests.broker import registrations
 
 

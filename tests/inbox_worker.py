@@ -25,13 +25,14 @@ import sqlite3
 import sys
 from typing import Any
 
-from eventworker import Context, Event, handler, logs
-from eventworker.idempotency import InboxStore, Key
-from eventworker.inbox_stores import open_store
-from eventworker.retry import Decision
-from eventworker.routes import Route
+from eventworker import Context, Event, handler
+from eventworker.inbox.protocol import InboxStore, Key
+from eventworker.inbox.stores import open_store
+from eventworker.observability import logs
+from eventworker.plugins.resolved import Route
 from eventworker.settings import load_settings
-from eventworker.worker import Worker
+from eventworker.worker.decisions import Decision
+from eventworker.worker.lifecycle import Worker
 from tests.broker import registrations
 
 LEDGER = os.environ.get("EWTEST_LEDGER", "")

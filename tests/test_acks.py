@@ -1,4 +1,4 @@
-"""Coalesced acks (eventworker/acks.py): never an ack for an unfinished delivery, never an
+"""Coalesced acks (eventworker/worker/_acks.py): never an ack for an unfinished delivery, never an
 unknown tag, nothing left unacked once everything finished; against a model of the broker's
 unacked set, then against the real broker."""
 
@@ -16,8 +16,8 @@ import aiormq.abc
 import pytest
 
 from eventworker import Context, Event, handler
-from eventworker.acks import ACK_DELAY, HOLD, Acks
 from eventworker.settings import Settings
+from eventworker.worker._acks import ACK_DELAY, HOLD, Acks
 from tests.ack_worker import acky
 from tests.broker import Broker, running, spawn_worker, wait_for
 from tests.test_cli import env_for

@@ -22,9 +22,9 @@ import aio_pika
 import pytest
 
 from eventworker import Context, Event, handler
-from eventworker.publisher import Outgoing, Publisher
+from eventworker.publishing.channel import Outgoing, Publisher
 from eventworker.settings import Settings
-from eventworker.worker import State, Worker
+from eventworker.worker.lifecycle import State, Worker
 from tests.broker import registrations, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]

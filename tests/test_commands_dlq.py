@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 import pytest
 
-from eventworker import Context, Event, RetryPolicy, handler, registry
+from eventworker import Context, Event, RetryPolicy, handler
 from eventworker.errors import ExitCode
+from eventworker.plugins import discovery
 from eventworker.settings import Settings
 from tests.broker import Broker, running, wait_for
 from tests.test_cli import EVENTWORKER, cli, env_for
@@ -25,7 +26,7 @@ H = "x-eventworker-"
 async def test_a_spent_message_is_listed_and_shown_with_its_reason(
     broker: Broker, settings: Settings
 ) -> None:
-    [broken] = [r.handler for r in registry.discover(names=("broken",))]
+    [broken] = [r.handler for r in discovery.discover(names=("broken",))]
     async with running(broker, [broken], settings) as worker:
         dead = worker.routes[0].dead_letter_queue
         await broker.publish("demo.broken", b'{"order": 7}', message_id="spent-1")

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import IO
 
 from eventworker.errors import ExitCode
-from eventworker.idempotency import Key
-from eventworker.inbox_stores import open_store
+from eventworker.inbox.protocol import Key
+from eventworker.inbox.stores import open_store
 from eventworker.settings import InboxSettings, Settings
 from tests.broker import Broker, wait_for
 from tests.test_cli import CANARY, EVENTWORKER, cli, env_for

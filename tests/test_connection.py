@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
-from eventworker.connection import connect, tls_context
+from eventworker.amqp.connection import connect, tls_context
 from eventworker.errors import BrokerAuthError, BrokerUnreachableError
 from eventworker.settings import TlsSettings
 

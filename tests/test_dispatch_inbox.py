@@ -9,8 +9,8 @@ from typing import Any
 
 from eventworker import Context, Event, RetryPolicy, handler
 from eventworker.errors import InboxError
-from eventworker.idempotency import Claimed, Key, body_hash
-from eventworker.inbox_memory import MemoryStore
+from eventworker.inbox.protocol import Claimed, Key, body_hash
+from eventworker.inbox.stores.memory import MemoryStore
 from eventworker.settings import InboxSettings, Settings
 from tests.broker import Broker, running, wait_for
 from tests.inbox_worker import Decisions

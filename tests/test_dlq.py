@@ -12,12 +12,14 @@ import aio_pika
 import orjson
 import pytest
 
-from eventworker import dlq, queue_reader, topology
-from eventworker.dlq import Parking, Selection
+from eventworker.deadletters import operations as dlq
+from eventworker.deadletters import reader as queue_reader
+from eventworker.deadletters.operations import Parking, Selection
+from eventworker.deadletters.parked import Parked
 from eventworker.errors import BrokerError
 from eventworker.handlers import handler
-from eventworker.parked import Parked
 from eventworker.settings import Settings
+from eventworker.topology import layout
 from tests.broker import Broker
 
 H = "x-eventworker-"
@@ -36,7 +38,7 @@ async def declare(broker: Broker, settings: Settings) -> Parking:
     return Parking(
         "target",
         route.dead_letter_queue,
-        topology.return_exchange(settings.exchange),
+        layout.return_exchange(settings.exchange),
         route.queue,
         queue_type=settings.queue_type,
     )

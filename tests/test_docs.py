@@ -16,7 +16,7 @@ import httpx
 import pytest
 from pydantic import SecretStr
 
-from eventworker.ingress import create_app
+from eventworker.publishing.ingress import create_app
 from eventworker.settings import Settings
 from tests.broker import Broker
 from tests.test_producer import sink

@@ -11,11 +11,12 @@ from typing import Any
 import aio_pika
 import pytest
 
-from eventworker import Context, Event, bindings, drift, handler
-from eventworker.bindings import LiveBinding, Reading
+from eventworker import Context, Event, handler
 from eventworker.errors import ExitCode
 from eventworker.settings import Settings, load_settings
-from eventworker.worker import Worker
+from eventworker.topology import bindings, drift
+from eventworker.topology.bindings import LiveBinding, Reading
+from eventworker.worker.lifecycle import Worker
 from tests.broker import Broker, registrations
 from tests.private_node import private_node
 from tests.test_cli import cli
@@ -176,9 +177,9 @@ async def test_bindings_are_read_from_the_management_api() -> None:
         worker = Worker(registrations(drifter), settings)
         connection = await aio_pika.connect(node.url)
         channel = await connection.channel()
-        from eventworker import topology
+        from eventworker.topology import declare
 
-        await topology.apply(worker.plan, channel)
+        await declare.apply(worker.plan, channel)
         queue = await channel.get_queue(worker.routes[0].queue, ensure=False)
         await queue.bind("mgmt.x", "drift.removed")
         reading = await asyncio.to_thread(bindings.read, settings)

@@ -10,12 +10,12 @@ import aiohttp
 import pytest
 
 from eventworker import Context, Event, handler
-from eventworker import worker as worker_module
-from eventworker.connection import connect
+from eventworker.amqp.connection import connect
 from eventworker.errors import ConfigError
-from eventworker.health import serving
 from eventworker.settings import Settings
-from eventworker.worker import State, Worker
+from eventworker.worker import lifecycle as worker_module
+from eventworker.worker.health import serving
+from eventworker.worker.lifecycle import State, Worker
 from tests.broker import Broker, registrations, running, wait_for
 from tests.test_worker import close_worker_connections, needs_rabbitmqctl
 

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from eventworker.errors import IdempotencyConflictError, InboxError
-from eventworker.idempotency import Duplicate, Key, Requeue, body_hash
-from eventworker.inbox import Claim, Inbox
-from eventworker.inbox_memory import MemoryStore
+from eventworker.inbox.claims import Claim, Inbox
+from eventworker.inbox.protocol import Duplicate, Key, Requeue, body_hash
+from eventworker.inbox.stores.memory import MemoryStore
 
 K = Key("h", "e1")
 

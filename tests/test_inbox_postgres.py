@@ -13,9 +13,9 @@ import pytest
 
 from eventworker import Context, Event, RetryPolicy, handler
 from eventworker.errors import ClaimLostError
-from eventworker.idempotency import Claimed, Completed, Key
-from eventworker.inbox_postgres import PostgresStore
-from eventworker.inbox_stores import open_store
+from eventworker.inbox.protocol import Claimed, Completed, Key
+from eventworker.inbox.stores import open_store
+from eventworker.inbox.stores.postgres import PostgresStore
 from eventworker.settings import InboxSettings, Settings
 from tests import stores
 from tests.broker import Broker, running, wait_for

@@ -25,11 +25,11 @@ from typing import Any
 import asyncpg
 import pytest
 
-from eventworker.idempotency import HandlerStats
-from eventworker.inbox_stores import open_store
-from eventworker.publisher import Outgoing, Publisher
+from eventworker.inbox.protocol import HandlerStats
+from eventworker.inbox.stores import open_store
+from eventworker.publishing.channel import Outgoing, Publisher
 from eventworker.settings import InboxSettings, Settings
-from eventworker.worker import Worker
+from eventworker.worker.lifecycle import Worker
 from tests.broker import Broker, registrations
 from tests.inbox_worker import effect, effect_tx
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eventworker.errors import ConfigError, InboxError
-from eventworker.idempotency import (
+from eventworker.inbox.protocol import (
     Claimed,
     Completed,
     Conflict,
@@ -20,7 +20,7 @@ from eventworker.idempotency import (
     InProgress,
     Key,
 )
-from eventworker.inbox_stores import open_store
+from eventworker.inbox.stores import open_store
 from eventworker.settings import InboxSettings
 
 K = Key("bill_order", "event-1")
@@ -211,7 +211,7 @@ async def test_a_sqlite_file_in_a_missing_folder_is_an_inbox_error(tmp_path: Pat
 
 
 def test_a_store_whose_driver_is_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delitem(sys.modules, "eventworker.inbox_postgres", raising=False)
+    monkeypatch.delitem(sys.modules, "eventworker.inbox.stores.postgres", raising=False)
     monkeypatch.setitem(sys.modules, "asyncpg", None)  # makes `import asyncpg` fail
     with pytest.raises(ConfigError, match=r"pip install 'eventworker\[postgres\]'"):
         open_store(InboxSettings.model_validate({"url": "postgresql://localhost/db"}))

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from eventworker.errors import ConfigError
-from eventworker.ingress import create_app, topic_matches
+from eventworker.publishing.ingress import create_app, topic_matches
 from eventworker.settings import Settings
 from tests.broker import Broker
 from tests.test_cli import EVENTWORKER, env_for

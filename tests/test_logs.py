@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from loguru import logger
 
-from eventworker import Context, Event, RetryPolicy, handler, logs
+from eventworker import Context, Event, RetryPolicy, handler
+from eventworker.observability import logs
 from eventworker.settings import Settings
 from tests.broker import Broker, running, wait_for
 

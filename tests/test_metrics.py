@@ -18,10 +18,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eventworker import Context, Event, Reject, RetryPolicy, handler
 from eventworker.handlers import Handler
-from eventworker.health import serving
-from eventworker.metrics import Metrics
 from eventworker.settings import Settings
-from eventworker.worker import Worker
+from eventworker.worker.health import serving
+from eventworker.worker.lifecycle import Worker
+from eventworker.worker.metrics import Metrics
 from tests.broker import Broker, running, wait_for
 from tests.test_cli import EVENTWORKER, env_for
 

@@ -13,8 +13,14 @@ import orjson
 import pytest
 
 from eventworker import envelope
+from eventworker.deadletters.parked import (
+    describe,
+    export_record,
+    preview,
+    read_record,
+    replay_properties,
+)
 from eventworker.errors import InvalidInputError
-from eventworker.parked import describe, export_record, preview, read_record, replay_properties
 
 H = "x-eventworker-"
 PARKED_AT = "2026-01-02T03:04:05.678+00:00"

@@ -14,7 +14,7 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from eventworker import BlockingPublisher, NewEvent, Publisher
 from eventworker.errors import BrokerError, BrokerUnreachableError, InvalidInputError, PublishError
-from eventworker.publisher import Outgoing
+from eventworker.publishing.channel import Outgoing
 from eventworker.settings import Settings
 from tests.broker import Broker
 

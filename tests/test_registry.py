@@ -17,7 +17,7 @@ import pytest
 
 from eventworker import Context, Event, Handler, handler
 from eventworker.errors import ExitCode, RegistryError
-from eventworker.registry import (
+from eventworker.plugins.discovery import (
     GROUP,
     Plugin,
     Registration,

@@ -19,9 +19,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from pydantic import SecretStr
 
 from eventworker import outbox
-from eventworker.outbox_store import open_store
-from eventworker.producer import Publisher
-from eventworker.relay import Relay, RelayOptions, rounds
+from eventworker.outbox.relay import Relay, RelayOptions, rounds
+from eventworker.outbox.store import open_store
+from eventworker.publishing.publisher import Publisher
 from eventworker.settings import Settings
 from tests.broker import Broker, wait_for
 from tests.test_cli import EVENTWORKER, env_for
@@ -96,7 +96,7 @@ async def relay_of(
 
 
 def test_rounds_take_one_row_per_key_and_every_keyless_row_first() -> None:
-    from eventworker.outbox_store import Row
+    from eventworker.outbox.store import Row
 
     rows = [
         Row(s, f"e{s}", "r.k", k, b"{}", None, None)

@@ -10,16 +10,9 @@ import pytest
 
 from eventworker import Context, Event, Handler, HandlerTimeoutError, Reject, Retry, RetryPolicy
 from eventworker import handler as handler_decorator
-from eventworker.retry import (
-    Ack,
-    DeadLetter,
-    RetryIn,
-    all_tiers,
-    decide,
-    effective_policy,
-    tier_for,
-)
+from eventworker.plugins.resolved import all_tiers, effective_policy
 from eventworker.settings import RetrySettings, Settings, load_settings
+from eventworker.worker.decisions import Ack, DeadLetter, RetryIn, decide, tier_for
 
 POLICY = RetryPolicy(max_attempts=3, delays=(1, 10))
 TIERS = (1.0, 10.0, 60.0)

@@ -12,8 +12,8 @@ import aio_pika
 import pytest
 
 from eventworker import Context, Event, handler
-from eventworker.routing import compile_bindings
 from eventworker.settings import Settings
+from eventworker.topology.topic import compile_bindings
 from tests.broker import Broker, running, wait_for
 
 H = "x-eventworker-"

@@ -8,7 +8,7 @@ import asyncio
 import aio_pika
 from pydantic import SecretStr
 
-from eventworker import stats
+from eventworker.observability import stats
 from eventworker.settings import Settings
 from tests.broker import Broker, wait_for
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import aio_pika
 
-from eventworker.registry import discover
+from eventworker.plugins.discovery import discover
 from eventworker.settings import Settings
 from tests.broker import Broker, running
 from tests.test_cli import EVENTWORKER, bound_queue, cli, env_for

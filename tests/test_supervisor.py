@@ -1,5 +1,5 @@
-"""``eventworker run --processes N``: the supervisor (eventworker/supervisor.py) with stand-in
-children, then the real command against the broker."""
+"""``eventworker run --processes N``: the supervisor (eventworker/worker/supervisor.py) with
+stand-in children, then the real command against the broker."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from eventworker import supervisor
 from eventworker.settings import Settings
-from eventworker.supervisor import ChildSpec, Supervisor
+from eventworker.worker import supervisor
+from eventworker.worker.supervisor import ChildSpec, Supervisor
 from tests.broker import Broker
 from tests.test_cli import EVENTWORKER, env_for
 from tests.test_metrics import _start, eventually

@@ -9,9 +9,9 @@ import pytest
 
 from eventworker import Context, Event, Retry, RetryPolicy, handler
 from eventworker.errors import EnvelopeError, HandlerTimeoutError
-from eventworker.retry import DeadLetter, RetryIn
 from eventworker.settings import RetrySettings, Settings
 from eventworker.testing import run_handler, run_handler_sync, running_worker
+from eventworker.worker.decisions import DeadLetter, RetryIn
 
 
 @handler("kit.slow", timeout=0.05, retry=RetryPolicy(max_attempts=2, delays=(3,)))

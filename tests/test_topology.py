@@ -8,7 +8,7 @@ import pytest
 
 from eventworker.envelope import RETURN_TO
 from eventworker.errors import BrokerError
-from eventworker.topology import (
+from eventworker.topology.layout import (
     BindingDecl,
     ExchangeDecl,
     HandlerQueues,

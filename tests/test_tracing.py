@@ -13,7 +13,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from eventworker import Context, Event, RetryPolicy, handler, tracing
+from eventworker import Context, Event, RetryPolicy, handler
+from eventworker.observability import tracing
 from eventworker.settings import Settings
 from tests.broker import Broker, running, wait_for
 
@@ -65,7 +66,7 @@ def test_without_opentelemetry_installed_the_headers_are_still_carried() -> None
     script = f"""
 import sys
 sys.modules["opentelemetry"] = None
-from eventworker import tracing
+from eventworker.observability import tracing
 assert not tracing.OTEL
 received = {{"traceparent": "{TRACEPARENT}", "tracestate": "{TRACESTATE}"}}
 with tracing.consuming(handler="h", queue="q", event_id="e", event_type="t", attempt=1,

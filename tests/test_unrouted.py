@@ -12,7 +12,7 @@ import pytest
 from eventworker import Context, Event, handler
 from eventworker.errors import ExitCode, TopologyConflictError
 from eventworker.settings import Settings
-from eventworker.topology import ExchangeDecl, QueueDecl, handler_queues, plan
+from eventworker.topology.layout import ExchangeDecl, QueueDecl, handler_queues, plan
 from tests.broker import Broker, running, wait_for
 from tests.test_cli import cli
 

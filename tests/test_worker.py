@@ -12,7 +12,7 @@ import pytest
 from eventworker import Context, Event, handler
 from eventworker.errors import BrokerUnreachableError, TopologyConflictError
 from eventworker.settings import Settings
-from eventworker.worker import State
+from eventworker.worker.lifecycle import State
 from tests.broker import Broker, running, wait_for
 from tests.test_producer import sink
 

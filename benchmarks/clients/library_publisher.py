@@ -9,7 +9,7 @@ import time
 from benchmarks.clients import common
 from benchmarks.wire import ROUTING_KEY, body
 from eventworker.envelope import new_id
-from eventworker.publisher import Outgoing, Publisher
+from eventworker.publishing.channel import Outgoing, Publisher
 
 
 async def publish(exchange: str, count: int) -> None:

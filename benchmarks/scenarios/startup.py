@@ -20,7 +20,7 @@ GROUP = Group(
     (Metric("seconds", "seconds", "lower", ratio=False),),
     "`eventworker --help` as a user runs it (the console script); `eventworker run` from the "
     "process start until it logs that every queue has its consumer, on a fresh topology; and "
-    "the declaration of a 200-handler topology alone (`topology.apply`, in the harness). "
+    "the declaration of a 200-handler topology alone (`declare.apply`, in the harness). "
     "`python -c pass` and a raw aio-pika consumer show what any Python program pays.",
 )
 
@@ -42,7 +42,7 @@ async def _python(bench: Bench) -> Sample:
 
 
 async def _declare(bench: Bench, handlers: int) -> Sample:
-    """``topology.apply`` of a worker with ``handlers`` handlers, on fresh names."""
+    """``declare.apply`` of a worker with ``handlers`` handlers, on fresh names."""
     scratch = bench.scratch()
     config = scratch / "eventworker.toml"
     prefix = bench.broker.prefix("declare")
@@ -80,7 +80,7 @@ def cases() -> list[Case]:
         ),
         case(
             "declare-200",
-            "topology declaration, 200 handlers (topology.apply)",
+            "topology declaration, 200 handlers (declare.apply)",
             partial(_declare, handlers=FLEET),
         ),
     ]

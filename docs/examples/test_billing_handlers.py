@@ -8,8 +8,8 @@ from contextlib import AbstractAsyncContextManager
 
 from billing_handlers import bill_order, record_charge
 
-from eventworker.retry import Ack
 from eventworker.testing import TestWorker, run_handler
+from eventworker.worker.decisions import Ack
 
 
 async def test_an_order_is_billed_and_a_charge_published() -> None:

@@ -21,8 +21,8 @@ from eventworker.errors import InvalidInputError
 from eventworker.settings import load_settings
 
 if TYPE_CHECKING:
-    from eventworker.dlq import Connection, Parking, QueueStats
-    from eventworker.parked import Parked
+    from eventworker.deadletters.operations import Connection, Parking, QueueStats
+    from eventworker.deadletters.parked import Parked
 
 
 def _row(p: Parked, now: datetime) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def dlq() -> None:
 @url_option
 def list_queues(as_json: bool, sample: int, config: str | None, url: str | None) -> None:
     """Every dead-letter queue (and the unrouted queue): count, oldest age, top reasons."""
-    from eventworker import dlq as ops
+    from eventworker.deadletters import operations as ops
 
     with errors():
         settings = load_settings(config, url=url)
@@ -131,8 +131,8 @@ def show(
     url: str | None,
 ) -> None:
     """The first parked messages of HANDLER (of every queue when omitted), left in place."""
-    from eventworker import dlq as ops
-    from eventworker import queue_reader
+    from eventworker.deadletters import operations as ops
+    from eventworker.deadletters import reader as queue_reader
 
     with errors():
         settings = load_settings(config, url=url)
@@ -168,7 +168,7 @@ def show(
 
 
 def _echo_parked(m: Parked, now: datetime) -> None:
-    from eventworker.logs import one_line
+    from eventworker.observability.logs import one_line
 
     attempts = "-" if m.attempts is None else str(m.attempts)
     click.echo(f"{line(m)}  attempts={attempts}  age={age(m.age(now))}  replays={m.replays}")
@@ -200,7 +200,7 @@ def export(handler: str, out: str, limit: int | None, config: str | None, url: s
     One record per line: routing key, body, properties and headers. `eventworker publish
     --exported --file FILE` publishes them again.
     """
-    from eventworker import dlq as ops
+    from eventworker.deadletters import operations as ops
 
     with errors():
         settings = load_settings(config, url=url)

@@ -15,8 +15,8 @@ from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import load_settings
 
 if TYPE_CHECKING:
-    from eventworker.dlq import Connection, Parking, ReplayOutcome
-    from eventworker.parked import Parked
+    from eventworker.deadletters.operations import Connection, Parking, ReplayOutcome
+    from eventworker.deadletters.parked import Parked
 
 
 @click.command("replay")
@@ -49,8 +49,8 @@ def replay(
     x-eventworker-replays raised by one. Unrouted events go back to the exchange with their
     routing key. Prints each message it moved.
     """
-    from eventworker import dlq as ops
-    from eventworker import queue_reader
+    from eventworker.deadletters import operations as ops
+    from eventworker.deadletters import reader as queue_reader
 
     with errors():
         if (handler is None) == (not every):
@@ -116,7 +116,7 @@ def purge(
     url: str | None,
 ) -> None:
     """Delete parked messages of HANDLER for good (all, or those selected); needs --yes."""
-    from eventworker import dlq as ops
+    from eventworker.deadletters import operations as ops
 
     with errors():
         if not yes:

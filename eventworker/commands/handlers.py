@@ -17,12 +17,12 @@ from eventworker.settings import load_settings
 def list_handlers(as_json: bool, config: str | None) -> None:
     """List every discovered handler: plugin, distribution, bindings, queues, retry policy,
     idempotent or not."""
-    from eventworker import registry
-    from eventworker.routes import routes
+    from eventworker.plugins import discovery
+    from eventworker.plugins.resolved import routes
 
     with errors():
         settings = load_settings(config)
-        registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
+        registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
         rows: list[dict[str, Any]] = []
         for reg, route in zip(registrations, routes(registrations, settings), strict=True):
             rows.append(

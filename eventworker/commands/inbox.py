@@ -34,7 +34,7 @@ def _settings(config: str | None, store_url: str | None) -> InboxSettings:
 
 def _with_store(settings: InboxSettings, use: Callable[[Any], Awaitable[T]]) -> T:
     """Open the store the settings name (never creating it), run ``use`` on it, close it."""
-    from eventworker.inbox_stores import open_store
+    from eventworker.inbox.stores import open_store
 
     store = open_store(settings, connections=1)
 

@@ -52,7 +52,7 @@ def outbox_group() -> None:
 @table_option
 def init(config: str | None, dsn: str | None, table: str | None) -> None:
     """Create the outbox table, its indexes and (PostgreSQL) its NOTIFY trigger. Idempotent."""
-    from eventworker import outbox
+    from eventworker.outbox import table as outbox
 
     with errors():
         settings = _settings(config, {}, dsn=dsn, table=table)
@@ -75,8 +75,8 @@ def init(config: str | None, dsn: str | None, table: str | None) -> None:
 async def _init_postgres(url: str, table: str) -> None:
     import asyncpg
 
-    from eventworker import outbox
     from eventworker.errors import OutboxError
+    from eventworker.outbox import table as outbox
 
     try:
         conn = await asyncpg.connect(url, timeout=10)
@@ -131,7 +131,7 @@ def relay(
     (PostgreSQL) without sending a row twice. A crash gives at most a duplicate with the same
     event id. The batch in progress is finished before the relay exits.
     """
-    from eventworker import logs
+    from eventworker.observability import logs
 
     with errors():
         settings = _settings(
@@ -150,10 +150,10 @@ def relay(
 async def _relay(settings: Settings) -> None:
     from loguru import logger
 
-    from eventworker import outbox
-    from eventworker.outbox_store import open_store
-    from eventworker.producer import Publisher
-    from eventworker.relay import Relay, RelayOptions
+    from eventworker.outbox import table as outbox
+    from eventworker.outbox.relay import Relay, RelayOptions
+    from eventworker.outbox.store import open_store
+    from eventworker.publishing.publisher import Publisher
 
     o = settings.outbox
     dsn = _dsn(settings)

@@ -16,8 +16,8 @@ from eventworker.errors import ExitCode
 from eventworker.settings import Settings
 
 if TYPE_CHECKING:
-    from eventworker.dlq import Connection, Parking, Selection
-    from eventworker.parked import Parked
+    from eventworker.deadletters.operations import Connection, Parking, Selection
+    from eventworker.deadletters.parked import Parked
 
 T = TypeVar("T")
 _RATE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:/\s*s)?\s*$")
@@ -38,12 +38,13 @@ def resolve(settings: Settings, names: Sequence[str]) -> list[Parking]:
     A name that is no installed handler is taken as a handler installed elsewhere with the
     default queue name, so an operator's machine needs no plugins.
     """
-    from eventworker import registry, topology
-    from eventworker.dlq import Parking
-    from eventworker.routes import routes
+    from eventworker.deadletters.operations import Parking
+    from eventworker.plugins import discovery
+    from eventworker.plugins.resolved import routes
+    from eventworker.topology import layout
 
-    back = topology.return_exchange(settings.exchange)
-    registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
+    back = layout.return_exchange(settings.exchange)
+    registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
     kind = settings.queue_type
     known = {
         r.handler.name: Parking(r.handler.name, r.dead_letter_queue, back, r.queue, queue_type=kind)
@@ -58,7 +59,7 @@ def resolve(settings: Settings, names: Sequence[str]) -> list[Parking]:
     found = []
     for name in names:
         if name not in known:
-            queues = topology.handler_queues(name, (), prefix=settings.queue_prefix)
+            queues = layout.handler_queues(name, (), prefix=settings.queue_prefix)
             click.echo(
                 f"note: no handler {name!r} is installed here; using its default queues "
                 f"{queues.dead_letter_queue!r} and {queues.queue!r}",
@@ -78,7 +79,7 @@ def run(settings: Settings, operation: Callable[[Connection, asyncio.Event], Awa
     what it held, in order, and raises Interrupted (exit 130). A second one cancels at once
     (nothing is lost, but a quorum queue may then get its held messages back out of order).
     """
-    from eventworker.connection import connect
+    from eventworker.amqp.connection import connect
 
     async def main() -> T:
         task = asyncio.current_task()
@@ -113,7 +114,7 @@ def run(settings: Settings, operation: Callable[[Connection, asyncio.Event], Awa
 
 
 def _warn_about_read_counts(settings: Settings, connection: Connection) -> None:
-    from eventworker.queue_reader import broker_version, counts_reads
+    from eventworker.deadletters.reader import broker_version, counts_reads
 
     version = broker_version(connection)
     if settings.queue_type == "quorum" and counts_reads(version):
@@ -136,12 +137,12 @@ def age(seconds: float | None) -> str:
 
 
 def line(p: Parked) -> str:
-    from eventworker.logs import one_line
+    from eventworker.observability.logs import one_line
 
     return f"{p.id or '(no id)'}  {one_line(p.routing_key, 100)}  {p.reason}"
 
 
 def selection(ids: Sequence[str], reason: str | None) -> Selection:
-    from eventworker.dlq import Selection
+    from eventworker.deadletters.operations import Selection
 
     return Selection(frozenset(ids), reason)

@@ -19,7 +19,7 @@ def list_plugins(as_json: bool, config: str | None) -> None:
     A plugin is enabled when the `plugins` setting is empty or names it; metadata found in the
     working directory (a stray *.dist-info) is ignored, never imported.
     """
-    from eventworker.registry import survey
+    from eventworker.plugins.discovery import survey
 
     with errors():
         settings = load_settings(config)

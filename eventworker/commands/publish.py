@@ -144,7 +144,7 @@ def publish(
     unrouted_queue setting is on: then it goes to that queue, and a warning says how many did.
     Prints how many were confirmed; exits 1 when any was not.
     """
-    from eventworker import logs
+    from eventworker.observability import logs
 
     with errors():
         settings = load_settings(config, url=url, exchange=exchange, publish_timeout=timeout)
@@ -215,8 +215,8 @@ def _exported(
 ) -> list[Any]:
     """The events of an export file, each checked like any other before connecting."""
     from eventworker import envelope
-    from eventworker.parked import read_record
-    from eventworker.publisher import Outgoing
+    from eventworker.deadletters.parked import read_record
+    from eventworker.publishing.channel import Outgoing
 
     if file is None or routing_key is not None or data is not None:
         raise InvalidInputError("--exported takes --file and no ROUTING_KEY or JSON")
@@ -271,7 +271,7 @@ def envelope_outgoing(
     correlation_id: str | None,
 ) -> Any:
     from eventworker import envelope
-    from eventworker.publisher import Outgoing
+    from eventworker.publishing.channel import Outgoing
 
     return Outgoing(
         routing_key, body, event_id or envelope.new_id(), headers or None, correlation_id
@@ -289,9 +289,9 @@ async def _publish_all(
     """
     from contextlib import AsyncExitStack
 
-    from eventworker import unrouted
     from eventworker.errors import BrokerUnreachableError
-    from eventworker.publisher import Publisher
+    from eventworker.publishing import unrouted
+    from eventworker.publishing.channel import Publisher
 
     async with AsyncExitStack() as stack:
         watch = None

@@ -16,7 +16,7 @@ from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from eventworker.worker import Worker
+    from eventworker.worker.lifecycle import Worker
 
 
 @click.command()
@@ -95,7 +95,8 @@ def run(
     restarts a worker that died (with a growing pause) and exits 1 when one fails for good;
     worker i serves its endpoints on metrics port + i.
     """
-    from eventworker import logs, registry
+    from eventworker.observability import logs
+    from eventworker.plugins import discovery
 
     with errors():
         settings = load_settings(
@@ -111,21 +112,21 @@ def run(
             processes=processes,
         )
         logs.configure(settings.log_level, format=settings.log_format)
-        registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
+        registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
         if not registrations:
             raise InvalidInputError(
                 f"no handlers installed: no package registers any in the entry-point group "
-                f"{registry.GROUP!r}"
+                f"{discovery.GROUP!r}"
             )
         if settings.processes > 1:
             # Plugins were checked above, once, so a broken one fails here and not N times.
             sys.exit(_supervise(settings, config=config, url=url))
         # Not before: a supervisor holds no broker connection, so it never imports aio-pika.
-        from eventworker.worker import Worker
+        from eventworker.worker.lifecycle import Worker
 
         if settings.metrics_port:
-            from eventworker import health
-            from eventworker.metrics import Metrics
+            from eventworker.worker import health
+            from eventworker.worker.metrics import Metrics
 
             metrics = Metrics()
             worker = Worker(registrations, settings, observers=[metrics])
@@ -147,7 +148,7 @@ def run(
 
 async def _serve(worker: Worker, main: Coroutine[Any, Any, None]) -> None:
     """Run ``main``; under ``run --processes``, as a child that follows its supervisor."""
-    from eventworker import supervisor
+    from eventworker.worker import supervisor
 
     parent = os.environ.get(supervisor.SUPERVISOR_ENV)
     if not parent:
@@ -164,7 +165,7 @@ async def _serve(worker: Worker, main: Coroutine[Any, Any, None]) -> None:
 def _supervise(settings: Settings, *, config: str | None, url: str | None) -> int:
     """Run ``settings.processes`` children, each ``eventworker run --processes 1`` with these
     settings (the URL through the environment, never on a command line ``ps`` shows)."""
-    from eventworker.supervisor import ChildSpec, Supervisor
+    from eventworker.worker.supervisor import ChildSpec, Supervisor
 
     env = dict(os.environ)
     if url is not None:

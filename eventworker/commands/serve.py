@@ -34,7 +34,7 @@ def serve(
     {"routing_key": ..., "data": ...}: 202 only once the broker confirmed each event; 4xx for
     bad input, 503 while the broker is unreachable. OpenAPI: /openapi.json and /docs.
     """
-    from eventworker import logs
+    from eventworker.observability import logs
 
     with errors():
         base = load_settings(config, url=url, log_level=log_level and log_level.upper())
@@ -53,7 +53,7 @@ def serve(
         try:
             import uvicorn
 
-            from eventworker.ingress import create_app
+            from eventworker.publishing.ingress import create_app
         except ImportError as exc:
             raise ConfigError(
                 f"eventworker serve needs the http extra (pip install 'eventworker[http]'): {exc}"

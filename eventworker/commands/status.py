@@ -26,11 +26,11 @@ def status(as_json: bool, config: str | None, url: str | None) -> None:
     consumer holds unacked); no message is read or moved. Retry tiers are shared by all
     handlers: a tier's depth counts every handler's retries waiting in it.
     """
-    from eventworker import registry
+    from eventworker.plugins import discovery
 
     with errors():
         settings = load_settings(config, url=url)
-        registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
+        registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
         report = asyncio.run(_report(settings, registrations))
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -41,8 +41,8 @@ def status(as_json: bool, config: str | None, url: str | None) -> None:
 
 
 async def _report(settings: Settings, registrations: list[Any]) -> dict[str, Any]:
-    from eventworker import stats
-    from eventworker.routes import routes
+    from eventworker.observability import stats
+    from eventworker.plugins.resolved import routes
 
     route_list = routes(registrations, settings)
     tiers = route_list[0].retry_queues if route_list else {}
@@ -74,7 +74,7 @@ def _shown(value: int | None) -> str:
 
 
 def _table(report: dict[str, Any]) -> str:
-    from eventworker.topology import delay_label
+    from eventworker.topology.layout import delay_label
 
     header = ("HANDLER", "QUEUE", "READY", "CONSUMERS", "DEAD", "RETRY TIERS (shared)")
     rows = [

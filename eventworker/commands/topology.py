@@ -18,9 +18,9 @@ from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
 
 if TYPE_CHECKING:
-    from eventworker.bindings import Reading
-    from eventworker.drift import Finding
-    from eventworker.topology import Plan
+    from eventworker.topology.bindings import Reading
+    from eventworker.topology.drift import Finding
+    from eventworker.topology.layout import Plan
 
 _DRIFT = ("missing", "conflict", "extra")
 
@@ -36,10 +36,10 @@ def _handler_option(func: Any) -> Any:
 
 
 def _plan(settings: Settings) -> Plan:
-    from eventworker import registry
-    from eventworker.routes import routes, topology_plan
+    from eventworker.plugins import discovery
+    from eventworker.plugins.resolved import routes, topology_plan
 
-    registrations = registry.discover(plugins=settings.plugins, names=settings.handlers)
+    registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
     if not registrations:
         raise InvalidInputError("no handlers installed: there is no topology to compare")
     return topology_plan(routes(registrations, settings), settings)
@@ -47,8 +47,8 @@ def _plan(settings: Settings) -> Plan:
 
 def _inspect(settings: Settings, *, apply: bool) -> tuple[Reading, list[Finding], list[str]]:
     """Compare the plan with the broker (and with ``apply``, reconcile, then compare again)."""
-    from eventworker import bindings, drift
-    from eventworker.connection import connect
+    from eventworker.amqp.connection import connect
+    from eventworker.topology import bindings, drift
 
     plan = _plan(settings)
 

@@ -13,11 +13,11 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
-from eventworker import topology
-from eventworker.publisher import PublishResult
-from eventworker.registry import Registration
+from eventworker.plugins.discovery import Registration
+from eventworker.publishing.channel import PublishResult
 from eventworker.settings import Settings
-from eventworker.worker import Worker
+from eventworker.topology import declare, layout
+from eventworker.worker.lifecycle import Worker
 from tests.broker import Broker
 from tests.faults import invariants, traffic
 from tests.faults.control import Control, QueueState
@@ -64,13 +64,13 @@ class Rig:
 
     # -- names -----------------------------------------------------------------------------
     def work_queue(self, handler: str) -> str:
-        return topology.work_queue(self.prefix, handler)
+        return layout.work_queue(self.prefix, handler)
 
     def dead_letter_queue(self, handler: str) -> str:
-        return topology.dead_letter_queue(self.work_queue(handler))
+        return layout.dead_letter_queue(self.work_queue(handler))
 
     def retry_queue(self, delay: float) -> str:
-        return topology.retry_queue(self.prefix, delay)
+        return layout.retry_queue(self.prefix, delay)
 
     # -- workers ---------------------------------------------------------------------------
     async def declare(self, specs: Sequence[Spec]) -> None:
@@ -79,11 +79,11 @@ class Rig:
         plan = self._plan(specs)
         channel = await self.connection.channel()
         try:
-            await topology.apply(plan, channel)
+            await declare.apply(plan, channel)
         finally:
             await channel.close()
 
-    def _plan(self, specs: Sequence[Spec], settings: Settings | None = None) -> topology.Plan:
+    def _plan(self, specs: Sequence[Spec], settings: Settings | None = None) -> layout.Plan:
         registrations = [Registration(build(s, self.ledger), PLUGIN) for s in specs]
         plan = Worker(registrations, settings or self.settings).plan
         self.planned_queues |= {q.name for q in plan.queues}
@@ -272,8 +272,8 @@ class Rig:
                     await channel.queue_delete(name)
             for exchange in (
                 self.settings.exchange,
-                topology.return_exchange(self.settings.exchange),
-                topology.unrouted_exchange(self.settings.exchange),
+                layout.return_exchange(self.settings.exchange),
+                layout.unrouted_exchange(self.settings.exchange),
             ):
                 with contextlib.suppress(Exception):
                     await channel.exchange_delete(exchange)

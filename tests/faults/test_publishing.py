@@ -18,7 +18,7 @@ import pytest
 
 from eventworker import Publisher
 from eventworker.errors import ExitCode
-from eventworker.publisher import Outgoing, PublishResult
+from eventworker.publishing.channel import Outgoing, PublishResult
 from tests.faults import traffic
 from tests.faults.node import PrivateNode
 from tests.faults.plugin import Spec

@@ -13,7 +13,8 @@ import aio_pika
 import orjson
 import pytest
 
-from eventworker import envelope, topology
+from eventworker import envelope
+from eventworker.topology import layout
 from tests.faults import traffic
 from tests.faults.node import PrivateNode
 from tests.faults.plugin import Spec
@@ -215,7 +216,7 @@ async def _return_binding(rig: Rig, handler: str, bind: bool) -> None:
     channel = await rig.connection.channel()
     try:
         queue = await channel.get_queue(rig.work_queue(handler), ensure=False)
-        exchange = topology.return_exchange(rig.settings.exchange)
+        exchange = layout.return_exchange(rig.settings.exchange)
         arguments: dict[str, Any] = {"x-match": "all", envelope.RETURN_TO: queue.name}
         if bind:
             await queue.bind(exchange, "", arguments=arguments)

@@ -16,9 +16,9 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from eventworker import parked
+from eventworker.deadletters import parked
 from eventworker.errors import BrokerError
-from eventworker.publisher import Outgoing, Publisher, PublishResult
+from eventworker.publishing.channel import Outgoing, Publisher, PublishResult
 from tests.faults.ledger import CONFIRMED, NACKED, UNKNOWN, Ledger
 
 #: A publish result's status as the ledger classes it (guide §6.1).

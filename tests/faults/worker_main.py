@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eventworker import registry
 from eventworker.cli import main as eventworker_main
-from eventworker.registry import Plugin, Registration
+from eventworker.plugins import discovery
+from eventworker.plugins.discovery import Plugin, Registration
 from tests.faults.ledger import Ledger
 from tests.faults.plugin import Spec, build
 
@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
     def discover(**_: Any) -> list[Registration]:
         return registrations
 
-    registry.discover = discover  # the one seam we replace
+    discovery.discover = discover  # the one seam we replace
     eventworker_main(["run", *options.run_args], prog_name="eventworker")
 
 

@@ -8,8 +8,8 @@ from contextlib import AbstractAsyncContextManager
 
 from eventworker_example.handlers import bill_order, broken, flaky, greet
 
-from eventworker.retry import Ack, DeadLetter, RetryIn
 from eventworker.testing import Published, TestWorker, run_handler, run_handler_sync
+from eventworker.worker.decisions import Ack, DeadLetter, RetryIn
 
 Running = Callable[..., AbstractAsyncContextManager[TestWorker]]
 

@@ -1,0 +1,1 @@
+"""Logs, trace context and queue statistics: what every other wing reports through."""

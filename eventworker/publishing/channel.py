@@ -1,0 +1,314 @@
+"""Confirmed, mandatory publishing: an event is published only when the broker confirmed it.
+
+A nack, a return (unroutable), a confirm timeout and a lost connection are all "not
+published", reported per event. Batches keep a window of confirms in flight instead of
+waiting for each one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import aio_pika
+import aiormq.abc
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
+from aiormq import spec
+from aiormq.exceptions import (
+    AMQPChannelError,
+    AMQPError,
+    ChannelInvalidStateError,
+    ChannelNotFoundEntity,
+    DeliveryError,
+)
+from aiormq.exceptions import PublishError as ReturnedError
+from pydantic import SecretStr
+
+from eventworker import envelope
+from eventworker.amqp.connection import connect
+from eventworker.errors import BrokerError, PublishError
+from eventworker.settings import TlsSettings
+
+Status = Literal["confirmed", "nacked", "unroutable", "timeout", "connection_lost"]
+
+#: How long closing the connection may take: every confirm waited for has arrived by then.
+CLOSE_TIMEOUT = 0.5
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+#: Confirms in flight at once in a batch: enough to keep the broker busy, bounded memory.
+DEFAULT_WINDOW = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One event to publish: routing key, JSON body bytes and metadata."""
+
+    routing_key: str
+    body: bytes
+    id: str
+    headers: Mapping[str, Any] | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    #: When the event happened; None: now. Set when an exported event is published again.
+    timestamp: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PublishResult:
+    event_id: str
+    status: Status
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "confirmed"
+
+    def check(self, what: str) -> None:
+        """Raises PublishError unless confirmed; ``what`` names the message, as in
+        ``event <id> to 'orders.created'``."""
+        if not self.ok:
+            raise PublishError(
+                f"{what} not published: {self.status} {self.detail}".rstrip(),
+                status=self.status,
+                event_id=self.event_id,
+            )
+
+
+class Publisher:
+    """Publishes events to the topic exchange, and raw copies to queues, with confirms.
+
+    Use :meth:`connect` for a publisher with its own connection; the worker builds one on its
+    publishing connection (separate from consuming, so a blocked publisher cannot stop acks).
+    """
+
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        underlay: aiormq.abc.AbstractChannel,
+        exchange: AbstractExchange,
+        *,
+        source: str | None,
+        timeout: float,
+    ) -> None:
+        self._channel = channel
+        #: Publishes go to aiormq's channel directly: aio-pika's ``Message`` and
+        #: ``Exchange.publish`` add CPU per event and nothing this class uses.
+        self._underlay = underlay
+        self._exchange = exchange
+        self._source = source
+        self._timeout = timeout
+        #: The broker's reply text when it closed this channel with a channel error while a
+        #: publish was in flight, as it does for a publish it refuses outright (406 for an
+        #: oversize message); "" otherwise (open, or gone with the connection).
+        self.refused = ""
+        #: The id of the event the broker closed the channel over, when it was the only
+        #: publish in flight then (else "": the broker does not say which one it refused).
+        self.refused_id = ""
+        self._in_flight = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        url: str | SecretStr | Sequence[SecretStr],
+        *,
+        exchange: str,
+        source: str | None = None,
+        timeout: float = 10.0,
+        connect_timeout: float = 10.0,
+        heartbeat: int = 30,
+        tls: TlsSettings | None = None,
+    ) -> AsyncIterator[Publisher]:
+        """A publisher on a connection of its own, closed on exit.
+
+        Raises:
+            BrokerUnreachableError, BrokerAuthError: the connection failed.
+            BrokerError: the exchange does not exist.
+        """
+        urls = SecretStr(url) if isinstance(url, str) else url
+        connection = await connect(
+            urls, role="publisher", timeout=connect_timeout, heartbeat=heartbeat, tls=tls
+        )
+        try:
+            yield await cls.open(connection, exchange, source=source, timeout=timeout)
+        finally:
+            # A broker that blocks publishers (resource alarm) reads nothing more, not even
+            # Connection.Close: answering the caller beats waiting for its reply.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
+
+    @classmethod
+    async def open(
+        cls, connection: AbstractConnection, exchange: str, *, source: str | None, timeout: float
+    ) -> Publisher:
+        """A publisher on a new confirm channel of ``connection``.
+
+        Raises:
+            BrokerError: the exchange does not exist.
+        """
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            target = await channel.get_exchange(exchange, ensure=True)
+        except ChannelNotFoundEntity:
+            await channel.close()
+            raise BrokerError(
+                f"exchange {exchange!r} does not exist on the broker (a worker "
+                f"declares it at start; or check the exchange setting)"
+            ) from None
+        if channel.is_closed:  # pragma: no cover - the passive declare closed it
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        underlay = await channel.get_underlay_channel()
+        return cls(channel, underlay, target, source=source, timeout=timeout)
+
+    @property
+    def is_closed(self) -> bool:
+        return self._channel.is_closed
+
+    def on_close(self, callback: Callable[..., Any]) -> None:
+        """Call ``callback`` when the channel closes. The broker may close it alone, with the
+        connection still up (a publish to an exchange deleted under us: 404)."""
+        self._channel.close_callbacks.add(callback)
+
+    async def publish(
+        self,
+        routing_key: str,
+        data: Any,
+        *,
+        id: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> None:
+        """Publish one event and wait for its confirm.
+
+        Raises:
+            PublishError: not confirmed; ``status`` says why.
+            TypeError: ``data`` is not JSON-serialisable.
+        """
+        result = await self.send(
+            Outgoing(
+                routing_key,
+                envelope.encode_data(data),
+                id or envelope.new_id(),
+                headers,
+                correlation_id,
+                causation_id,
+            )
+        )
+        result.check(f"event {result.event_id} to {routing_key!r}")
+
+    async def send(self, event: Outgoing) -> PublishResult:
+        """Publish one event to the exchange; the result says whether it was confirmed."""
+        fields = envelope.properties(
+            event_id=event.id,
+            routing_key=event.routing_key,
+            source=self._source,
+            correlation_id=event.correlation_id,
+            causation_id=event.causation_id,
+            headers=event.headers,
+            timestamp=event.timestamp,
+        )
+        fields["message_type"] = fields.pop("type")  # the AMQP property's name in pamqp
+        properties = spec.Basic.Properties(delivery_mode=PERSISTENT, **fields)
+        return await self._confirmed(
+            self._exchange.name, event.body, properties, event.routing_key, event.id
+        )
+
+    async def send_many(
+        self,
+        events: Iterable[Outgoing],
+        *,
+        window: int = DEFAULT_WINDOW,
+        on_result: Callable[[PublishResult], None] | None = None,
+    ) -> list[PublishResult]:
+        """Publish many events with up to ``window`` confirms in flight; results in order.
+        ``on_result`` sees each result as it comes (a progress bar)."""
+        # ``window`` publishers pull from one iterator: at most ``window`` confirms in flight,
+        # one task per slot rather than per event. The channel's lock keeps the publishes in
+        # the iterator's order.
+        pending = iter(enumerate(events))
+        results: dict[int, PublishResult] = {}
+
+        async def slot() -> None:
+            for index, event in pending:
+                result = await self.send(event)
+                results[index] = result
+                if on_result is not None:
+                    on_result(result)
+
+        # No more slots than events: the relay sends a round of a few events at a time.
+        slots = min(window, len(events)) if isinstance(events, Sized) else window
+        await asyncio.gather(*(slot() for _ in range(slots)))
+        return [results[i] for i in range(len(results))]
+
+    async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None:
+        """Put ``message`` straight into ``queue`` (retry tier or dead-letter queue), confirmed.
+
+        Raises:
+            PublishError: not confirmed, or the queue does not exist (returned).
+        """
+        await self._copy(self._channel.default_exchange, message, queue, f"queue {queue!r}")
+
+    async def send_copy(self, message: aio_pika.Message, routing_key: str) -> None:
+        """Publish a prepared ``message`` (a replayed copy) to this publisher's exchange with
+        ``routing_key``, confirmed and mandatory.
+
+        Raises:
+            PublishError: not confirmed, or no queue is bound for it (returned).
+        """
+        where = f"exchange {self._exchange.name!r}"
+        await self._copy(self._exchange, message, routing_key, where)
+
+    async def _copy(
+        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, where: str
+    ) -> None:
+        result = await self._confirmed(
+            exchange.name, message.body, message.properties, routing_key, message.message_id or ""
+        )
+        result.check(f"copy of {result.event_id} to {where}")
+
+    async def _confirmed(
+        self,
+        exchange: str,
+        body: bytes,
+        properties: spec.Basic.Properties,
+        routing_key: str,
+        event_id: str,
+    ) -> PublishResult:
+        self._in_flight += 1
+        try:
+            await self._underlay.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=True,
+                timeout=self._timeout,
+            )
+        except ReturnedError:
+            return PublishResult(event_id, "unroutable", f"no queue is bound to {routing_key!r}")
+        except DeliveryError:
+            return PublishResult(event_id, "nacked", "the broker refused it")
+        except TimeoutError:
+            return PublishResult(
+                event_id,
+                "timeout",
+                f"no confirm within {self._timeout:g}s (broker blocked by a resource alarm?)",
+            )
+        except AMQPChannelError as exc:
+            # The channel's close reason, given to every publish in flight on it at once: the
+            # first to see it sees the others still counted in flight.
+            reply = " ".join(str(arg) for arg in exc.args if arg is not None) or repr(exc)
+            if not self.refused:
+                self.refused = reply
+                self.refused_id = event_id if self._in_flight == 1 else ""
+            return PublishResult(event_id, "connection_lost", reply)
+        except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError) as exc:
+            return PublishResult(event_id, "connection_lost", type(exc).__name__)
+        finally:
+            self._in_flight -= 1
+        return PublishResult(event_id, "confirmed")

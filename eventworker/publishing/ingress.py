@@ -1,0 +1,290 @@
+"""The HTTP ingress: events in over HTTP, answered 202 only once the broker confirmed them.
+
+``POST /events/{routing_key}`` takes one JSON event; ``POST /events`` takes NDJSON, one
+``{"routing_key": ..., "data": ..., "id": ...}`` object per line. Input is checked before
+anything is published: size (413, before parsing), authentication (401), JSON and routing key
+(400), the allow-list of routing-key patterns (403), content type (415). An event no queue is
+bound for is 422; a broker that is unreachable, refuses or does not confirm in time is 503
+with ``Retry-After``. The ``Idempotency-Key`` header becomes the event id, so a client that
+retries after a lost answer produces a duplicate its consumers can recognise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+from loguru import logger
+
+from eventworker import envelope
+from eventworker.errors import BrokerError, ConfigError, InvalidInputError
+from eventworker.handlers import check_binding_key
+from eventworker.publishing.channel import PublishResult
+from eventworker.publishing.publisher import NewEvent, Publisher
+from eventworker.settings import HttpSettings, Settings
+
+#: Seconds a client should wait before retrying a 503.
+RETRY_AFTER = "5"
+_JSON = {"application/json"}
+_NDJSON = {"application/x-ndjson", "application/ndjson", "application/jsonl"}
+#: Status per publish outcome: only "confirmed" is accepted.
+_STATUS = {"confirmed": 202, "unroutable": 422}
+
+
+def topic_matches(pattern: str, key: str) -> bool:
+    """Whether ``key`` matches the binding-key ``pattern`` as RabbitMQ's topic exchange would
+    route it: ``*`` is exactly one word, ``#`` zero or more."""
+    p, k = pattern.split("."), key.split(".")
+
+    @cache
+    def match(i: int, j: int) -> bool:
+        if i == len(p):
+            return j == len(k)
+        if p[i] == "#":
+            return any(match(i + 1, jj) for jj in range(j, len(k) + 1))
+        return j < len(k) and p[i] in ("*", k[j]) and match(i + 1, j + 1)
+
+    return match(0, 0)
+
+
+def check_allowed_keys(patterns: tuple[str, ...]) -> tuple[str, ...]:
+    """Raises ConfigError for a pattern that is no valid binding key."""
+    for pattern in patterns:
+        try:
+            check_binding_key(pattern)
+        except ValueError as exc:
+            raise ConfigError(f"http.allowed_keys: {exc}") from None
+    return patterns
+
+
+def _fail(status: int, detail: str, **headers: str) -> HTTPException:
+    return HTTPException(status, detail, headers=headers or None)
+
+
+def _media(request: Request) -> str | None:
+    value = request.headers.get("content-type")
+    return value.split(";")[0].strip().lower() if value else None
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (before any
+    parsing, and without reading the rest of an oversized upload)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _fail(413, f"body of {declared} bytes exceeds the limit of {limit}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _fail(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class Ingress:
+    """The checks and the publishing behind the routes; one per app."""
+
+    def __init__(self, settings: Settings, publisher: Publisher) -> None:
+        self.http: HttpSettings = settings.http
+        self.allowed = check_allowed_keys(settings.http.allowed_keys)
+        self.max_body_bytes = settings.max_body_bytes
+        self.publisher = publisher
+
+    def authenticate(self, request: Request) -> None:
+        """401 unless the bearer token (when set) matches."""
+        token = self.http.token
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(given.encode(), expected.encode()):
+            raise _fail(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
+
+    def verify(self, request: Request, body: bytes) -> None:
+        """401 unless the body's HMAC-SHA256 signature (when a secret is set) matches."""
+        secret = self.http.hmac_secret
+        if secret is None:
+            return
+        digest = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
+        given = request.headers.get(self.http.signature_header, "")
+        if not hmac.compare_digest(given.encode(), f"sha256={digest}".encode()):
+            raise _fail(401, f"missing or wrong signature in {self.http.signature_header}")
+
+    def check_key(self, routing_key: str, where: str = "") -> None:
+        try:
+            envelope.check_routing_key(routing_key)
+        except ValueError as exc:
+            raise _fail(400, f"{where}{exc}") from None
+        if not any(topic_matches(p, routing_key) for p in self.allowed):
+            raise _fail(403, f"{where}routing key {routing_key[:100]!r} is not allowed here")
+
+    async def publish(self, events: list[NewEvent]) -> list[PublishResult]:
+        try:
+            return await self.publisher.publish_many(events)
+        except InvalidInputError as exc:  # id, header or size problems found by the publisher
+            raise _fail(400, str(exc)) from None
+
+    async def one(self, request: Request, routing_key: str) -> JSONResponse:
+        self.authenticate(request)
+        body = await _body(request, self.max_body_bytes)
+        self.verify(request, body)
+        if _media(request) not in (None, *_JSON):
+            raise _fail(415, "send the event as application/json")
+        self.check_key(routing_key)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise _fail(400, f"invalid JSON: {exc}") from None
+        event = NewEvent(
+            routing_key,
+            data,
+            id=request.headers.get("idempotency-key") or None,
+            correlation_id=request.headers.get("x-correlation-id") or None,
+        )
+        [result] = await self.publish([event])
+        return _answer([result], single=True)
+
+    async def batch(self, request: Request) -> JSONResponse:
+        self.authenticate(request)
+        body = await _body(request, self.http.max_batch_bytes)
+        self.verify(request, body)
+        if _media(request) not in (None, *_NDJSON):
+            raise _fail(415, "send the batch as application/x-ndjson, one event per line")
+        lines = [(n, line) for n, line in enumerate(body.splitlines(), 1) if line.strip()]
+        if not lines:
+            raise _fail(400, "the batch holds no event")
+        if len(lines) > self.http.max_batch_events:
+            raise _fail(
+                413, f"{len(lines)} events exceed the limit of {self.http.max_batch_events}"
+            )
+        key = request.headers.get("idempotency-key")
+        events = [self._line(n, line, key) for n, line in lines]
+        return _answer(await self.publish(events), single=False)
+
+    def _line(self, n: int, line: bytes, batch_key: str | None) -> NewEvent:
+        where = f"line {n}: "
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise _fail(400, f"{where}invalid JSON: {exc}") from None
+        if not isinstance(item, dict) or not isinstance(item.get("routing_key"), str):
+            raise _fail(400, f'{where}expected {{"routing_key": "...", "data": ...}}')
+        if "data" not in item or set(item) - {"routing_key", "data", "id", "correlation_id"}:
+            raise _fail(
+                400, f"{where}fields are routing_key, data, and optional id, correlation_id"
+            )
+        self.check_key(item["routing_key"], where)
+        event_id = item.get("id") or (f"{batch_key}-{n}" if batch_key else None)
+        correlation = item.get("correlation_id")
+        if not isinstance(event_id, str | None) or not isinstance(correlation, str | None):
+            raise _fail(400, f"{where}id and correlation_id must be strings")
+        return NewEvent(item["routing_key"], item["data"], id=event_id, correlation_id=correlation)
+
+
+def _answer(results: list[PublishResult], *, single: bool) -> JSONResponse:
+    """202 when every event was confirmed; else 503 when any may succeed on a retry, else 422.
+    The body lists each event's id and outcome, so a client can retry the failed ones."""
+    rows = [{"id": r.event_id, "status": r.status, "detail": r.detail} for r in results]
+    statuses = {_STATUS.get(r.status, 503) for r in results}
+    status = 503 if 503 in statuses else max(statuses)
+    headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
+    content: dict[str, Any] = rows[0] if single else {"results": rows}
+    return JSONResponse(content, status_code=status, headers=headers)
+
+
+def _warn_if_open(http: HttpSettings) -> None:
+    try:
+        loopback = ipaddress.ip_address(http.host).is_loopback
+    except ValueError:
+        loopback = http.host == "localhost"
+    if not loopback and http.token is None and http.hmac_secret is None:
+        logger.warning(
+            "HTTP ingress on {} without http.token or http.hmac_secret: anyone who reaches "
+            "the port can publish events",
+            http.host,
+        )
+
+
+def create_app(settings: Settings, *, publisher: Publisher | None = None) -> FastAPI:
+    """The ingress as an ASGI app (FastAPI); ``eventworker serve`` runs it with uvicorn.
+
+    The publisher connects at start; when the broker is down, the app still starts and answers
+    503 until it can publish.
+
+    Raises:
+        ConfigError: an allow-list pattern is not a valid binding key.
+    """
+    pub = publisher or Publisher.from_settings(
+        settings, source="eventworker-http", reconnect_timeout=settings.connect_timeout
+    )
+    ingress = Ingress(settings, pub)
+    _warn_if_open(settings.http)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await pub.open()
+        except BrokerError as exc:
+            logger.warning("broker not reachable yet ({}); answering 503 until it is", exc)
+        yield
+        await pub.close()
+
+    app = FastAPI(
+        title="eventworker HTTP ingress",
+        summary="Publish events to RabbitMQ; 202 only after the broker confirmed them.",
+        lifespan=lifespan,
+    )
+    responses: dict[int | str, dict[str, Any]] = {
+        202: {"description": "Confirmed by the broker"},
+        400: {"description": "Invalid JSON, routing key, id or header"},
+        401: {"description": "Missing or wrong bearer token or signature"},
+        403: {"description": "Routing key not in http.allowed_keys"},
+        413: {"description": "Body over the size limit"},
+        415: {"description": "Wrong content type"},
+        422: {"description": "Unroutable: no queue is bound for the routing key"},
+        503: {"description": "Broker unreachable, refused it, or no confirm in time"},
+    }
+
+    @app.post(
+        "/events/{routing_key}",
+        status_code=202,
+        responses=responses,
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}
+        },
+    )
+    async def publish_event(routing_key: str, request: Request) -> JSONResponse:
+        """Publish one event: the body (any JSON value) is its data. ``Idempotency-Key``
+        becomes its id, ``X-Correlation-Id`` its correlation id."""
+        return await ingress.one(request, routing_key)
+
+    @app.post(
+        "/events",
+        status_code=202,
+        responses=responses,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+    async def publish_batch(request: Request) -> JSONResponse:
+        """Publish a batch: one ``{"routing_key", "data", "id"?, "correlation_id"?}`` object
+        per line. With ``Idempotency-Key: K``, a line without id gets ``K-<line number>``."""
+        return await ingress.batch(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        """Whether the publisher currently holds a connection to the broker."""
+        return {"broker_connected": pub.connected}
+
+    return app

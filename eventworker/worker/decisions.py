@@ -1,0 +1,83 @@
+"""The pure retry decision: (attempt, policy, what the handler did) -> what happens next."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from eventworker.errors import HandlerTimeoutError, Reject, Retry
+from eventworker.handlers import RetryPolicy
+from eventworker.inbox.protocol import Duplicate, Requeue
+
+
+@dataclass(frozen=True, slots=True)
+class Ack:
+    """The handler succeeded."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryIn:
+    """Send a copy to the retry tier of ``delay`` seconds, then ack the original."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Park a copy in the handler's dead-letter queue with ``reason``, then ack the original.
+
+    Reasons: ``rejected``, ``timeout``, ``exception`` and ``retry_requested`` (attempts spent),
+    ``give_up`` (a ``give_up_on`` type, or one not in ``retry_on``), plus the envelope's
+    ``too_large``, ``unsupported_content_type``, ``decode_error``, ``schema_error`` and
+    ``no_handler``, and the inbox's ``idempotency_key_conflict``.
+    """
+
+    reason: str
+
+
+#: What happens to a delivery. ``decide`` returns the first three; the inbox of idempotent
+#: handlers adds ``Duplicate`` (acked unrun) and ``Requeue`` (handed back unrun).
+Decision = Ack | RetryIn | DeadLetter | Duplicate | Requeue
+
+
+def decide(
+    attempt: int,
+    policy: RetryPolicy,
+    error: BaseException | None,
+    *,
+    tiers: tuple[float, ...],
+    retry_on: tuple[type[BaseException], ...] = (),
+    give_up_on: tuple[type[BaseException], ...] = (),
+) -> Decision:
+    """What happens after attempt ``attempt`` ended with ``error`` (None: success)."""
+    match error:
+        case None:
+            return Ack()
+        case Reject():
+            return DeadLetter("rejected")
+        case Retry(delay=delay):
+            if attempt >= policy.max_attempts:
+                return DeadLetter("retry_requested")
+            return RetryIn(tier_for(delay or policy.delay_after(attempt), tiers))
+    timed_out = isinstance(error, HandlerTimeoutError | asyncio.TimeoutError)
+    reason = "timeout" if timed_out else "exception"
+    # A timeout is retried even with retry_on set: it says nothing about the input.
+    if isinstance(error, give_up_on) or (
+        retry_on and not timed_out and not isinstance(error, retry_on)
+    ):
+        return DeadLetter("give_up")
+    if attempt >= policy.max_attempts:
+        return DeadLetter(reason)
+    return RetryIn(tier_for(policy.delay_after(attempt), tiers))
+
+
+def tier_for(delay: float, tiers: tuple[float, ...]) -> float:
+    """The declared retry tier for ``delay``: the shortest not shorter than it, else the longest.
+
+    ``Retry(delay=7)`` with tiers 1, 10 and 60 waits 10 seconds; a delay longer than every
+    tier waits the longest (retry queues are declared up front, one per delay).
+    """
+    for tier in tiers:
+        if tier >= delay:
+            return tier
+    return tiers[-1]

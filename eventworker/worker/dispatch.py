@@ -1,0 +1,372 @@
+"""What happens to one delivery: decode -> handler -> settle, exactly once, in one place.
+
+A settle that moves the message (retry, dead letter) publishes the copy and waits for its
+confirm *before* acking the original: a crash in between gives a duplicate, never a loss. A
+cancelled handling (shutdown) settles nothing, so the broker redelivers the message and the
+shutdown consumes no attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import socket
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from typing import Any, Literal, Protocol
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from loguru import logger
+from pydantic import ValidationError
+
+from eventworker import envelope
+from eventworker.amqp.connection import CHANNEL_GONE
+from eventworker.envelope import Event
+from eventworker.errors import (
+    EnvelopeError,
+    HandlerTimeoutError,
+    IdempotencyConflictError,
+    PublishError,
+)
+from eventworker.handlers import Context
+from eventworker.inbox.claims import Claim, Inbox
+from eventworker.inbox.protocol import CONFLICT_REASON, Duplicate, Key, Requeue
+from eventworker.observability import logs, tracing
+from eventworker.observability.logs import OneLine
+from eventworker.plugins.resolved import Route
+from eventworker.publishing.channel import Publisher
+from eventworker.topology.topic import compile_bindings
+from eventworker.worker._acks import Acks
+from eventworker.worker._copies import describe, failure_copy, short_traceback
+from eventworker.worker.decisions import Ack, DeadLetter, Decision, RetryIn, decide
+
+#: Pause before handing a message back to the broker when its retry or parked copy could not
+#: be published, so a broker that refuses publishes does not become a hot loop.
+REQUEUE_PAUSE = 1.0
+_HOST = socket.gethostname()
+
+
+class Observer(Protocol):
+    """Sees each delivery as it arrives and as it is settled (metrics implement this).
+
+    Called on the event loop for every message: must be quick and must not raise. A
+    ``Duplicate`` decision is a duplicate an idempotent handler skipped; ``Requeue``, one
+    handed back to its queue because another worker held it.
+    """
+
+    def received(self, route: Route, event: Event[Any]) -> None: ...
+
+    def settled(
+        self, route: Route, event: Event[Any], decision: Decision, *, moved: bool, seconds: float
+    ) -> None:
+        """``moved`` is False when the retry or parked copy could not be published and the
+        message went back to its queue instead; ``seconds`` is the time since receipt."""
+
+    def published(self, route: Route, *, kind: PublishKind, status: str) -> None:
+        """A publish by this handling ended: a follow-up ``event``, a ``retry`` copy or a
+        ``dead_letter`` copy, ``confirmed`` or why not (``nacked``, ``unroutable``, ...)."""
+
+
+PublishKind = Literal["event", "retry", "dead_letter"]
+
+
+class Dispatcher:
+    """Runs one handler on its deliveries; ``handle`` settles each delivery exactly once."""
+
+    def __init__(
+        self,
+        route: Route,
+        *,
+        moves: Publisher,
+        events: Publisher,
+        return_exchange: str,
+        max_body_bytes: int,
+        executor: Executor,
+        observers: Sequence[Observer] = (),
+        inbox: Inbox | None = None,
+    ) -> None:
+        self.route = route
+        self._moves = moves
+        self._events = events
+        self._return_exchange = return_exchange
+        self._max_body_bytes = max_body_bytes
+        self._executor = executor
+        self._observers = tuple(observers)
+        self._inbox = inbox if route.idempotent else None
+        self._bindings = compile_bindings(route.handler.bindings)
+
+    async def handle(self, message: AbstractIncomingMessage, acks: Acks | None = None) -> None:
+        """Handle and settle ``message``: through ``acks`` (coalesced, the worker) when given,
+        else with the message's own awaited ack/nack."""
+        route = self.route
+        received = time.monotonic()
+        trusted = message.exchange == self._return_exchange
+        # The body first, so the event is built once (its refusal is settled below).
+        invalid: EnvelopeError | None = None
+        try:
+            data = self._data(message)
+        except EnvelopeError as exc:
+            data, invalid = None, exc
+        event: Event[Any] = envelope.decode(
+            message, data, trusted=trusted, max_attempts=route.policy.max_attempts
+        )
+        for observer in self._observers:
+            observer.received(route, event)
+        error: BaseException | None
+        decision: Decision
+        # The span and the log fields cover the whole handling, the settle's lines included.
+        with (
+            tracing.consuming(
+                handler=route.handler.name,
+                queue=route.queue,
+                event_id=event.id,
+                event_type=event.type,
+                attempt=event.attempt,
+                headers=event.headers,
+            ) as span,
+            logs.handling(route.handler.name, event, trace_id=span.trace_id),
+        ):
+            try:
+                self._check_routing_key(event.type)  # before the body's refusal, as it decides
+                if invalid is not None:
+                    raise invalid
+            except EnvelopeError as exc:
+                # Input that can never succeed: parked at once, attempts = 1.
+                error, decision = exc, DeadLetter(exc.reason)
+            else:
+                if self._inbox is not None:
+                    error, decision = await self._run_once(self._inbox, event, message.body)
+                else:
+                    error = await self._run(event)
+                    decision = self._decide(event, error)
+            moved = await self._settle(message, acks, event, error, decision)
+            span.record(outcome=type(decision).__name__, error=error)
+        seconds = time.monotonic() - received
+        for observer in self._observers:
+            observer.settled(route, event, decision, moved=moved, seconds=seconds)
+
+    def _check_routing_key(self, routing_key: str) -> None:
+        """Refuse a delivery none of the handler's binding keys matches (a stale binding, or a
+        message put into the queue by name): nobody handles it, so it is parked, not acked.
+
+        Raises:
+            EnvelopeError: reason ``no_handler``.
+        """
+        if not self._bindings.matches(routing_key):
+            raise EnvelopeError(
+                "no_handler",
+                f"routing key {routing_key[:255]!r} matches none of the handler's binding keys "
+                f"({', '.join(self._bindings.keys)})",
+            )
+
+    def _data(self, message: AbstractIncomingMessage) -> Any:
+        data = envelope.decode_body(
+            message.body,
+            message.content_type,
+            message.content_encoding,
+            max_body_bytes=self._max_body_bytes,
+        )
+        model = self.route.handler.model
+        if model is None:
+            return data
+        try:
+            return model.model_validate(data)
+        except ValidationError as exc:
+            # Field paths and error types only: the input may hold secrets or personal data.
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or '(root)'}: {e['type']}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            raise EnvelopeError("schema_error", f"{model.__name__}: {problems}") from None
+
+    def _decide(self, event: Event[Any], error: BaseException | None) -> Decision:
+        route = self.route
+        return decide(
+            event.attempt,
+            route.policy,
+            error,
+            tiers=route.tiers,
+            retry_on=route.handler.retry_on,
+            give_up_on=route.handler.give_up_on,
+        )
+
+    async def _run_once(
+        self, inbox: Inbox, event: Event[Any], body: bytes
+    ) -> tuple[BaseException | None, Decision]:
+        """Run an idempotent handler under its claim in the inbox: a duplicate is skipped, a
+        conflicting body dead-lettered; success marks the event done before the ack, failure
+        releases the claim so the retry can take it."""
+        admission = await inbox.admit(Key(self.route.handler.name, event.id), body)
+        if not isinstance(admission, Claim):
+            if isinstance(admission, IdempotencyConflictError):
+                return admission, DeadLetter(CONFLICT_REASON)
+            return None, admission
+        async with inbox.holding(admission):
+            error = await self._run(event, transaction=partial(inbox.transaction, admission))
+        decision = self._decide(event, error)
+        if isinstance(decision, Ack):
+            await inbox.complete(admission)
+        else:
+            await inbox.release(admission)
+        return error, decision
+
+    async def _run(
+        self,
+        event: Event[Any],
+        *,
+        transaction: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    ) -> BaseException | None:
+        """Run the handler; return what it raised (None on success). Cancellation propagates."""
+        handler = self.route.handler
+        loop = asyncio.get_running_loop()
+        ctx = Context(
+            handler=handler.name,
+            event=event,
+            _publish=self._publish,
+            _loop=loop,
+            _transaction=transaction,
+        )
+        try:
+            async with asyncio.timeout(self.route.timeout) as deadline:
+                if handler.is_async:
+                    await handler(event, ctx)  # type: ignore[misc]  # is_async checked
+                else:
+                    # A thread, so the event loop (heartbeats, acks) never blocks; the context
+                    # copy carries the log fields and the trace span into the thread.
+                    call = partial(contextvars.copy_context().run, handler.func, event, ctx)
+                    await loop.run_in_executor(self._executor, call)
+        except TimeoutError as exc:
+            if deadline.expired():
+                return HandlerTimeoutError(f"handler ran longer than {self.route.timeout:g}s")
+            return exc
+        except Exception as exc:
+            return exc
+        return None
+
+    async def _publish(self, routing_key: str, data: Any, **options: Any) -> None:
+        """``Context.publish``: a follow-up event, its outcome told to the observers."""
+        try:
+            await self._events.publish(routing_key, data, **options)
+        except PublishError as exc:
+            self._published("event", exc.status)
+            raise
+        self._published("event", "confirmed")
+
+    def _published(self, kind: PublishKind, status: str) -> None:
+        for observer in self._observers:
+            observer.published(self.route, kind=kind, status=status)
+
+    async def _settle(
+        self,
+        message: AbstractIncomingMessage,
+        acks: Acks | None,
+        event: Event[Any],
+        error: BaseException | None,
+        decision: Decision,
+    ) -> bool:
+        """Settle the delivery as ``decision`` says; False when its copy could not be moved
+        (the message went back to its queue instead)."""
+        route = self.route
+        name = route.handler.name
+        retried = message.exchange == self._return_exchange  # back from a retry tier
+        match decision:
+            case Ack():
+                logger.debug("{} handled {} [{}]", name, event.id, OneLine(event.type, 100))
+            case Duplicate():
+                logger.debug("{} skipped {}: a duplicate of a handled event", name, event.id)
+            case Requeue(reason=reason):
+                logger.info("{} handed {} back to its queue unrun ({})", name, event.id, reason)
+                await _requeue(message, acks)
+                return True
+            case RetryIn(delay=delay):
+                copy = failure_copy(
+                    message,
+                    event,
+                    error,
+                    {envelope.ATTEMPT: event.attempt + 1, envelope.RETURN_TO: route.queue},
+                    handler=name,
+                    retried=retried,
+                )
+                if not await self._move(message, acks, copy, route.retry_queues[delay], "retry"):
+                    return False
+                logger.warning(
+                    "{} attempt {}/{} of {} failed: {}; retry in {:g}s",
+                    name,
+                    event.attempt,
+                    route.policy.max_attempts,
+                    event.id,
+                    describe(error),
+                    delay,
+                )
+            case DeadLetter(reason=reason):
+                copy = failure_copy(
+                    message,
+                    event,
+                    error,
+                    {
+                        envelope.ATTEMPT: event.attempt,
+                        envelope.REASON: reason,
+                        envelope.TRACEBACK: short_traceback(error),
+                        envelope.HOST: _HOST,
+                    },
+                    handler=name,
+                    retried=retried,
+                )
+                queue = route.dead_letter_queue
+                if not await self._move(message, acks, copy, queue, "dead_letter"):
+                    return False
+                logger.error(
+                    "{} dead-lettered {} after attempt {} ({}): {}",
+                    name,
+                    event.id,
+                    event.attempt,
+                    reason,
+                    describe(error),
+                )
+        if acks is not None:
+            # Coalesced; a dead channel's acks are dropped there, never sent on another one.
+            acks.ack(message.delivery_tag)  # type: ignore[arg-type]  # consumed: always a tag
+            return True
+        try:
+            await message.ack()
+        except CHANNEL_GONE:
+            # The delivery died with its channel: the broker redelivers it. Never send its
+            # tag on another channel.
+            logger.info(
+                "{} could not ack {}: channel closed; the broker will redeliver it", name, event.id
+            )
+        return True
+
+    async def _move(
+        self,
+        message: AbstractIncomingMessage,
+        acks: Acks | None,
+        copy: aio_pika.Message,
+        queue: str,
+        kind: PublishKind,
+    ) -> bool:
+        """Publish ``copy`` to ``queue`` with a confirm; on failure hand the original back."""
+        try:
+            await self._moves.send_to_queue(copy, queue)
+            self._published(kind, "confirmed")
+            return True
+        except PublishError as exc:
+            self._published(kind, exc.status)
+            logger.error("{}: {}; returning the message to its queue", self.route.handler.name, exc)
+            await asyncio.sleep(REQUEUE_PAUSE)
+            await _requeue(message, acks)
+            return False
+
+
+async def _requeue(message: AbstractIncomingMessage, acks: Acks | None) -> None:
+    """Hand the message back to its queue now (never coalesced)."""
+    with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it
+        if acks is None:
+            await message.nack(requeue=True)
+        else:
+            await acks.nack(message.delivery_tag, requeue=True)  # type: ignore[arg-type]

@@ -1,0 +1,399 @@
+"""The worker's lifecycle: connect, declare, consume, reconnect, drain, stop.
+
+One connection consumes and acks; a second one publishes (retry and parked copies, follow-up
+events), so a broker that blocks publishers (resource alarm) cannot stop acks. The worker owns
+reconnection: after any loss it declares the topology and subscribes every queue again, so it
+never stays up with a queue that has no consumer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from enum import Enum
+from typing import Any
+
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from aiormq.exceptions import AMQPError
+from loguru import logger
+
+from eventworker.amqp.connection import CHANNEL_GONE, connect
+from eventworker.errors import BrokerUnreachableError
+from eventworker.inbox.claims import Inbox
+from eventworker.inbox.protocol import InboxStore
+from eventworker.inbox.stores import build_inbox
+from eventworker.plugins.discovery import Registration
+from eventworker.plugins.resolved import Route, routes, topology_plan
+from eventworker.publishing.channel import Publisher
+from eventworker.settings import Settings
+from eventworker.topology import declare, layout
+from eventworker.worker import _banner
+from eventworker.worker._acks import Acks
+from eventworker.worker._consumer import Consumer, unserved
+from eventworker.worker.dispatch import Dispatcher, Observer
+
+#: Reconnection back-off: first pause, growth factor and the longest pause, in seconds.
+BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_MAX = 0.5, 2.0, 15.0
+#: How long a broker round trip during shutdown may take before we stop waiting for it.
+CLOSE_TIMEOUT = 5.0
+
+
+class State(Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Worker:
+    """Runs handlers until :meth:`stop`; :meth:`run` returns after a graceful drain.
+
+    Raises from :meth:`run`: BrokerAuthError, TopologyConflictError and other BrokerErrors
+    (fatal: reconnecting would not help), BrokerUnreachableError when the broker cannot be
+    reached at start or stays away longer than ``reconnect_timeout``, InboxError when the
+    inbox of idempotent handlers cannot be opened. ``inbox_store`` replaces the store the
+    settings name (tests, embedding).
+
+    Raises from the constructor: ConfigError for an inbox URL that names no usable store.
+    """
+
+    def __init__(
+        self,
+        registrations: Sequence[Registration],
+        settings: Settings,
+        *,
+        reconnect_timeout: float = 300.0,
+        observers: Sequence[Observer] = (),
+        inbox_store: InboxStore | None = None,
+    ) -> None:
+        if not registrations:
+            raise ValueError("a worker needs at least one handler")
+        self.settings = settings
+        self.registrations = list(registrations)
+        self.routes = routes(registrations, settings)
+        self.plan = topology_plan(self.routes, settings)
+        self.state = State.STARTING
+        self.reconnect_timeout = reconnect_timeout
+        self.observers = tuple(observers)
+        sync_slots = sum(r.concurrency for r in self.routes if not r.handler.is_async)
+        self.executor = ThreadPoolExecutor(
+            max_workers=max(sync_slots, 1), thread_name_prefix="eventworker-handler"
+        )
+        self.interrupted = False
+        #: A second SIGTERM/SIGINT this soon after the first is the same stop request, not a
+        #: "stop at once": a supervised worker gets one from its process group (a terminal's
+        #: Ctrl-C, systemd, ``kill -- -PGID``) and one forwarded by the supervisor.
+        self.repeat_window = 0.0
+        self._first_signal: float | None = None
+        self.inbox: Inbox | None = build_inbox(
+            settings.inbox,
+            handlers={r.handler.name: r.concurrency for r in self.routes if r.idempotent},
+            store=inbox_store,
+        )
+        self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
+        #: The consumers of the current session (empty while not connected).
+        self.consumers: list[Consumer] = []
+        #: Sessions that connected again after a loss (metrics read it).
+        self.reconnects = 0
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._running: set[asyncio.Task[Any]] = set()
+
+    # -- control ------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Begin a graceful drain (idempotent); safe to call from a signal handler."""
+        self._stop.set()
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        """Wait until every handler's queue has its consumer."""
+        await asyncio.wait_for(self._ready.wait(), timeout)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    @property
+    def ready(self) -> bool:
+        """Connected, topology declared and every queue consumed; False while starting,
+        reconnecting, draining and stopped (``/readyz`` answers with it)."""
+        return self.state is State.RUNNING and self._ready.is_set() and not self._stop.is_set()
+
+    # -- lifecycle ----------------------------------------------------------------------
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Serve until stopped, then drain. With ``handle_signals``, SIGTERM/SIGINT stop the
+        worker gracefully and a second one cancels the drain at once."""
+        if handle_signals:
+            self._install_signals(asyncio.current_task())
+        try:
+            if self.inbox is not None:
+                await self.inbox.start()
+            lost_since: float | None = None
+            pause = BACKOFF_FIRST
+            while not self._stop.is_set():
+                try:
+                    await self._session()
+                    lost_since, pause = None, BACKOFF_FIRST
+                    if not self._stop.is_set():
+                        self.state = State.RECONNECTING
+                        logger.warning("connection to the broker lost; reconnecting")
+                        lost_since = time.monotonic()
+                except (BrokerUnreachableError, AMQPError, ConnectionError) as exc:
+                    if self.state is State.STARTING:
+                        raise
+                    self.state = State.RECONNECTING
+                    lost_since = lost_since or time.monotonic()
+                    if time.monotonic() - lost_since > self.reconnect_timeout:
+                        raise BrokerUnreachableError(
+                            f"broker unreachable for over {self.reconnect_timeout:g}s; giving "
+                            f"up: {exc}"
+                        ) from None
+                    logger.error("reconnect failed: {}; next try in {:g}s", exc, pause)
+                    await self._sleep_unless_stopped(pause)
+                    pause = min(pause * BACKOFF_FACTOR, BACKOFF_MAX)
+        except asyncio.CancelledError:
+            if not self.interrupted:
+                raise
+            # Our own second-signal cancel: the sessions' finally blocks closed the
+            # connections, so the broker has every unfinished message back. Return normally.
+            logger.warning("stopped without draining")
+        finally:
+            self.state = State.STOPPED
+            self.executor.shutdown(wait=False, cancel_futures=True)
+            if self.inbox is not None:
+                await self.inbox.close()
+
+    async def _sleep_unless_stopped(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    def _install_signals(self, main: asyncio.Task[Any] | None) -> None:
+        loop = asyncio.get_running_loop()
+
+        def on_signal(signum: int) -> None:
+            now = time.monotonic()
+            if self._first_signal is not None and now - self._first_signal < self.repeat_window:
+                return
+            if self._stop.is_set():
+                logger.warning(
+                    "second {}: stopping now, unfinished messages go back to the broker",
+                    signal.Signals(signum).name,
+                )
+                self.interrupted = True
+                if main is not None:
+                    main.cancel()
+                return
+            self._first_signal = now
+            logger.info(
+                "{}: draining (grace {:g}s); send it again to stop at once",
+                signal.Signals(signum).name,
+                self.settings.grace,
+            )
+            self.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+
+    async def _session(self) -> None:
+        """One connected period: declare, consume, wait for stop or loss; drain on stop."""
+        s = self.settings
+        urls = s.urls()
+        names = ",".join(r.handler.name for r in self.routes)
+        names = names if len(names) <= 120 else names[:117] + "..."
+        consuming = await connect(
+            urls,
+            role=f"worker [{names}]",
+            timeout=s.connect_timeout,
+            heartbeat=s.heartbeat,
+            tls=s.tls,
+        )
+        publishing: AbstractConnection | None = None
+        try:
+            publishing = await connect(
+                urls,
+                role=f"worker-publisher [{names}]",
+                timeout=s.connect_timeout,
+                heartbeat=s.heartbeat,
+                tls=s.tls,
+            )
+            await declare.apply(self.plan, consuming)
+            publisher = await Publisher.open(
+                publishing, s.exchange, source=None, timeout=s.publish_timeout
+            )
+            lost = asyncio.Event()
+            for live in (consuming, publishing):
+                live.close_callbacks.add(lambda *_: lost.set())
+            # Without its channel the publisher can send no retry or parked copy, and every
+            # failing message would go round unacked: a new session opens a new one.
+            publisher.on_close(lambda *_: lost.set())
+            consumers = self.consumers = [
+                await self._subscribe(consuming, route, publisher, lost) for route in self.routes
+            ]
+            if self.state is State.STARTING:
+                _banner.log_start(self.settings, self.routes, self.registrations)
+            else:
+                self.reconnects += 1
+                logger.info("reconnected: {} queue(s) consuming again", len(consumers))
+            self.state = State.RUNNING
+            self._ready.set()
+            waits = {
+                asyncio.ensure_future(self._stop.wait()),
+                asyncio.ensure_future(lost.wait()),
+                asyncio.ensure_future(self._watchdog(consuming, consumers, lost)),
+            }
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            for waiting in waits:
+                waiting.cancel()
+            self._ready.clear()
+            self.consumers = []
+            if self._stop.is_set():
+                await self._drain(consumers)
+            else:
+                # Lost, or the watchdog gave up on a consumer: write the coalesced acks of the
+                # channels still open (a dead one drops its own), so what finished is not
+                # redelivered; what still runs is, as the connection closes.
+                await asyncio.gather(*(self._close(consumer) for consumer in consumers))
+        finally:
+            for conn in (consuming, publishing):
+                if conn is not None and not conn.is_closed:
+                    # Closing a broken connection: the broker requeues regardless.
+                    with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
+                        await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+
+    async def _subscribe(
+        self,
+        connection: AbstractConnection,
+        route: Route,
+        publisher: Publisher,
+        lost: asyncio.Event,
+    ) -> Consumer:
+        channel = await connection.channel()
+        # The broker cancels a consumer when its queue is deleted, and closes a channel on a
+        # consumer timeout: either way this session is broken; a new one re-declares all.
+        channel.close_callbacks.add(lambda *_: lost.set())
+        underlay = await channel.get_underlay_channel()
+
+        def cancelled_by_broker(*_: Any) -> None:
+            # Never silent: an operator deleted the queue, or its node went away.
+            logger.error(
+                "the broker cancelled our consumer of queue {} (queue deleted?); declaring "
+                "the topology and subscribing again",
+                route.queue,
+            )
+            lost.set()
+
+        underlay.on_consumer_cancel_callbacks.add(cancelled_by_broker)
+        dispatcher = Dispatcher(
+            route,
+            moves=publisher,
+            events=publisher,
+            return_exchange=layout.return_exchange(self.settings.exchange),
+            max_body_bytes=self.settings.max_body_bytes,
+            executor=self.executor,
+            observers=self.observers,
+            inbox=self.inbox,
+        )
+        slots = asyncio.Semaphore(route.concurrency)
+
+        async def on_message(message: AbstractIncomingMessage, acks: Acks) -> None:
+            # aiormq runs each delivery in a task of its own; the semaphore bounds how many
+            # run the handler at once (prefetch only bounds how many are delivered).
+            task = asyncio.current_task()
+            assert task is not None
+            if slots.locked():
+                self._waiting.add(task)  # the drain cancels the waiting ones
+                try:
+                    await slots.acquire()
+                finally:
+                    self._waiting.discard(task)
+            else:
+                await slots.acquire()  # a free slot: returns at once
+            try:
+                if self.state is State.DRAINING:
+                    return  # unstarted: left unacked, the broker redelivers it
+                self._running.add(task)
+                try:
+                    await dispatcher.handle(message, acks)
+                finally:
+                    self._running.discard(task)
+            finally:
+                slots.release()
+
+        queue = await channel.get_queue(route.queue, ensure=False)
+        # Starts on probation (prefetch 1 while redelivered messages come): see consumer.py.
+        # Not with a single active consumer: ending probation re-subscribes, and the broker
+        # would hand the queue to another worker while this one still runs a message.
+        consumer = Consumer(
+            channel,
+            underlay,
+            queue,
+            prefetch=route.prefetch,
+            on_message=on_message,
+            name=route.handler.name,
+            probation=not route.handler.single_active_consumer,
+        )
+        await consumer.start()
+        return consumer
+
+    async def _watchdog(
+        self, connection: AbstractConnection, consumers: list[Consumer], lost: asyncio.Event
+    ) -> None:
+        """Every ``watchdog_interval`` seconds, check that each queue we serve still has our
+        consumer; if one lost it without any notice we saw, end the session so the next one
+        subscribes everything again. A worker never stays up with a queue nobody consumes."""
+        interval = self.settings.watchdog_interval
+        if not interval:
+            await lost.wait()
+            return
+        while not lost.is_set():
+            await asyncio.sleep(interval)
+            missing = await unserved(connection, consumers)
+            if missing:
+                logger.error(
+                    "watchdog: no consumer of ours on {}; subscribing again", ", ".join(missing)
+                )
+                lost.set()
+
+    async def _drain(self, consumers: list[Consumer]) -> None:
+        """Stop consuming first, then let started handlers finish within the grace period.
+
+        Unstarted deliveries and handlers still running after the grace are left unacked:
+        closing the channel hands them back to the broker, and no attempt is consumed.
+        """
+        self.state = State.DRAINING
+        started = time.monotonic()
+        for consumer in consumers:
+            # A dead channel has no consumer left to cancel.
+            with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
+                await asyncio.wait_for(consumer.cancel(), CLOSE_TIMEOUT)
+        for task in list(self._waiting):
+            task.cancel()
+        running = set(self._running)
+        pending: set[asyncio.Task[Any]] = set()
+        if running:
+            logger.info(
+                "waiting up to {:g}s for {} running handler(s)", self.settings.grace, len(running)
+            )
+            _, pending = await asyncio.wait(running, timeout=self.settings.grace)
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=CLOSE_TIMEOUT) if pending else None
+        await asyncio.gather(*(self._close(consumer) for consumer in consumers))
+        logger.info(
+            "drained in {:.1f}s: {} finished, {} unfinished handed back to the broker",
+            time.monotonic() - started,
+            len(running) - len(pending),
+            len(pending),
+        )
+
+    @staticmethod
+    async def _close(consumer: Consumer) -> None:
+        """Write the consumer's coalesced acks and close its channel; unfinished deliveries
+        stay unacked and go back to the queue."""
+        # A dead channel has nothing left to ack: the broker requeued its deliveries.
+        with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
+            await asyncio.wait_for(consumer.close(), CLOSE_TIMEOUT)
