@@ -1,4 +1,4 @@
-"""The goals of issue 5, as data, judged against a run: met, missed, or not measurable.
+"""The performance goals, as data, judged against a run: met, missed, or not measurable.
 
 A goal relative to another case uses the ratio paired by repetition (both measured in the
 same round); an absolute goal uses the median.

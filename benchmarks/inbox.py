@@ -37,8 +37,8 @@ from eventworker.amqp.connection import connect  # noqa: E402
 from eventworker.errors import EventworkerError  # noqa: E402
 from eventworker.inbox.protocol import Key  # noqa: E402
 from eventworker.inbox.stores import open_store  # noqa: E402
-from eventworker.plugins.resolved import Route  # noqa: E402
-from eventworker.publishing.channel import Outgoing, Publisher  # noqa: E402
+from eventworker.plugins.resolved import ResolvedHandler  # noqa: E402
+from eventworker.publishing.channel import ConfirmChannel, Outgoing  # noqa: E402
 from eventworker.settings import InboxSettings, Settings, load_settings  # noqa: E402
 from eventworker.topology import declare, layout  # noqa: E402
 from eventworker.worker.decisions import Decision  # noqa: E402
@@ -62,11 +62,17 @@ class Counter:
         self.count = 0
         self.done = asyncio.Event()
 
-    def received(self, route: Route, event: Event[Any]) -> None:
+    def received(self, route: ResolvedHandler, event: Event[Any]) -> None:
         pass
 
     def settled(
-        self, route: Route, event: Event[Any], decision: Decision, *, moved: bool, seconds: float
+        self,
+        route: ResolvedHandler,
+        event: Event[Any],
+        decision: Decision,
+        *,
+        moved: bool,
+        seconds: float,
     ) -> None:
         self.count += 1
         if self.count >= self.target:
@@ -101,7 +107,7 @@ async def consume(base: Settings, store: str, messages: int, folder: Path) -> fl
     try:
         channel = await connection.channel()
         await declare.apply(worker.plan, channel)
-        publisher = await Publisher.open(connection, s.exchange, source="bench", timeout=30)
+        publisher = await ConfirmChannel.open(connection, s.exchange, source="bench", timeout=30)
         body = b'{"order_id": "o-1", "total": 12.5}'
         outgoing = [Outgoing("bench.event", body, f"e{n}") for n in range(messages)]
         assert all(r.ok for r in await publisher.send_many(outgoing))

@@ -17,10 +17,10 @@ from benchmarks.harness import Bench
 from benchmarks.procs import Child
 from eventworker.handlers import Handler
 from eventworker.plugins.discovery import Plugin, Registration
+from eventworker.plugins.resolved import resolve, topology_plan
 from eventworker.settings import Settings, load_settings
 from eventworker.topology import layout
 from eventworker.topology.declare import apply as apply_plan
-from eventworker.worker.lifecycle import routes, topology_plan
 
 #: The entry-point name of the benchmark plugin.
 ENTRY_POINT = "bench"
@@ -67,7 +67,7 @@ def plan(settings: Settings) -> layout.Plan:
     source = Plugin(ENTRY_POINT, plugin.__name__, "eventworker-bench", "0")
     by_name = {h.name: h for h in vars(plugin).values() if isinstance(h, Handler)}
     registrations = [Registration(by_name[name], source) for name in settings.handlers]
-    return topology_plan(routes(registrations, settings), settings)
+    return topology_plan(resolve(registrations, settings), settings)
 
 
 async def declare(bench: Bench, the_plan: layout.Plan, *, apply: bool = True) -> None:

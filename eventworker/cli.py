@@ -14,7 +14,7 @@ import click
 
 #: Each command: its module under ``eventworker.commands``, its object there, its short help.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "dlq": ("dlq", "dlq", "Dead letters: list, show, replay, purge and export parked..."),
+    "dlq": ("dlq", "dlq", "Dead letters: list, show, replay, purge and export them."),
     "handlers": (
         "handlers",
         "list_handlers",

@@ -36,9 +36,10 @@ ERROR_MESSAGE = "x-eventworker-error"
 TRACEBACK = "x-eventworker-traceback"
 HANDLER = "x-eventworker-handler"
 HOST = "x-eventworker-host"
-#: How often ``eventworker dlq replay`` sent this message back; kept by retry and parked copies.
+#: How often ``eventworker dlq replay`` sent this message back; kept by retry and dead-letter
+#: copies.
 REPLAYS = "x-eventworker-replays"
-#: Headers never copied into a retried or parked copy: broker bookkeeping that would make
+#: Headers never copied into a retry or dead-letter copy: broker bookkeeping that would make
 #: RabbitMQ drop the copy as a dead-letter cycle (x-death), fan it out to other queues
 #: (CC/BCC, sender-selected distribution) or expire it (handled by not copying ``expiration``).
 _NOT_COPIED = frozenset(
@@ -57,26 +58,46 @@ _NOT_COPIED = frozenset(
 )
 _OUR_PREFIX = "x-eventworker-"
 JSON = "application/json"
-#: A namespace for ids derived from content when a producer sent no ``message_id``.
-_ID_NAMESPACE = uuid.UUID("6f1b9a52-3c1e-4d0a-9a57-2c3f0b1e7d11")
 
 T = TypeVar("T")
 
 
 class AmqpMessage(Protocol):
-    """What the envelope reads of a delivered message (aio-pika's IncomingMessage fits)."""
+    """What the envelope reads of a delivered message, read-only (aio-pika's IncomingMessage
+    and the worker's own deliveries fit)."""
 
-    body: bytes
-    routing_key: str | None
-    exchange: str | None
-    message_id: str | None
-    type: str | None
-    timestamp: datetime | None
-    app_id: str | None
-    correlation_id: str | None
-    content_type: str | None
-    content_encoding: str | None
-    redelivered: bool | None
+    @property
+    def body(self) -> bytes: ...
+
+    @property
+    def routing_key(self) -> str | None: ...
+
+    @property
+    def exchange(self) -> str | None: ...
+
+    @property
+    def message_id(self) -> str | None: ...
+
+    @property
+    def type(self) -> str | None: ...
+
+    @property
+    def timestamp(self) -> datetime | None: ...
+
+    @property
+    def app_id(self) -> str | None: ...
+
+    @property
+    def correlation_id(self) -> str | None: ...
+
+    @property
+    def content_type(self) -> str | None: ...
+
+    @property
+    def content_encoding(self) -> str | None: ...
+
+    @property
+    def redelivered(self) -> bool | None: ...
 
     @property
     def headers(self) -> Mapping[str, Any]: ...
@@ -156,7 +177,7 @@ def decode(message: AmqpMessage, data: Any, *, trusted: bool, max_attempts: int)
     ``trusted`` says the message came back from our own retry tiers (the broker sets the
     delivery's exchange, a producer cannot): only then are the attempt counter and the original
     routing key read from our headers. Anything else starts at attempt 1, so a forged attempt
-    header cannot park a message early.
+    header cannot dead-letter a message early.
     """
     headers = message.headers or {}
     routing_key = message.routing_key or ""
@@ -236,7 +257,7 @@ def properties(
 
 
 def carried_headers(headers: Mapping[str, Any]) -> dict[str, Any]:
-    """The producer's headers a retried or parked copy keeps: all but broker bookkeeping,
+    """The producer's headers a retry or dead-letter copy keeps: all but broker bookkeeping,
     sender-selected routing (CC/BCC) and our own (which the copy sets afresh), except the
     replay count, which stays with the message for good."""
     return {

@@ -74,7 +74,7 @@ class InvalidInputError(EventworkerError):
 class EnvelopeError(EventworkerError):
     """A delivered message cannot become an event; it is dead-lettered at once, never retried.
 
-    ``reason`` is the machine-readable cause written into the parked copy's headers:
+    ``reason`` is the machine-readable cause written into the dead-letter copy's headers:
     ``too_large``, ``unsupported_content_type``, ``decode_error``, ``schema_error`` or
     ``no_handler`` (the routing key matches none of the handler's binding keys).
     """

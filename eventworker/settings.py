@@ -199,7 +199,7 @@ class Settings(BaseSettings):
     metrics_poll_interval: float = Field(15.0, ge=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
-    # -- dead letters and topology (issue 4) ------------------------------------------------
+    # -- dead letters and topology ----------------------------------------------------------
     #: A queue for events no binding matches, fed by the exchange's alternate exchange; "" = off.
     unrouted_queue: str = Field("", max_length=255)
     #: The management API (http://user:password@host:15672), for ``topology`` to read bindings.

@@ -19,24 +19,22 @@ import dataclasses
 import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any
 
 import aio_pika
 import orjson
 import pytest
-from aio_pika.abc import AbstractIncomingMessage
 
 from eventworker import envelope
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
 from eventworker.handlers import Handler, HandlerFunc
 from eventworker.plugins.discovery import Plugin, Registration
-from eventworker.plugins.resolved import Route, routes
-from eventworker.publishing.channel import Publisher as ChannelPublisher
+from eventworker.plugins.resolved import ResolvedHandler, resolve
 from eventworker.publishing.publisher import Publisher
 from eventworker.settings import Settings
 from eventworker.worker.decisions import Ack, DeadLetter, Decision, RetryIn
@@ -107,10 +105,17 @@ class _Delivery:
     app_id: str | None = None
     redelivered: bool = False
     priority: int | None = None
+    delivery_tag: int = 1
 
-    async def ack(self) -> None: ...
 
-    async def nack(self, requeue: bool = True) -> None: ...
+class _Settled:
+    """Stands in for the channel's acks: the outcome is read from the decision instead."""
+
+    def ack(self, tag: int) -> None:
+        pass
+
+    async def nack(self, tag: int, *, requeue: bool) -> None:
+        pass
 
 
 class _Recorder:
@@ -152,16 +157,22 @@ class _Decisions:
         self.records: list[tuple[str, Event[Any], Decision]] = []
         self.changed = asyncio.Event()
 
-    def received(self, route: Route, event: Event[Any]) -> None:
+    def received(self, route: ResolvedHandler, event: Event[Any]) -> None:
         pass
 
     def settled(
-        self, route: Route, event: Event[Any], decision: Decision, *, moved: bool, seconds: float
+        self,
+        route: ResolvedHandler,
+        event: Event[Any],
+        decision: Decision,
+        *,
+        moved: bool,
+        seconds: float,
     ) -> None:
         self.records.append((route.handler.name, event, decision))
         self.changed.set()
 
-    def published(self, route: Route, *, kind: str, status: str) -> None:
+    def published(self, route: ResolvedHandler, *, kind: str, status: str) -> None:
         pass
 
 
@@ -171,7 +182,7 @@ def _capturing(func: HandlerFunc, raised: list[BaseException]) -> HandlerFunc:
 
         async def run_async(event: Event[Any], ctx: Any) -> None:
             try:
-                await cast(Callable[..., Awaitable[None]], func)(event, ctx)
+                await func(event, ctx)
             except BaseException as exc:
                 raised.append(exc)
                 raise
@@ -231,7 +242,7 @@ async def run_handler(
         raise ValueError(f"{handler.name} binds {key!r}: give routing_key=")
     raised: list[BaseException] = []
     spied = dataclasses.replace(handler, func=_capturing(handler.func, raised))
-    [route] = routes([Registration(spied, _PLUGIN)], settings)
+    [route] = resolve([Registration(spied, _PLUGIN)], settings)
     recorder, decisions = _Recorder(refuse_publish), _Decisions()
     delivered_headers = dict(headers or {})
     if attempt > 1:  # as a copy that came back from a retry tier
@@ -249,14 +260,14 @@ async def run_handler(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventworker-test") as executor:
         dispatcher = Dispatcher(
             route,
-            moves=cast(ChannelPublisher, recorder),
-            events=cast(ChannelPublisher, recorder),
+            moves=recorder,
+            events=recorder.publish,
             return_exchange=_RETURN,
             max_body_bytes=settings.max_body_bytes,
             executor=executor,
             observers=[decisions],
         )
-        await dispatcher.handle(cast(AbstractIncomingMessage, delivery))
+        await dispatcher.handle(delivery, _Settled())
     [(_, event, decision)] = decisions.records
     moved_to, copy = recorder.moved[-1] if recorder.moved else (None, None)
     copy_headers: Mapping[str, Any] = dict(copy.headers or {}) if copy is not None else {}

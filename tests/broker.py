@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from eventworker.handlers import Handler
 from eventworker.plugins.discovery import Plugin, Registration, discover
-from eventworker.plugins.resolved import routes
+from eventworker.plugins.resolved import resolve
 from eventworker.settings import Settings
 from eventworker.topology import declare
 from eventworker.worker.lifecycle import Worker
@@ -69,7 +69,7 @@ class Broker:
         their work queues in that order."""
         regs = discover(names=names)
         self.track(Worker(regs, self.settings))
-        by_name = {r.handler.name: r for r in routes(regs, self.settings)}
+        by_name = {r.handler.name: r for r in resolve(regs, self.settings)}
         return [by_name[n].queue for n in names]
 
     async def publish(

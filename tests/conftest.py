@@ -138,7 +138,7 @@ def shared_inbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Inb
     yield from _inbox(request.param, tmp_path)
 
 
-# -- PostgreSQL, for the outbox (issue 8) -------------------------------------------------------
+# -- PostgreSQL, for the outbox -----------------------------------------------------------------
 #: The database the outbox tests use; trust authentication on the local server by default.
 #: The same server as the inbox tests (scripts/bootstrap.sh sets that password on a fresh one).
 PG_DSN = os.environ.get("EVENTWORKER_TEST_PG_DSN") or os.environ.get(

@@ -29,7 +29,7 @@ from eventworker import Context, Event, handler
 from eventworker.inbox.protocol import InboxStore, Key
 from eventworker.inbox.stores import open_store
 from eventworker.observability import logs
-from eventworker.plugins.resolved import Route
+from eventworker.plugins.resolved import ResolvedHandler
 from eventworker.settings import load_settings
 from eventworker.worker.decisions import Decision
 from eventworker.worker.lifecycle import Worker
@@ -107,15 +107,21 @@ class Decisions:
     def __init__(self) -> None:
         self.counts: collections.Counter[str] = collections.Counter()
 
-    def received(self, route: Route, event: Event[Any]) -> None:
+    def received(self, route: ResolvedHandler, event: Event[Any]) -> None:
         pass
 
     def settled(
-        self, route: Route, event: Event[Any], decision: Decision, *, moved: bool, seconds: float
+        self,
+        route: ResolvedHandler,
+        event: Event[Any],
+        decision: Decision,
+        *,
+        moved: bool,
+        seconds: float,
     ) -> None:
         self.counts[type(decision).__name__] += 1
 
-    def published(self, route: Route, *, kind: str, status: str) -> None:
+    def published(self, route: ResolvedHandler, *, kind: str, status: str) -> None:
         pass
 
 

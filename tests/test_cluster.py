@@ -22,7 +22,7 @@ import aio_pika
 import pytest
 
 from eventworker import Context, Event, handler
-from eventworker.publishing.channel import Outgoing, Publisher
+from eventworker.publishing.channel import ConfirmChannel, Outgoing
 from eventworker.settings import Settings
 from eventworker.worker.lifecycle import State, Worker
 from tests.broker import registrations, wait_for
@@ -124,7 +124,7 @@ class Seen:
 async def publish_many(url: str, settings: Settings, key: str, count: int) -> list[str]:
     """Publish ``count`` events through ``url``; the ids the broker confirmed."""
     events = [Outgoing(key, f'{{"n": {n}}}'.encode(), f"id-{n}") for n in range(count)]
-    async with Publisher.connect(url, exchange=settings.exchange, timeout=30) as publisher:
+    async with ConfirmChannel.connect(url, exchange=settings.exchange, timeout=30) as publisher:
         results = await publisher.send_many(events, window=256)
     return [r.event_id for r in results if r.ok]
 
@@ -270,7 +270,7 @@ async def test_a_single_active_consumer_keeps_order_across_a_failover(
     second = Worker(registrations(make("w2")), cluster_settings(settings, on(urls, 2, 3, 1)))
     tasks = [await run_worker(first), await run_worker(second)]
     try:
-        async with Publisher.connect(urls[2], exchange=settings.exchange) as publisher:
+        async with ConfirmChannel.connect(urls[2], exchange=settings.exchange) as publisher:
             for n in range(2_000):
                 await publisher.publish("seq.n", {"n": n}, id=f"s{n}")
         await wait_for(lambda: len(order) >= 500, 60)

@@ -18,7 +18,7 @@ from eventworker.plugins import discovery
 from eventworker.settings import Settings
 from tests.broker import Broker, running, wait_for
 from tests.test_cli import EVENTWORKER, cli, env_for
-from tests.test_dlq import IDS, PRODUCED, declare, ids_in, park
+from tests.test_dlq import IDS, PRODUCED, declare, fill_dead_letters, ids_in
 
 H = "x-eventworker-"
 
@@ -71,8 +71,12 @@ async def test_a_replayed_message_is_processed_once_and_leaves_the_dead_letter_q
         await broker.publish("fix.event", b'{"n": 1}', message_id="fix-1")
         await wait_for(lambda: len(calls) == 2, timeout=15)
         await wait_for(lambda: worker.in_flight == 0)
-        [parked] = json.loads(cli(settings, "dlq", "show", "fixable", "--json").stdout)
-        assert (parked["id"], parked["reason"], parked["attempts"]) == ("fix-1", "exception", 2)
+        [dead_lettered] = json.loads(cli(settings, "dlq", "show", "fixable", "--json").stdout)
+        assert (dead_lettered["id"], dead_lettered["reason"], dead_lettered["attempts"]) == (
+            "fix-1",
+            "exception",
+            2,
+        )
         fixed = True  # the operator fixed the cause
         result = cli(settings, "dlq", "replay", "fixable")
         assert result.returncode == 0, result.stderr
@@ -92,9 +96,9 @@ async def test_a_replayed_message_is_processed_once_and_leaves_the_dead_letter_q
 async def test_a_replay_killed_half_way_loses_nothing(
     broker: Broker, settings: Settings, tmp_path: Path
 ) -> None:
-    parking = await declare(broker, settings)
+    dlq = await declare(broker, settings)
     ids = [f"k{n:02}" for n in range(40)]
-    await park(broker, parking.queue, ids)
+    await fill_dead_letters(broker, dlq.queue, ids)
     process = await asyncio.create_subprocess_exec(
         EVENTWORKER,
         "dlq",
@@ -115,18 +119,20 @@ async def test_a_replay_killed_half_way_loses_nothing(
     process.send_signal(signal.SIGKILL)
     await process.wait()
     await asyncio.sleep(0.5)  # the broker takes back what the killed process held
-    parked_after = await ids_in(broker, parking.queue)
-    replayed = await ids_in(broker, parking.return_to or "")
-    assert set(parked_after) | set(replayed) == set(ids)  # nothing lost
+    dead_lettered_after = await ids_in(broker, dlq.queue)
+    replayed = await ids_in(broker, dlq.return_to or "")
+    assert set(dead_lettered_after) | set(replayed) == set(ids)  # nothing lost
     assert set(moved) <= set(replayed)  # what it said it moved did move
-    assert len(parked_after) + len(replayed) <= len(ids) + 1  # at most the one in flight twice
+    assert (
+        len(dead_lettered_after) + len(replayed) <= len(ids) + 1
+    )  # at most the one in flight twice
 
 
 async def test_sigterm_stops_a_replay_and_leaves_the_rest_in_order(
     broker: Broker, settings: Settings
 ) -> None:
-    parking = await declare(broker, settings)  # quorum: the hard case for order
-    await park(broker, parking.queue, IDS)
+    dlq = await declare(broker, settings)  # quorum: the hard case for order
+    await fill_dead_letters(broker, dlq.queue, IDS)
     process = await asyncio.create_subprocess_exec(
         EVENTWORKER,
         *("dlq", "replay", "target", "--id", "m3", "--id", "m8", "--rate", "0.2/s"),
@@ -139,30 +145,30 @@ async def test_sigterm_stops_a_replay_and_leaves_the_rest_in_order(
     assert first.startswith(b"moved m3")
     process.send_signal(signal.SIGTERM)  # while it waits five seconds to move m8
     assert await asyncio.wait_for(process.wait(), 30) == ExitCode.INTERRUPTED
-    assert await ids_in(broker, parking.queue) == [i for i in IDS if i != "m3"]
-    assert await ids_in(broker, parking.return_to or "") == ["m3"]
+    assert await ids_in(broker, dlq.queue) == [i for i in IDS if i != "m3"]
+    assert await ids_in(broker, dlq.return_to or "") == ["m3"]
 
 
 async def test_export_then_purge_then_publish_exported_brings_the_events_back(
     broker: Broker, settings: Settings, tmp_path: Path
 ) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS[:3], **{H + "causation-id": "cause-1"})
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS[:3], **{H + "causation-id": "cause-1"})
     dump = tmp_path / "dead.ndjson"
     exported = cli(settings, "dlq", "export", "target", "--out", str(dump))
     assert exported.returncode == 0, exported.stderr
     assert "exported 3 message(s)" in exported.stdout
-    assert await broker.count(parking.queue) == 3
+    assert await broker.count(dlq.queue) == 3
     refused = cli(settings, "dlq", "purge", "target")
     assert refused.returncode == ExitCode.INVALID_INPUT and "--yes" in refused.stderr
     purged = cli(settings, "dlq", "purge", "target", "--yes")
     assert purged.returncode == 0 and "purged 3 message(s)" in purged.stdout
-    assert await broker.count(parking.queue) == 0
+    assert await broker.count(dlq.queue) == 0
     # Published again to the exchange: here the handler's work queue is bound for the key.
     published = cli(settings, "publish", "--exported", "--file", str(dump))
     assert published.returncode == 0, published.stderr
     assert "3 confirmed" in published.stdout
-    back = await broker.take_all(parking.return_to or "", expect=3)
+    back = await broker.take_all(dlq.return_to or "", expect=3)
     assert [m.message_id for m in back] == IDS[:3]
     assert back[0].body == orjson.dumps({"n": 0})
     assert back[0].headers["tenant"] == "acme"
@@ -173,11 +179,11 @@ async def test_export_then_purge_then_publish_exported_brings_the_events_back(
 
 
 async def test_purge_by_id_deletes_only_those(broker: Broker, settings: Settings) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS[:4])
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS[:4])
     result = cli(settings, "dlq", "purge", "target", "--id", "m1", "--id", "m2", "--yes")
     assert result.returncode == 0 and "purged 2 message(s)" in result.stdout
-    assert await ids_in(broker, parking.queue) == ["m0", "m3"]
+    assert await ids_in(broker, dlq.queue) == ["m0", "m3"]
 
 
 @pytest.mark.parametrize(

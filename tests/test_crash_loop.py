@@ -1,5 +1,5 @@
 """The crash-loop backstop (catalogue test C4): a handler that kills its worker on one message
-ends with exactly that message parked and every other message processed."""
+ends with exactly that message dead-lettered and every other message processed."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.crash_worker import crashy
 from tests.test_cli import env_for
 
 
-async def test_a_handler_that_kills_its_worker_parks_exactly_that_message(
+async def test_a_handler_that_kills_its_worker_dead_letters_exactly_that_message(
     broker: Broker, settings: Settings, tmp_path: Path
 ) -> None:
     crashing = settings.model_copy(update={"prefetch": 32, "concurrency": 8, "delivery_limit": 3})
@@ -50,10 +50,13 @@ async def test_a_handler_that_kills_its_worker_parks_exactly_that_message(
         process = await spawn_worker("tests.crash_worker", env)
         try:
             while process.returncode is None:
-                # Every message accounted for: handled, or parked (which ones, asserted below).
+                # Every message accounted for: handled, or dead-lettered (which ones: asserted
+                # below).
                 handled = set(log.read_text().split()) & set(innocent)
-                parked_count = await broker.count(route.dead_letter_queue)
-                if await broker.count(route.queue) == 0 and len(handled) + parked_count >= len(ids):
+                dead_lettered_count = await broker.count(route.dead_letter_queue)
+                if await broker.count(route.queue) == 0 and len(
+                    handled
+                ) + dead_lettered_count >= len(ids):
                     settled = True
                     break
                 assert time.monotonic() < deadline, "the crash loop did not end"
@@ -65,9 +68,9 @@ async def test_a_handler_that_kills_its_worker_parks_exactly_that_message(
                 await asyncio.wait_for(process.wait(), 30)
         if not settled:
             assert process.returncode == -signal.SIGKILL  # it died on the poison message
-    parked = await broker.take_all(route.dead_letter_queue)
-    assert [m.message_id for m in parked] == ["poison"]
-    assert parked[0].headers["x-death"][0]["reason"] == "delivery_limit"
+    dead_lettered = await broker.take_all(route.dead_letter_queue)
+    assert [m.message_id for m in dead_lettered] == ["poison"]
+    assert dead_lettered[0].headers["x-death"][0]["reason"] == "delivery_limit"
     assert set(log.read_text().split()) == set(innocent)
     assert await broker.count(route.queue) == 0
     assert restarts <= 4

@@ -46,23 +46,23 @@ async def test_every_metric_the_dashboard_queries_exists_and_every_metric_is_sho
 ) -> None:
     @handler("dash.event")
     async def dash(event: Event[Any], ctx: Context) -> None:
-        if event.id == "park":
-            raise Reject("parked")
+        if event.id == "dead-letter":
+            raise Reject("dead_lettered")
 
     s = settings.model_copy(update={"metrics_poll_interval": 0.1})
     async with observed(broker, [dash], s) as (worker, metrics, port):
         await broker.publish("dash.event", b"{}", message_id="ok")
-        await broker.publish("dash.event", b"{}", message_id="park")
+        await broker.publish("dash.event", b"{}", message_id="dead-letter")
         dead = worker.routes[0].dead_letter_queue
 
         async def settled() -> bool:
             samples = await scrape(port)
-            parked = (
+            dead_lettered = (
                 "eventworker_dead_letter_messages",
                 frozenset({("handler", "dash"), ("queue", dead)}),
             )
             acked = ("eventworker_messages_acked_total", frozenset({("handler", "dash")}))
-            return samples.get(parked) == 1 and samples.get(acked) == 1
+            return samples.get(dead_lettered) == 1 and samples.get(acked) == 1
 
         await eventually(settled)
         await wait_for(lambda: worker.in_flight == 0)

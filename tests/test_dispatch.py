@@ -122,7 +122,7 @@ async def test_a_retry_comes_back_to_the_failing_handler_only(
     assert other.attempts == [1]
 
 
-async def test_spent_messages_are_parked_byte_for_byte_with_their_diagnosis(
+async def test_spent_messages_are_dead_lettered_byte_for_byte_with_their_diagnosis(
     broker: Broker, settings: Settings
 ) -> None:
     calls = Calls()
@@ -132,7 +132,7 @@ async def test_spent_messages_are_parked_byte_for_byte_with_their_diagnosis(
         calls.add(event)
         raise ValueError("cannot ever work\nsecond line")
 
-    body = b'{"b": 2,  "a": 1}'  # odd spacing: the parked copy must not be re-encoded
+    body = b'{"b": 2,  "a": 1}'  # odd spacing: the dead-letter copy must not be re-encoded
     async with running(broker, [doomed], settings) as worker:
         await broker.publish(
             "doomed.event",
@@ -141,10 +141,10 @@ async def test_spent_messages_are_parked_byte_for_byte_with_their_diagnosis(
             correlation_id="c-9",
             headers={"tenant": "acme", "CC": ["spy"]},
         )
-        parked = await broker.take_all(worker.routes[0].dead_letter_queue, expect=1)
+        dead_lettered = await broker.take_all(worker.routes[0].dead_letter_queue, expect=1)
     assert calls.attempts == [1, 2]
-    assert len(parked) == 1
-    copy = parked[0]
+    assert len(dead_lettered) == 1
+    copy = dead_lettered[0]
     headers = copy.headers
     assert hashlib.sha256(copy.body).digest() == hashlib.sha256(body).digest()
     assert copy.message_id == "d1"
@@ -163,7 +163,7 @@ async def test_spent_messages_are_parked_byte_for_byte_with_their_diagnosis(
         assert gone not in headers
 
 
-async def test_invalid_json_and_model_failures_are_parked_at_once(
+async def test_invalid_json_and_model_failures_are_dead_lettered_at_once(
     broker: Broker, settings: Settings
 ) -> None:
     calls = Calls()
@@ -190,9 +190,9 @@ async def test_invalid_json_and_model_failures_are_parked_at_once(
         await broker.publish(
             "orders.created", b'{"order_id": "ok", "total": 1.5}', message_id="good"
         )
-        parked = await broker.take_all(worker.routes[0].dead_letter_queue, expect=len(bad))
+        dead_lettered = await broker.take_all(worker.routes[0].dead_letter_queue, expect=len(bad))
         await wait_for(lambda: len(calls) == 1)
-    reasons = {m.message_id: m.headers[H + "reason"] for m in parked}
+    reasons = {m.message_id: m.headers[H + "reason"] for m in dead_lettered}
     assert reasons == {
         "not-json": "decode_error",
         "nan": "decode_error",
@@ -201,14 +201,14 @@ async def test_invalid_json_and_model_failures_are_parked_at_once(
         "missing": "schema_error",
         "canary": "schema_error",
     }
-    assert all(m.headers[H + "attempt"] == 1 for m in parked)
-    assert {m.message_id: m.body for m in parked} == bad
-    assert "total" in str(parked[-1].headers[H + "error"])
-    assert all("s3cr3t-canary" not in str(m.headers) for m in parked)
+    assert all(m.headers[H + "attempt"] == 1 for m in dead_lettered)
+    assert {m.message_id: m.body for m in dead_lettered} == bad
+    assert "total" in str(dead_lettered[-1].headers[H + "error"])
+    assert all("s3cr3t-canary" not in str(m.headers) for m in dead_lettered)
     assert calls.items[0][2].data == Order(order_id="ok", total=1.5)
 
 
-async def test_unsupported_content_and_oversize_bodies_are_parked(
+async def test_unsupported_content_and_oversize_bodies_are_dead_lettered(
     broker: Broker, settings: Settings
 ) -> None:
     @handler("any.thing")
@@ -222,8 +222,8 @@ async def test_unsupported_content_and_oversize_bodies_are_parked(
             "any.thing", b"{}", message_id="pickle", content_type="application/x-python-serialize"
         )
         await broker.publish("any.thing", b"{}", message_id="gzip", content_encoding="gzip")
-        parked = await broker.take_all(worker.routes[0].dead_letter_queue, expect=3)
-    reasons = {m.message_id: m.headers[H + "reason"] for m in parked}
+        dead_lettered = await broker.take_all(worker.routes[0].dead_letter_queue, expect=3)
+    reasons = {m.message_id: m.headers[H + "reason"] for m in dead_lettered}
     assert reasons == {
         "big": "too_large",
         "pickle": "unsupported_content_type",
@@ -231,7 +231,7 @@ async def test_unsupported_content_and_oversize_bodies_are_parked(
     }
 
 
-async def test_reject_parks_at_once_and_retry_signal_asks_for_another_attempt(
+async def test_reject_dead_letters_at_once_and_retry_signal_asks_for_another_attempt(
     broker: Broker, settings: Settings
 ) -> None:
     rejected, retried = Calls(), Calls()
@@ -249,17 +249,17 @@ async def test_reject_parks_at_once_and_retry_signal_asks_for_another_attempt(
     async with running(broker, [rejecting, retrying], settings) as worker:
         await broker.publish("sig.reject", b"{}", message_id="r1")
         await broker.publish("sig.retry", b"{}", message_id="r2")
-        parked_reject = await broker.take_all(worker.routes[0].dead_letter_queue, expect=1)
+        dead_lettered_reject = await broker.take_all(worker.routes[0].dead_letter_queue, expect=1)
         # Retry(delay=1) uses the 1 s tier (declared for the default policy), not the 30 s one.
-        parked_retry = await broker.take_all(
+        dead_lettered_retry = await broker.take_all(
             worker.routes[1].dead_letter_queue, expect=1, timeout=10
         )
     assert rejected.attempts == [1]
-    assert parked_reject[0].headers[H + "reason"] == "rejected"
-    assert parked_reject[0].headers[H + "error"] == "negative total"
+    assert dead_lettered_reject[0].headers[H + "reason"] == "rejected"
+    assert dead_lettered_reject[0].headers[H + "error"] == "negative total"
     assert retried.attempts == [1, 2]
     assert retried.items[1][1] - retried.items[0][1] < 5
-    assert parked_retry[0].headers[H + "reason"] == "retry_requested"
+    assert dead_lettered_retry[0].headers[H + "reason"] == "retry_requested"
 
 
 async def test_a_timed_out_handler_counts_as_a_failure(broker: Broker, settings: Settings) -> None:
@@ -272,10 +272,10 @@ async def test_a_timed_out_handler_counts_as_a_failure(broker: Broker, settings:
 
     async with running(broker, [slow], settings) as worker:
         await broker.publish("slow.event", b"{}", message_id="t1")
-        parked = await broker.take_all(worker.routes[0].dead_letter_queue, expect=1)
+        dead_lettered = await broker.take_all(worker.routes[0].dead_letter_queue, expect=1)
     assert calls.attempts == [1, 2]
-    assert parked[0].headers[H + "reason"] == "timeout"
-    assert parked[0].headers[H + "exception"] == "HandlerTimeoutError"
+    assert dead_lettered[0].headers[H + "reason"] == "timeout"
+    assert dead_lettered[0].headers[H + "exception"] == "HandlerTimeoutError"
 
 
 async def test_sync_handlers_run_in_a_thread_and_can_publish(

@@ -10,7 +10,7 @@ from typing import Any
 from eventworker import Context, Event, RetryPolicy, handler
 from eventworker.errors import InboxError
 from eventworker.inbox.protocol import Claimed, Key, body_hash
-from eventworker.inbox.stores.memory import MemoryStore
+from eventworker.inbox.stores.memory import MemoryInboxStore
 from eventworker.settings import InboxSettings, Settings
 from tests.broker import Broker, running, wait_for
 from tests.inbox_worker import Decisions
@@ -79,7 +79,7 @@ async def test_a_failed_attempt_releases_the_claim_so_the_retry_runs(
         if event.attempt == 1:
             raise RuntimeError("transient")
 
-    store = MemoryStore()
+    store = MemoryInboxStore()
     seen = Decisions()
     async with running(broker, [flaky], with_inbox(settings), inbox_store=store, observers=[seen]):
         await broker.publish("idem.flaky", b"{}", message_id="f1")
@@ -145,7 +145,7 @@ async def test_a_dead_workers_claim_is_taken_over_after_its_lease(
     async def orphan(event: Event[Any], ctx: Context) -> None:
         calls.append(event.id)
 
-    store = MemoryStore()
+    store = MemoryInboxStore()
     # A worker that died right after claiming: its claim runs out after 0.5 s.
     await store.claim(
         Key("orphan", "o1"), body_hash=body_hash(b"{}"), owner="dead:1", token="x", lease=0.5
@@ -184,7 +184,7 @@ async def test_the_settings_default_makes_handlers_idempotent_unless_they_opt_ou
 async def test_without_a_store_the_message_goes_back_to_its_queue_not_lost(
     broker: Broker, settings: Settings
 ) -> None:
-    class Down(MemoryStore):
+    class Down(MemoryInboxStore):
         async def claim(self, *args: object, **kwargs: object) -> Claimed:  # type: ignore[override]
             raise InboxError("the inbox is down")
 

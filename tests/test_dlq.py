@@ -12,10 +12,10 @@ import aio_pika
 import orjson
 import pytest
 
-from eventworker.deadletters import operations as dlq
+from eventworker.deadletters import operations
 from eventworker.deadletters import reader as queue_reader
-from eventworker.deadletters.operations import Parking, Selection
-from eventworker.deadletters.parked import Parked
+from eventworker.deadletters.letter import Letter
+from eventworker.deadletters.operations import DeadLetterQueue, Selection
 from eventworker.errors import BrokerError
 from eventworker.handlers import handler
 from eventworker.settings import Settings
@@ -31,11 +31,11 @@ async def target(event: Any, ctx: Any) -> None:
     """Never runs: these tests declare its topology and look into its queues."""
 
 
-async def declare(broker: Broker, settings: Settings) -> Parking:
-    """The handler's topology, declared as a worker would, and its Parking."""
+async def declare(broker: Broker, settings: Settings) -> DeadLetterQueue:
+    """The handler's topology, declared as a worker would, and its DeadLetterQueue."""
     worker = await broker.declare(target, settings=settings)
     route = worker.routes[0]
-    return Parking(
+    return DeadLetterQueue(
         "target",
         route.dead_letter_queue,
         layout.return_exchange(settings.exchange),
@@ -44,8 +44,8 @@ async def declare(broker: Broker, settings: Settings) -> Parking:
     )
 
 
-async def park(broker: Broker, queue: str, ids: list[str], **headers: Any) -> None:
-    """Put copies into ``queue`` the way dispatch parks them (confirmed)."""
+async def fill_dead_letters(broker: Broker, queue: str, ids: list[str], **headers: Any) -> None:
+    """Put copies into ``queue`` the way dispatch dead-letters them (confirmed)."""
     channel = await broker.connection.channel(publisher_confirms=True)
     for n, event_id in enumerate(ids):
         reason = "exception" if n % 2 else "schema_error"
@@ -72,9 +72,9 @@ async def ids_in(broker: Broker, queue: str) -> list[str]:
 
 
 async def replay(
-    broker: Broker, parking: Parking, select: Selection | None = None, **options: Any
-) -> tuple[dlq.ReplayOutcome, list[Parked]]:
-    seen: list[Parked] = []
+    broker: Broker, dlq: DeadLetterQueue, select: Selection | None = None, **options: Any
+) -> tuple[operations.ReplayOutcome, list[Letter]]:
+    seen: list[Letter] = []
     kwargs: dict[str, Any] = {
         "limit": None,
         "rate": None,
@@ -82,8 +82,8 @@ async def replay(
         "publish_timeout": 5.0,
         **options,
     }
-    outcome = await dlq.replay(
-        broker.connection, parking, select=select or Selection(), on_move=seen.append, **kwargs
+    outcome = await operations.replay(
+        broker.connection, dlq, select=select or Selection(), on_move=seen.append, **kwargs
     )
     return outcome, seen
 
@@ -95,26 +95,26 @@ IDS = [f"m{n}" for n in range(10)]
 async def test_show_reads_without_taking_and_leaves_the_order(
     broker: Broker, settings: Settings, queue_type: str
 ) -> None:
-    parking = await declare(broker, settings.model_copy(update={"queue_type": queue_type}))
-    await park(broker, parking.queue, IDS)
-    shown = await dlq.show(broker.connection, parking, limit=4, preview_chars=20)
+    dlq = await declare(broker, settings.model_copy(update={"queue_type": queue_type}))
+    await fill_dead_letters(broker, dlq.queue, IDS)
+    shown = await operations.show(broker.connection, dlq, limit=4, preview_chars=20)
     assert [p.id for p in shown] == IDS[:4]
     assert [p.reason for p in shown] == ["schema_error", "exception"] * 2
     assert shown[0].preview == '{"n":0}'
-    assert await ids_in(broker, parking.queue) == IDS
+    assert await ids_in(broker, dlq.queue) == IDS
 
 
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_replay_moves_only_the_selected_and_leaves_the_rest_in_order(
     broker: Broker, settings: Settings, queue_type: str
 ) -> None:
-    parking = await declare(broker, settings.model_copy(update={"queue_type": queue_type}))
-    await park(broker, parking.queue, IDS)
-    outcome, seen = await replay(broker, parking, Selection(frozenset({"m2", "m5", "m7"})))
+    dlq = await declare(broker, settings.model_copy(update={"queue_type": queue_type}))
+    await fill_dead_letters(broker, dlq.queue, IDS)
+    outcome, seen = await replay(broker, dlq, Selection(frozenset({"m2", "m5", "m7"})))
     assert outcome.error is None and outcome.scanned == 10
     assert [p.id for p in outcome.moved] == [p.id for p in seen] == ["m2", "m5", "m7"]
-    assert await ids_in(broker, parking.queue) == [i for i in IDS if i not in {"m2", "m5", "m7"}]
-    back = await broker.take_all(parking.return_to or "", expect=3)
+    assert await ids_in(broker, dlq.queue) == [i for i in IDS if i not in {"m2", "m5", "m7"}]
+    back = await broker.take_all(dlq.return_to or "", expect=3)
     assert [m.message_id for m in back] == ["m2", "m5", "m7"]
     # Copies for the worker: attempt reset, diagnosis dropped, replay counted, the producer's
     # headers and the body kept.
@@ -124,34 +124,34 @@ async def test_replay_moves_only_the_selected_and_leaves_the_rest_in_order(
     assert headers[H + "routing-key"] == "dlq.event"
     assert headers["tenant"] == "acme"
     assert H + "reason" not in headers and H + "last-failure" not in headers
-    assert back[0].exchange == parking.exchange  # came through the return exchange
+    assert back[0].exchange == dlq.exchange  # came through the return exchange
     assert back[0].body == orjson.dumps({"n": 2})
 
 
 async def test_replay_selects_by_reason_and_stops_at_the_limit(
     broker: Broker, settings: Settings
 ) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS)
-    outcome, _ = await replay(broker, parking, Selection(reason="exception"), limit=2)
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS)
+    outcome, _ = await replay(broker, dlq, Selection(reason="exception"), limit=2)
     assert [p.id for p in outcome.moved] == ["m1", "m3"]
-    assert await ids_in(broker, parking.queue) == [i for i in IDS if i not in {"m1", "m3"}]
+    assert await ids_in(broker, dlq.queue) == [i for i in IDS if i not in {"m1", "m3"}]
 
 
 async def test_a_dry_run_moves_nothing(broker: Broker, settings: Settings) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS[:3])
-    outcome, seen = await replay(broker, parking, dry_run=True)
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS[:3])
+    outcome, seen = await replay(broker, dlq, dry_run=True)
     assert [p.id for p in seen] == [p.id for p in outcome.moved] == IDS[:3]
-    assert await broker.count(parking.return_to or "") == 0
-    assert await ids_in(broker, parking.queue) == IDS[:3]
+    assert await broker.count(dlq.return_to or "") == 0
+    assert await ids_in(broker, dlq.queue) == IDS[:3]
 
 
 async def test_the_rate_bounds_copies_per_second(broker: Broker, settings: Settings) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS[:6])
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS[:6])
     started = time.monotonic()
-    outcome, _ = await replay(broker, parking, rate=10.0)
+    outcome, _ = await replay(broker, dlq, rate=10.0)
     assert len(outcome.moved) == 6
     assert time.monotonic() - started >= 0.5  # six copies at ten a second: 0.5 s at least
 
@@ -159,65 +159,65 @@ async def test_the_rate_bounds_copies_per_second(broker: Broker, settings: Setti
 async def test_replay_refuses_when_the_work_queue_does_not_exist(
     broker: Broker, settings: Settings
 ) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS[:1])
-    gone = Parking("gone", parking.queue, parking.exchange, f"{settings.queue_prefix}gone")
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS[:1])
+    gone = DeadLetterQueue("gone", dlq.queue, dlq.exchange, f"{settings.queue_prefix}gone")
     with pytest.raises(BrokerError, match="start a worker"):
         await replay(broker, gone)
-    assert await ids_in(broker, parking.queue) == IDS[:1]
+    assert await ids_in(broker, dlq.queue) == IDS[:1]
 
 
 async def test_a_copy_nobody_receives_is_not_confirmed_and_its_original_stays(
     broker: Broker, settings: Settings
 ) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS[:3])
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS[:3])
     # The work queue exists but is not bound to the return exchange: the copy is returned.
     channel = await broker.connection.channel()
     await channel.declare_queue(f"{settings.queue_prefix}unbound", durable=True)
     await channel.close()
     broker._queues.add(f"{settings.queue_prefix}unbound")
-    unbound = Parking("x", parking.queue, parking.exchange, f"{settings.queue_prefix}unbound")
+    unbound = DeadLetterQueue("x", dlq.queue, dlq.exchange, f"{settings.queue_prefix}unbound")
     outcome, _ = await replay(broker, unbound)
     assert outcome.error is not None and outcome.error.status == "unroutable"
     assert outcome.moved == ()
-    assert await ids_in(broker, parking.queue) == IDS[:3]
+    assert await ids_in(broker, dlq.queue) == IDS[:3]
 
 
 async def test_purge_deletes_the_selected_or_everything(broker: Broker, settings: Settings) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS[:5])
-    assert await dlq.purge(broker.connection, parking, select=Selection(frozenset({"m1"}))) == 1
-    await broker.wait_count(parking.queue, 4)
-    assert await dlq.purge(broker.connection, parking, select=None) == 4
-    assert await broker.count(parking.queue) == 0
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS[:5])
+    assert await operations.purge(broker.connection, dlq, select=Selection(frozenset({"m1"}))) == 1
+    await broker.wait_count(dlq.queue, 4)
+    assert await operations.purge(broker.connection, dlq, select=None) == 4
+    assert await broker.count(dlq.queue) == 0
 
 
 async def test_stats_count_every_message_and_sample_age_and_reasons(
     broker: Broker, settings: Settings
 ) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS[:5])
-    stats = await dlq.stats(broker.connection, parking, sample=3)
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS[:5])
+    stats = await operations.stats(broker.connection, dlq, sample=3)
     assert (stats.exists, stats.count, stats.sampled) == (True, 5, 3)
     assert stats.reasons == (("schema_error", 2), ("exception", 1))
     assert stats.oldest_age is not None and stats.oldest_age > 0
-    missing = Parking("m", f"{settings.queue_prefix}missing.dead", "x", None)
-    assert (await dlq.stats(broker.connection, missing, sample=3)).exists is False
-    assert await ids_in(broker, parking.queue) == IDS[:5]
+    missing = DeadLetterQueue("m", f"{settings.queue_prefix}missing.dead", "x", None)
+    assert (await operations.stats(broker.connection, missing, sample=3)).exists is False
+    assert await ids_in(broker, dlq.queue) == IDS[:5]
 
 
-async def test_export_writes_every_message_and_leaves_them_parked(
+async def test_export_writes_every_message_and_leaves_them_dead_lettered(
     broker: Broker, settings: Settings
 ) -> None:
-    parking = await declare(broker, settings)
-    await park(broker, parking.queue, IDS[:3])
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS[:3])
     out = io.BytesIO()
-    assert await dlq.export(broker.connection, parking, out, limit=None) == 3
+    assert await operations.export(broker.connection, dlq, out, limit=None) == 3
     records = [orjson.loads(line) for line in out.getvalue().splitlines()]
     assert [r["properties"]["message_id"] for r in records] == IDS[:3]
     assert records[0]["routing_key"] == "dlq.event"
-    assert await ids_in(broker, parking.queue) == IDS[:3]
+    assert await ids_in(broker, dlq.queue) == IDS[:3]
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@ conflict, what apply fixes, and that plan names a changed argument before ``run`
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from eventworker import Context, Event, handler
 from eventworker.errors import ExitCode
 from eventworker.settings import Settings, load_settings
-from eventworker.topology import bindings, drift
+from eventworker.topology import bindings, declare, drift
 from eventworker.topology.bindings import LiveBinding, Reading
 from eventworker.worker.lifecycle import Worker
 from tests.broker import Broker, registrations
@@ -47,11 +46,11 @@ def test_the_virtual_host_is_the_path_of_the_url(url: str, vhost: str) -> None:
     assert bindings.vhost(url) == vhost
 
 
-def test_a_remote_broker_without_management_url_leaves_bindings_unchecked(
+async def test_a_remote_broker_without_management_url_leaves_bindings_unchecked(
     settings: Settings,
 ) -> None:
     remote = settings.model_copy(update={"url": type(settings.url)("amqp://u:p@10.9.8.7:5672/")})
-    reading = bindings.read(remote)
+    reading = await bindings.read(remote)
     assert reading.bindings is None
     assert "management_url" in reading.source
 
@@ -177,12 +176,11 @@ async def test_bindings_are_read_from_the_management_api() -> None:
         worker = Worker(registrations(drifter), settings)
         connection = await aio_pika.connect(node.url)
         channel = await connection.channel()
-        from eventworker.topology import declare
 
         await declare.apply(worker.plan, channel)
         queue = await channel.get_queue(worker.routes[0].queue, ensure=False)
         await queue.bind("mgmt.x", "drift.removed")
-        reading = await asyncio.to_thread(bindings.read, settings)
+        reading = await bindings.read(settings)
         assert reading.source == "management API"
         findings = await drift.compare(connection, worker.plan, reading, prefix="mgmt.")
         await connection.close()

@@ -1,5 +1,5 @@
 """The error taxonomy end to end, against the real broker: what each outcome of a handler (and
-each kind of bad input) does to the message, how often the handler runs, and what the parked
+each kind of bad input) does to the message, how often the handler runs, and what the dead-lettered
 copy says. The pure decision is unit-tested in test_retry.py."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class Order(BaseModel):
     order_id: str
 
 
-async def test_every_error_class_is_retried_or_parked_as_documented(
+async def test_every_error_class_is_retried_or_dead_lettered_as_documented(
     broker: Broker, settings: Settings
 ) -> None:
     runs: Counter[str] = Counter()
@@ -74,21 +74,23 @@ async def test_every_error_class_is_retried_or_parked_as_documented(
         await publish("tax.removed", ok, message_id="stale-binding")
         await publish("tax.narrow", b"{}", message_id="transient")
         await publish("tax.narrow", b"{}", message_id="not-listed")
-        parked = await broker.take_all(general_dead, expect=8, timeout=30)
-        parked += await broker.take_all(narrow_dead, expect=1, timeout=10)
+        dead_lettered = await broker.take_all(general_dead, expect=8, timeout=30)
+        dead_lettered += await broker.take_all(narrow_dead, expect=1, timeout=10)
         await wait_for(lambda: runs["retry-once"] == 2 and runs["transient"] == 2)
         await wait_for(lambda: worker.in_flight == 0)
-    outcome = {m.message_id: (m.headers[H + "reason"], m.headers[H + "attempt"]) for m in parked}
+    outcome = {
+        m.message_id: (m.headers[H + "reason"], m.headers[H + "attempt"]) for m in dead_lettered
+    }
     assert outcome == {
         "always-fails": ("exception", 3),  # any other exception: retried per policy
         "slow": ("timeout", 3),  # a timeout too
-        "permanent": ("give_up", 1),  # give_up_on: parked at once
-        "rejected": ("rejected", 1),  # Reject: parked at once
-        "invalid-json": ("decode_error", 1),  # invalid input: parked at once, never run
+        "permanent": ("give_up", 1),  # give_up_on: dead-lettered at once
+        "rejected": ("rejected", 1),  # Reject: dead-lettered at once
+        "invalid-json": ("decode_error", 1),  # invalid input: dead-lettered at once, never run
         "pickle": ("unsupported_content_type", 1),
         "schema": ("schema_error", 1),
         "stale-binding": ("no_handler", 1),  # no binding key of the handler matches
-        "not-listed": ("give_up", 1),  # retry_on: anything else is parked at once
+        "not-listed": ("give_up", 1),  # retry_on: anything else is dead-lettered at once
     }
     assert runs == {
         "success": 1,
@@ -100,8 +102,8 @@ async def test_every_error_class_is_retried_or_parked_as_documented(
         "transient": 2,  # listed in retry_on: retried
         "not-listed": 1,
     }
-    by_id = {m.message_id: m for m in parked}
-    assert by_id["always-fails"].expiration is None  # a parked copy never expires
+    by_id = {m.message_id: m for m in dead_lettered}
+    assert by_id["always-fails"].expiration is None  # a dead-letter copy never expires
     assert by_id["permanent"].headers[H + "exception"] == "PermanentError"
     assert by_id["permanent"].headers[H + "error"] == "no such customer"
     assert by_id["slow"].headers[H + "exception"] == "HandlerTimeoutError"

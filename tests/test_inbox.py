@@ -10,17 +10,17 @@ import pytest
 
 from eventworker.errors import IdempotencyConflictError, InboxError
 from eventworker.inbox.claims import Claim, Inbox
-from eventworker.inbox.protocol import Duplicate, Key, Requeue, body_hash
-from eventworker.inbox.stores.memory import MemoryStore
+from eventworker.inbox.protocol import AlreadyHandled, Key, NotAdmitted, body_hash
+from eventworker.inbox.stores.memory import MemoryInboxStore
 
 K = Key("h", "e1")
 
 
-def inbox(store: MemoryStore | None = None, *, lease: float = 5.0, wait: float = 5.0) -> Inbox:
-    return Inbox(store or MemoryStore(), lease=lease, wait=wait, retention=3600)
+def inbox(store: MemoryInboxStore | None = None, *, lease: float = 5.0, wait: float = 5.0) -> Inbox:
+    return Inbox(store or MemoryInboxStore(), lease=lease, wait=wait, retention=3600)
 
 
-class FailingStore(MemoryStore):
+class FailingStore(MemoryInboxStore):
     """A store whose claims fail, as an unreachable database would."""
 
     async def claim(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
@@ -45,7 +45,7 @@ async def test_a_copy_waits_for_the_holder_and_is_a_duplicate_once_it_completes(
     await asyncio.sleep(0.2)
     assert not second.done(), "the copy must wait while the first is being handled"
     await box.complete(first)
-    assert await asyncio.wait_for(second, 2) == Duplicate()
+    assert await asyncio.wait_for(second, 2) == AlreadyHandled()
 
 
 async def test_a_copy_waits_for_a_released_claim_and_then_runs() -> None:
@@ -59,7 +59,7 @@ async def test_a_copy_waits_for_a_released_claim_and_then_runs() -> None:
 
 
 async def test_a_dead_holders_claim_is_taken_over_when_its_lease_runs_out() -> None:
-    store = MemoryStore()
+    store = MemoryInboxStore()
     dead = inbox(store, lease=0.5)
     assert isinstance(await dead.admit(K, b"{}"), Claim)  # and never completes: it died
     started = time.monotonic()
@@ -69,23 +69,23 @@ async def test_a_dead_holders_claim_is_taken_over_when_its_lease_runs_out() -> N
 
 
 async def test_a_claim_held_longer_than_the_wait_is_requeued() -> None:
-    store = MemoryStore()
+    store = MemoryInboxStore()
     assert isinstance(await inbox(store).admit(K, b"{}"), Claim)
     started = time.monotonic()
-    assert await inbox(store, wait=0.3).admit(K, b"{}") == Requeue("claim_held")
+    assert await inbox(store, wait=0.3).admit(K, b"{}") == NotAdmitted("claim_held")
     assert 0.25 < time.monotonic() - started < 1.0
 
 
 async def test_a_failing_store_requeues_after_the_wait() -> None:
-    assert await inbox(FailingStore(), wait=0.2).admit(K, b"{}") == Requeue("inbox_unavailable")
+    assert await inbox(FailingStore(), wait=0.2).admit(K, b"{}") == NotAdmitted("inbox_unavailable")
 
 
 async def test_an_unexpected_error_of_a_store_counts_as_the_store_failing() -> None:
-    class Buggy(MemoryStore):
+    class Buggy(MemoryInboxStore):
         async def claim(self, *args: object, **kwargs: object) -> object:  # type: ignore[override]
             raise KeyError("a driver bug")
 
-    assert await inbox(Buggy(), wait=0.1).admit(K, b"{}") == Requeue("inbox_unavailable")
+    assert await inbox(Buggy(), wait=0.1).admit(K, b"{}") == NotAdmitted("inbox_unavailable")
 
 
 async def test_the_same_id_with_another_body_is_a_conflict_naming_both_hashes() -> None:
@@ -99,15 +99,15 @@ async def test_the_same_id_with_another_body_is_a_conflict_naming_both_hashes() 
 
 
 async def test_holding_renews_the_lease_so_a_slow_handler_keeps_its_claim() -> None:
-    store = MemoryStore()
+    store = MemoryInboxStore()
     box = inbox(store, lease=0.3)
     claim = await box.admit(K, b"{}")
     assert isinstance(claim, Claim)
     async with box.holding(claim):
         await asyncio.sleep(1.0)  # over three leases
-        assert await inbox(store, wait=0.05).admit(K, b"{}") == Requeue("claim_held")
+        assert await inbox(store, wait=0.05).admit(K, b"{}") == NotAdmitted("claim_held")
     await box.complete(claim)
-    assert await inbox(store).admit(K, b"{}") == Duplicate()
+    assert await inbox(store).admit(K, b"{}") == AlreadyHandled()
 
 
 async def test_a_transaction_needs_the_postgresql_store() -> None:
@@ -119,7 +119,7 @@ async def test_a_transaction_needs_the_postgresql_store() -> None:
 
 
 async def test_a_done_mark_that_cannot_be_written_is_logged_not_raised() -> None:
-    class Unwritable(MemoryStore):
+    class Unwritable(MemoryInboxStore):
         async def complete(self, key: Key, *, token: str) -> bool:
             raise InboxError("read-only")
 
@@ -130,7 +130,7 @@ async def test_a_done_mark_that_cannot_be_written_is_logged_not_raised() -> None
 
 
 async def test_a_started_inbox_removes_entries_older_than_the_retention_by_itself() -> None:
-    store = MemoryStore()
+    store = MemoryInboxStore()
     box = Inbox(store, lease=5, wait=5, retention=0.2, cleanup_interval=0.05)
     await box.start()
     try:

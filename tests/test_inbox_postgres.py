@@ -15,7 +15,7 @@ from eventworker import Context, Event, RetryPolicy, handler
 from eventworker.errors import ClaimLostError
 from eventworker.inbox.protocol import Claimed, Completed, Key
 from eventworker.inbox.stores import open_store
-from eventworker.inbox.stores.postgres import PostgresStore
+from eventworker.inbox.stores.postgres import PostgresInboxStore
 from eventworker.settings import InboxSettings, Settings
 from tests import stores
 from tests.broker import Broker, running, wait_for
@@ -112,7 +112,7 @@ async def test_a_transaction_whose_claim_was_taken_over_rolls_back(
     pg_inbox: InboxSettings, db: asyncpg.Connection
 ) -> None:
     store = open_store(pg_inbox)
-    assert isinstance(store, PostgresStore)
+    assert isinstance(store, PostgresInboxStore)
     await store.open()
     key = Key("h", "e1")
     try:

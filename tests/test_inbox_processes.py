@@ -1,4 +1,4 @@
-"""Catalogue tests G1 and G2 (shared/guide/reliability.md): worker *processes* sharing a real
+"""Catalogue tests G1 and G2 (docs/reliability.md): worker *processes* sharing a real
 inbox store (SQLite file, PostgreSQL, Redis), duplicates, conflicting bodies and SIGKILLs.
 
 Side effects are counted in a ledger the worker processes write and this test reads: a SQLite
@@ -27,7 +27,7 @@ import pytest
 
 from eventworker.inbox.protocol import HandlerStats
 from eventworker.inbox.stores import open_store
-from eventworker.publishing.channel import Outgoing, Publisher
+from eventworker.publishing.channel import ConfirmChannel, Outgoing
 from eventworker.settings import InboxSettings, Settings
 from eventworker.worker.lifecycle import Worker
 from tests.broker import Broker, registrations
@@ -195,7 +195,7 @@ class Rig:
     async def publish(self, events: list[tuple[str, bytes]]) -> None:
         s = self.settings
         # A generous confirm timeout: the broker is shared with other tests on 2 cores.
-        async with Publisher.connect(s.url, exchange=s.exchange, timeout=120) as publisher:
+        async with ConfirmChannel.connect(s.url, exchange=s.exchange, timeout=120) as publisher:
             results = await publisher.send_many(
                 [Outgoing(ROUTING_KEY, body, event_id) for event_id, body in events]
             )
@@ -272,7 +272,7 @@ async def test_g1_duplicates_across_two_worker_processes_run_each_effect_once(ri
     assert decisions["Duplicate"] == 2000, decisions
     assert decisions["Ack"] == 1010, decisions
     assert (await rig.stats()).duplicates == 2000
-    # Each conflicting id: one copy ran, the other is parked with the reason, not skipped.
+    # Each conflicting id: one copy ran, the other is dead-lettered with the reason, not skipped.
     ran = {event_id: variant for event_id, variant, _ in rows if event_id in conflicts}
     assert sorted(m.message_id or "" for m in dead) == sorted(conflicts)
     for m in dead:

@@ -17,7 +17,7 @@ import pytest
 from pydantic import SecretStr
 
 from eventworker.errors import ConfigError
-from eventworker.publishing.ingress import create_app, topic_matches
+from eventworker.publishing.ingress import create_app
 from eventworker.settings import Settings
 from tests.broker import Broker
 from tests.test_cli import EVENTWORKER, env_for
@@ -34,26 +34,6 @@ async def client(settings: Settings, **http: object) -> AsyncIterator[httpx.Asyn
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as c:
         yield c
-
-
-@pytest.mark.parametrize(
-    ("pattern", "key", "matches"),
-    [
-        ("orders.*", "orders.created", True),
-        ("orders.*", "orders.eu.created", False),
-        ("orders.#", "orders", True),
-        ("orders.#", "orders.eu.created", True),
-        ("#", "anything.at.all", True),
-        ("*.created", "orders.created", True),
-        ("#.created", "orders.eu.created", True),
-        ("#.created", "orders.eu.updated", False),
-        ("orders", "orders.created", False),
-    ],
-)
-def test_routing_keys_match_allow_list_patterns_as_a_topic_exchange_would(
-    pattern: str, key: str, matches: bool
-) -> None:
-    assert topic_matches(pattern, key) is matches
 
 
 async def test_a_confirmed_event_is_202_with_the_idempotency_key_as_its_id(

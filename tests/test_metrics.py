@@ -112,12 +112,16 @@ async def test_scraped_counts_are_exactly_the_mix_of_successes_retries_and_dead_
         async def settled() -> bool:
             nonlocal samples
             samples = await scrape(port)
-            parked = value(samples, "eventworker_dead_letter_messages", handler="mix", queue=dead)
-            return parked == 4 and value(samples, "eventworker_in_flight", handler="mix") == 0
+            dead_lettered = value(
+                samples, "eventworker_dead_letter_messages", handler="mix", queue=dead
+            )
+            return (
+                dead_lettered == 4 and value(samples, "eventworker_in_flight", handler="mix") == 0
+            )
 
         await eventually(settled)
     m = {"handler": "mix"}
-    # 3 ok + 2 x 2 once + 2 always + reject + junk + follow (retried once, then parked)
+    # 3 ok + 2 x 2 once + 2 always + reject + junk + follow (retried once, then dead-lettered)
     assert value(samples, "eventworker_messages_received_total", **m) == 3 + 4 + 2 + 1 + 1 + 2
     assert value(samples, "eventworker_messages_acked_total", **m) == 5
     assert value(samples, "eventworker_messages_retried_total", **m, delay="100ms") == 4
@@ -164,21 +168,21 @@ async def test_scraped_counts_are_exactly_the_mix_of_successes_retries_and_dead_
     assert await broker.count(dead) == 4
 
 
-async def test_in_flight_counts_running_handlings_and_age_grows_for_parked_messages(
+async def test_in_flight_counts_running_handlings_and_age_grows_for_dead_lettered_messages(
     broker: Broker, settings: Settings
 ) -> None:
     release = asyncio.Event()
 
     @handler("busy.event", concurrency=3)
     async def busy(event: Event[Any], ctx: Context) -> None:
-        if event.id == "park":
-            raise Reject("parked")
+        if event.id == "dead-letter":
+            raise Reject("dead_lettered")
         await release.wait()
 
     s = settings.model_copy(update={"metrics_poll_interval": 0.1})
     async with observed(broker, [busy], s) as (worker, _, port):
         dead = worker.routes[0].dead_letter_queue
-        await broker.publish("busy.event", b"{}", message_id="park")
+        await broker.publish("busy.event", b"{}", message_id="dead-letter")
         for n in range(2):
             await broker.publish("busy.event", b"{}", message_id=f"hold-{n}")
         await wait_for(lambda: worker.in_flight == 2)

@@ -1,4 +1,4 @@
-"""A parked message as an operator sees it, without a broker: diagnosis, preview, replay copy,
+"""A dead letter as an operator sees it, without a broker: diagnosis, preview, replay copy,
 export records."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from eventworker import envelope
-from eventworker.deadletters.parked import (
-    describe,
+from eventworker.deadletters.letter import (
+    diagnose,
     export_record,
     preview,
     read_record,
@@ -75,8 +75,8 @@ BROKER_PARKED = {
 }
 
 
-def test_a_copy_we_parked_is_described_from_our_headers() -> None:
-    p = describe(Message(headers=OURS), preview_chars=80)
+def test_a_copy_we_dead_lettered_is_described_from_our_headers() -> None:
+    p = diagnose(Message(headers=OURS), preview_chars=80)
     assert (p.id, p.routing_key, p.reason, p.exception, p.error) == (
         "evt-1",
         "orders.created",
@@ -85,28 +85,28 @@ def test_a_copy_we_parked_is_described_from_our_headers() -> None:
         "bad total",
     )
     assert (p.attempts, p.handler, p.host, p.replays) == (4, "bill", "worker-1", 0)
-    assert p.parked_at == datetime.fromisoformat(PARKED_AT)
+    assert p.dead_lettered_at == datetime.fromisoformat(PARKED_AT)
     assert p.size == len(b'{"order_id": "o-1"}')
     assert p.preview == '{"order_id": "o-1"}'
     assert p.age(datetime(2026, 1, 2, 3, 4, 15, 678000, tzinfo=UTC)) == 10.0
 
 
 def test_a_message_the_broker_moved_is_described_from_x_death() -> None:
-    p = describe(Message(headers=BROKER_PARKED), preview_chars=10)
+    p = diagnose(Message(headers=BROKER_PARKED), preview_chars=10)
     assert (p.reason, p.routing_key, p.attempts, p.exception) == (
         "delivery_limit",
         "orders.eu.created",
         None,
         "",
     )
-    assert p.parked_at == datetime(2026, 1, 2, 4, 0, tzinfo=UTC)
+    assert p.dead_lettered_at == datetime(2026, 1, 2, 4, 0, tzinfo=UTC)
 
 
 def test_a_plain_event_gets_the_default_reason_and_its_own_routing_key() -> None:
     message = Message(routing_key="nobody.listens", headers={})
-    p = describe(message, preview_chars=0, default_reason="unrouted")
+    p = diagnose(message, preview_chars=0, default_reason="unrouted")
     assert (p.reason, p.routing_key, p.preview) == ("unrouted", "nobody.listens", "")
-    assert p.parked_at == datetime(2026, 1, 2, 3, 0, tzinfo=UTC)  # the timestamp property
+    assert p.dead_lettered_at == datetime(2026, 1, 2, 3, 0, tzinfo=UTC)  # the timestamp property
 
 
 @pytest.mark.parametrize(
@@ -143,7 +143,9 @@ def test_a_replay_copy_resets_the_attempt_and_drops_the_diagnosis() -> None:
     assert props["timestamp"] == datetime(2026, 1, 2, 3, 0, tzinfo=UTC)
 
 
-def test_a_second_replay_counts_two_and_a_broker_parked_message_keeps_its_routing_key() -> None:
+def test_a_second_replay_counts_two_and_a_broker_dead_lettered_message_keeps_its_routing_key() -> (
+    None
+):
     headers = {**BROKER_PARKED, H + "replays": 1}
     props = replay_properties(Message(headers=headers), return_to="t.bill")
     assert props["headers"][H + "replays"] == 2
@@ -157,7 +159,7 @@ def test_a_replay_to_the_exchange_sets_no_return_header() -> None:
     assert props["headers"] == {"tenant": "acme", H + "replays": 1}
 
 
-def test_retry_and_parked_copies_keep_the_replay_count() -> None:
+def test_retry_and_dead_lettered_copies_keep_the_replay_count() -> None:
     assert envelope.carried_headers({H + "replays": 2, H + "reason": "x"}) == {H + "replays": 2}
 
 

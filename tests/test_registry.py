@@ -25,7 +25,6 @@ from eventworker.plugins.discovery import (
     discover,
     handlers_of,
     load,
-    own_version,
 )
 
 EXAMPLE = "eventworker-example"
@@ -311,7 +310,3 @@ def test_the_stray_dist_info_is_really_visible_to_importlib_metadata(
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     assert "evil" in {ep.name for ep in entry_points(group=GROUP)}
-
-
-def test_own_version_is_the_installed_version_of_eventworker() -> None:
-    assert own_version() == "0.1.0"

@@ -105,7 +105,7 @@ async def test_the_matcher_agrees_with_the_broker_on_every_pattern_and_key(
     assert disagreements == []
 
 
-async def test_a_delivery_over_a_stale_binding_is_parked_as_no_handler(
+async def test_a_delivery_over_a_stale_binding_is_dead_lettered_as_no_handler(
     broker: Broker, settings: Settings
 ) -> None:
     seen: list[str] = []
@@ -123,12 +123,12 @@ async def test_a_delivery_over_a_stale_binding_is_parked_as_no_handler(
         await channel.close()
         await broker.publish("orders.refunded", b'{"n": 1}', message_id="stale")
         await broker.publish("orders.created", b'{"n": 2}', message_id="fresh")
-        parked = await broker.take_all(route.dead_letter_queue, expect=1)
+        dead_lettered = await broker.take_all(route.dead_letter_queue, expect=1)
         await wait_for(lambda: seen == ["fresh"])
         await wait_for(lambda: worker.in_flight == 0)
         await asyncio.sleep(0.2)
         assert await broker.count(route.queue) == 0  # nothing stuck, nothing requeued
-    [copy] = parked
+    [copy] = dead_lettered
     assert copy.message_id == "stale"
     assert copy.body == b'{"n": 1}'
     assert copy.headers[H + "reason"] == "no_handler"
@@ -137,7 +137,7 @@ async def test_a_delivery_over_a_stale_binding_is_parked_as_no_handler(
     assert "orders.refunded" in str(copy.headers[H + "error"])
 
 
-async def test_a_message_put_into_the_work_queue_by_name_is_parked_as_no_handler(
+async def test_a_message_put_into_the_work_queue_by_name_is_dead_lettered_as_no_handler(
     broker: Broker, settings: Settings
 ) -> None:
     @handler("named.event")

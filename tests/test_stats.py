@@ -39,7 +39,7 @@ async def test_the_poller_warns_once_while_the_broker_is_away_and_stops_when_tol
     away = settings.model_copy(update={"url": SecretStr("amqp://guest:guest@127.0.0.1:1/")})
     stop = asyncio.Event()
     poller = asyncio.create_task(
-        stats.watch(away, ["q"], interval=0.02, on_read=lambda *_: None, stop=stop)
+        stats.poll(away, ["q"], interval=0.02, on_read=lambda *_: None, stop=stop)
     )
     await wait_for(lambda: sum("queue statistics not read" in line for line in log_lines) >= 3)
     stop.set()

@@ -171,9 +171,9 @@ async def test_a_dead_lettered_copy_keeps_the_trace_headers_for_replays(
         await broker.publish(
             "trace.dead", b"{}", headers={"traceparent": TRACEPARENT, "tracestate": TRACESTATE}
         )
-        [parked] = await broker.take_all(worker.routes[0].dead_letter_queue, expect=1)
-    assert parked.headers["traceparent"] == TRACEPARENT
-    assert parked.headers["tracestate"] == TRACESTATE
+        [dead_lettered] = await broker.take_all(worker.routes[0].dead_letter_queue, expect=1)
+    assert dead_lettered.headers["traceparent"] == TRACEPARENT
+    assert dead_lettered.headers["tracestate"] == TRACESTATE
 
 
 async def test_ctx_publish_carries_the_trace_headers_unless_the_handler_sets_its_own(

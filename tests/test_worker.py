@@ -222,7 +222,7 @@ async def test_a_publishing_channel_the_broker_closed_is_replaced_by_a_new_sessi
     broker: Broker, settings: Settings
 ) -> None:
     """A follow-up published to an exchange deleted under the worker makes the broker close the
-    publishing channel (404) with the connection still up; retries and parking need it."""
+    publishing channel (404) with the connection still up; retries and dead-lettering need it."""
     started: list[str] = []
     published: list[str] = []
     deleted = asyncio.Event()

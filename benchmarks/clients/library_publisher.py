@@ -1,4 +1,4 @@
-"""eventworker's library publisher: ``Publisher.send_many`` with its default window of
+"""eventworker's library publisher: ``ConfirmChannel.send_many`` with its default window of
 confirms in flight. Prints one JSON line like ``raw_publisher`` (connecting is not timed)."""
 
 from __future__ import annotations
@@ -9,12 +9,12 @@ import time
 from benchmarks.clients import common
 from benchmarks.wire import ROUTING_KEY, body
 from eventworker.envelope import new_id
-from eventworker.publishing.channel import Outgoing, Publisher
+from eventworker.publishing.channel import ConfirmChannel, Outgoing
 
 
 async def publish(exchange: str, count: int) -> None:
     events = [Outgoing(ROUTING_KEY, body(n), new_id()) for n in range(count)]
-    async with Publisher.connect(common.env("BENCH_URL"), exchange=exchange) as publisher:
+    async with ConfirmChannel.connect(common.env("BENCH_URL"), exchange=exchange) as publisher:
         started, cpu = time.monotonic(), time.process_time()
         results = await publisher.send_many(events)
         seconds, cpu = time.monotonic() - started, time.process_time() - cpu

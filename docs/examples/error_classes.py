@@ -22,11 +22,11 @@ payment_service = PaymentService()
 
 @handler("orders.created", give_up_on=(UnknownCustomer, KeyError))
 async def bill_order(event: Event[dict[str, str]], ctx: Context) -> None:
-    # UnknownCustomer or KeyError: parked at once; anything else: retried
+    # UnknownCustomer or KeyError: dead-lettered at once; anything else: retried
     await bill(customers[event.data["customer_id"]], event.data)
 
 
 @handler("payments.requested", retry_on=(ConnectionError, TimeoutError))
 async def charge(event: Event[dict[str, str]], ctx: Context) -> None:
-    # only network trouble (and the handler timeout) is retried; any other error parks
+    # only network trouble (and the handler timeout) is retried; any other error dead-letters
     await payment_service.charge(event.data["order_id"])

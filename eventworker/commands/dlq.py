@@ -16,16 +16,16 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from eventworker.commands import config_option, errors, url_option
-from eventworker.commands.parking import age, line, resolve, run
+from eventworker.commands._deadletters import age, dead_letter_queues, line, run
 from eventworker.errors import InvalidInputError
 from eventworker.settings import load_settings
 
 if TYPE_CHECKING:
-    from eventworker.deadletters.operations import Connection, Parking, QueueStats
-    from eventworker.deadletters.parked import Parked
+    from eventworker.deadletters.letter import Letter
+    from eventworker.deadletters.operations import Connection, DeadLetterQueue, DeadLetterStats
 
 
-def _row(p: Parked, now: datetime) -> dict[str, Any]:
+def _row(p: Letter, now: datetime) -> dict[str, Any]:
     return {
         "id": p.id,
         "routing_key": p.routing_key,
@@ -37,7 +37,7 @@ def _row(p: Parked, now: datetime) -> dict[str, Any]:
         "host": p.host,
         "first_failure": p.first_failure,
         "last_failure": p.last_failure,
-        "parked_at": p.parked_at.isoformat() if p.parked_at else None,
+        "dead_lettered_at": p.dead_lettered_at.isoformat() if p.dead_lettered_at else None,
         "age_seconds": p.age(now),
         "replays": p.replays,
         "size": p.size,
@@ -47,7 +47,7 @@ def _row(p: Parked, now: datetime) -> dict[str, Any]:
 
 @click.group("dlq")
 def dlq() -> None:
-    """Dead letters: list, show, replay, purge and export parked messages.
+    """Dead letters: list, show, replay, purge and export them.
 
     HANDLER is a handler's name as `eventworker handlers` lists it, or the unrouted queue's
     name. Works over AMQP alone, no management plugin needed.
@@ -71,10 +71,10 @@ def list_queues(as_json: bool, sample: int, config: str | None, url: str | None)
 
     with errors():
         settings = load_settings(config, url=url)
-        parkings = resolve(settings, ())
+        dlqs = dead_letter_queues(settings, ())
 
-        async def gather(connection: Connection, stop: asyncio.Event) -> list[QueueStats]:
-            return [await ops.stats(connection, p, sample=sample, stop=stop) for p in parkings]
+        async def gather(connection: Connection, stop: asyncio.Event) -> list[DeadLetterStats]:
+            return [await ops.stats(connection, p, sample=sample, stop=stop) for p in dlqs]
 
         rows = run(settings, gather)
     if as_json:
@@ -92,15 +92,15 @@ def list_queues(as_json: bool, sample: int, config: str | None, url: str | None)
         elif s.count and not s.sampled:
             reasons = "(not sampled: see `eventworker dlq show`)"
         click.echo(
-            f"{s.parking.label:<24} {s.parking.queue:<40} {count}  {age(s.oldest_age):>7}  "
+            f"{s.dlq.label:<24} {s.dlq.queue:<40} {count}  {age(s.oldest_age):>7}  "
             f"{reasons}".rstrip()
         )
 
 
-def _stats_row(s: QueueStats) -> dict[str, Any]:
+def _stats_row(s: DeadLetterStats) -> dict[str, Any]:
     return {
-        "handler": s.parking.label,
-        "queue": s.parking.queue,
+        "handler": s.dlq.label,
+        "queue": s.dlq.queue,
         "exists": s.exists,
         "messages": s.count,
         "oldest_age_seconds": s.oldest_age,
@@ -130,21 +130,21 @@ def show(
     config: str | None,
     url: str | None,
 ) -> None:
-    """The first parked messages of HANDLER (of every queue when omitted), left in place."""
+    """The first dead letters of HANDLER (of every queue when omitted), left in place."""
     from eventworker.deadletters import operations as ops
     from eventworker.deadletters import reader as queue_reader
 
     with errors():
         settings = load_settings(config, url=url)
-        parkings = resolve(settings, [handler] if handler else ())
+        dlqs = dead_letter_queues(settings, [handler] if handler else ())
 
         async def read(
             connection: Connection, stop: asyncio.Event
-        ) -> list[tuple[Parking, list[Parked]]]:
+        ) -> list[tuple[DeadLetterQueue, list[Letter]]]:
             found = []
-            for p in parkings:
+            for p in dlqs:
                 if handler is None and await queue_reader.count(connection, p.queue) is None:
-                    continue  # not declared yet: nothing parked
+                    continue  # not declared yet: no dead letters
                 found.append(
                     (
                         p,
@@ -164,10 +164,10 @@ def show(
     for p, messages in shown:
         click.echo(f"== {p.label}: {p.queue} ({len(messages)} shown)")
         for m in messages:
-            _echo_parked(m, now)
+            _echo_letter(m, now)
 
 
-def _echo_parked(m: Parked, now: datetime) -> None:
+def _echo_letter(m: Letter, now: datetime) -> None:
     from eventworker.observability.logs import one_line
 
     attempts = "-" if m.attempts is None else str(m.attempts)
@@ -195,7 +195,7 @@ def _echo_parked(m: Parked, now: datetime) -> None:
 @config_option
 @url_option
 def export(handler: str, out: str, limit: int | None, config: str | None, url: str | None) -> None:
-    """Write HANDLER's parked messages to an NDJSON file, leaving them parked.
+    """Write HANDLER's dead letters to an NDJSON file, leaving them in place.
 
     One record per line: routing key, body, properties and headers. `eventworker publish
     --exported --file FILE` publishes them again.
@@ -204,7 +204,7 @@ def export(handler: str, out: str, limit: int | None, config: str | None, url: s
 
     with errors():
         settings = load_settings(config, url=url)
-        [p] = resolve(settings, [handler])
+        [p] = dead_letter_queues(settings, [handler])
         path = Path(out)
         try:
             stream = path.open("wb")

@@ -1,4 +1,4 @@
-"""``eventworker dlq replay`` and ``purge``: the commands that take parked messages out."""
+"""``eventworker dlq replay`` and ``purge``: the commands that take dead letters out."""
 
 from __future__ import annotations
 
@@ -10,20 +10,20 @@ from typing import TYPE_CHECKING
 import click
 
 from eventworker.commands import config_option, errors, url_option
-from eventworker.commands.parking import line, parse_rate, resolve, run, selection
+from eventworker.commands._deadletters import dead_letter_queues, line, parse_rate, run, selection
 from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import load_settings
 
 if TYPE_CHECKING:
-    from eventworker.deadletters.operations import Connection, Parking, ReplayOutcome
-    from eventworker.deadletters.parked import Parked
+    from eventworker.deadletters.letter import Letter
+    from eventworker.deadletters.operations import Connection, DeadLetterQueue, ReplayOutcome
 
 
 @click.command("replay")
 @click.argument("handler", required=False)
 @click.option("--all", "every", is_flag=True, help="Replay every dead-letter queue.")
 @click.option("--id", "ids", multiple=True, metavar="ID", help="Only this event id (repeatable).")
-@click.option("--reason", default=None, help="Only messages parked for this reason.")
+@click.option("--reason", default=None, help="Only messages dead-lettered for this reason.")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Move at most N messages.")
 @click.option(
     "--rate", callback=parse_rate, default=None, metavar="N/s", help="At most N per second."
@@ -42,7 +42,7 @@ def replay(
     config: str | None,
     url: str | None,
 ) -> None:
-    """Send parked messages back to HANDLER's work queue, attempt count reset.
+    """Send dead letters back to HANDLER's work queue, attempt count reset.
 
     Each copy is confirmed by the broker before its original leaves the dead-letter queue (a
     crash in between leaves a duplicate, never a loss). Copies reach that handler only, with
@@ -56,18 +56,18 @@ def replay(
         if (handler is None) == (not every):
             raise InvalidInputError("name one HANDLER, or give --all")
         settings = load_settings(config, url=url)
-        parkings = resolve(settings, [handler] if handler else ())
+        dlqs = dead_letter_queues(settings, [handler] if handler else ())
         select = selection(ids, reason)
         verb = "would move" if dry_run else "moved"
 
-        def echo(m: Parked) -> None:
+        def echo(m: Letter) -> None:
             click.echo(f"{verb} {line(m)}")
 
         async def move(
             connection: Connection, stop: asyncio.Event
-        ) -> list[tuple[Parking, ReplayOutcome]]:
+        ) -> list[tuple[DeadLetterQueue, ReplayOutcome]]:
             outcomes = []
-            for p in parkings:
+            for p in dlqs:
                 if every and await queue_reader.count(connection, p.queue) is None:
                     continue
                 outcome = await ops.replay(
@@ -96,14 +96,16 @@ def replay(
         )
         if outcome.error:
             failed = True
-            click.echo(f"error: {outcome.error}; it and the rest stay parked", err=True)
+            click.echo(
+                f"error: {outcome.error}; it and the rest stay in the dead-letter queue", err=True
+            )
     sys.exit(int(ExitCode.FAILED if failed else ExitCode.OK))
 
 
 @click.command("purge")
 @click.argument("handler")
 @click.option("--id", "ids", multiple=True, metavar="ID", help="Only this event id (repeatable).")
-@click.option("--reason", default=None, help="Only messages parked for this reason.")
+@click.option("--reason", default=None, help="Only messages dead-lettered for this reason.")
 @click.option("--yes", is_flag=True, help="Really delete them: there is no undo.")
 @config_option
 @url_option
@@ -115,7 +117,7 @@ def purge(
     config: str | None,
     url: str | None,
 ) -> None:
-    """Delete parked messages of HANDLER for good (all, or those selected); needs --yes."""
+    """Delete dead letters of HANDLER for good (all, or those selected); needs --yes."""
     from eventworker.deadletters import operations as ops
 
     with errors():
@@ -125,7 +127,7 @@ def purge(
                 "export` first)"
             )
         settings = load_settings(config, url=url)
-        [p] = resolve(settings, [handler])
+        [p] = dead_letter_queues(settings, [handler])
         select = selection(ids, reason) if ids or reason else None
 
         async def delete(connection: Connection, stop: asyncio.Event) -> int:

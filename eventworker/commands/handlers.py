@@ -18,13 +18,13 @@ def list_handlers(as_json: bool, config: str | None) -> None:
     """List every discovered handler: plugin, distribution, bindings, queues, retry policy,
     idempotent or not."""
     from eventworker.plugins import discovery
-    from eventworker.plugins.resolved import routes
+    from eventworker.plugins.resolved import resolve
 
     with errors():
         settings = load_settings(config)
         registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
         rows: list[dict[str, Any]] = []
-        for reg, route in zip(registrations, routes(registrations, settings), strict=True):
+        for reg, route in zip(registrations, resolve(registrations, settings), strict=True):
             rows.append(
                 {
                     "name": reg.handler.name,

@@ -215,7 +215,7 @@ def _exported(
 ) -> list[Any]:
     """The events of an export file, each checked like any other before connecting."""
     from eventworker import envelope
-    from eventworker.deadletters.parked import read_record
+    from eventworker.deadletters.letter import read_record
     from eventworker.publishing.channel import Outgoing
 
     if file is None or routing_key is not None or data is not None:
@@ -291,7 +291,7 @@ async def _publish_all(
 
     from eventworker.errors import BrokerUnreachableError
     from eventworker.publishing import unrouted
-    from eventworker.publishing.channel import Publisher
+    from eventworker.publishing.channel import ConfirmChannel
 
     async with AsyncExitStack() as stack:
         watch = None
@@ -316,7 +316,7 @@ async def _publish_all(
                     on_result(result)
 
             try:
-                async with Publisher.connect(
+                async with ConfirmChannel.connect(
                     settings.urls(),
                     exchange=settings.exchange,
                     source="eventworker",

@@ -42,9 +42,9 @@ def status(as_json: bool, config: str | None, url: str | None) -> None:
 
 async def _report(settings: Settings, registrations: list[Any]) -> dict[str, Any]:
     from eventworker.observability import stats
-    from eventworker.plugins.resolved import routes
+    from eventworker.plugins.resolved import resolve
 
-    route_list = routes(registrations, settings)
+    route_list = resolve(registrations, settings)
     tiers = route_list[0].retry_queues if route_list else {}
     names = [q for r in route_list for q in (r.queue, r.dead_letter_queue)] + list(tiers.values())
     async with stats.connected(settings) as reader:

@@ -37,12 +37,12 @@ def _handler_option(func: Any) -> Any:
 
 def _plan(settings: Settings) -> Plan:
     from eventworker.plugins import discovery
-    from eventworker.plugins.resolved import routes, topology_plan
+    from eventworker.plugins.resolved import resolve, topology_plan
 
     registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
     if not registrations:
         raise InvalidInputError("no handlers installed: there is no topology to compare")
-    return topology_plan(routes(registrations, settings), settings)
+    return topology_plan(resolve(registrations, settings), settings)
 
 
 def _inspect(settings: Settings, *, apply: bool) -> tuple[Reading, list[Finding], list[str]]:
@@ -60,12 +60,12 @@ def _inspect(settings: Settings, *, apply: bool) -> tuple[Reading, list[Finding]
             heartbeat=settings.heartbeat,
         )
         try:
-            reading = await asyncio.to_thread(bindings.read, settings)
+            reading = await bindings.read(settings)
             findings = await drift.compare(connection, plan, reading, prefix=settings.queue_prefix)
             done: list[str] = []
             if apply:
                 done = await drift.reconcile(connection, plan, findings)
-                reading = await asyncio.to_thread(bindings.read, settings)
+                reading = await bindings.read(settings)
                 findings = await drift.compare(
                     connection, plan, reading, prefix=settings.queue_prefix
                 )

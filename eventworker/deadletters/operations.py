@@ -3,7 +3,7 @@
 Works over plain AMQP, without the management plugin; reading a queue without losing or
 reordering what an operation does not take is ``queue_reader``'s part.
 
-A replay publishes the copy with a confirm and acks the parked original only afterwards: a
+A replay publishes the copy with a confirm and acks the dead-lettered original only afterwards: a
 crash in between leaves a duplicate, never a loss.
 """
 
@@ -22,11 +22,11 @@ from typing import BinaryIO
 import aio_pika
 from aio_pika.abc import AbstractConnection
 
-from eventworker.deadletters import parked
-from eventworker.deadletters.parked import Parked
-from eventworker.deadletters.reader import Reader, count, reading
+from eventworker.deadletters import letter
+from eventworker.deadletters.letter import Letter
+from eventworker.deadletters.reader import QueueReader, count, reading
 from eventworker.errors import BrokerError, Interrupted, PublishError
-from eventworker.publishing.channel import Publisher
+from eventworker.publishing.channel import ConfirmChannel
 
 #: ``stats`` samples a quorum queue only up to this size: sampling one means a full turn of it,
 #: a few milliseconds per message.
@@ -36,8 +36,8 @@ Connection = AbstractConnection
 
 
 @dataclass(frozen=True, slots=True)
-class Parking:
-    """A queue of parked messages and where a replay sends them.
+class DeadLetterQueue:
+    """A queue of dead letters and where a replay sends them.
 
     ``return_to`` set: a handler's dead-letter queue; copies go to ``exchange`` (the return
     exchange) for that work queue only. ``return_to`` None: the unrouted queue; copies go to
@@ -55,20 +55,20 @@ class Parking:
 
 @dataclass(frozen=True, slots=True)
 class Selection:
-    """Which parked messages an operation takes; empty criteria take every message."""
+    """Which dead letters an operation takes; empty criteria take every message."""
 
     ids: frozenset[str] = frozenset()
     reason: str | None = None
 
-    def __call__(self, message: Parked) -> bool:
+    def __call__(self, message: Letter) -> bool:
         return (not self.ids or message.id in self.ids) and (
             self.reason is None or message.reason == self.reason
         )
 
 
 @dataclass(frozen=True, slots=True)
-class QueueStats:
-    parking: Parking
+class DeadLetterStats:
+    dlq: DeadLetterQueue
     exists: bool
     count: int
     oldest_age: float | None
@@ -79,94 +79,91 @@ class QueueStats:
 @dataclass(frozen=True, slots=True)
 class ReplayOutcome:
     scanned: int
-    moved: tuple[Parked, ...]
+    moved: tuple[Letter, ...]
     error: PublishError | None = None
 
 
 async def stats(
     connection: AbstractConnection,
-    parking: Parking,
+    dlq: DeadLetterQueue,
     *,
     sample: int,
     now: datetime | None = None,
     stop: asyncio.Event | None = None,
-) -> QueueStats:
+) -> DeadLetterStats:
     """Count, oldest age and most frequent reasons; the last two from the first ``sample``
     messages (0, or a quorum queue of more than ``QUORUM_SAMPLE_MAX``: count only)."""
-    ready = await count(connection, parking.queue)
+    ready = await count(connection, dlq.queue)
     if ready is None:
-        return QueueStats(parking, False, 0, None, (), 0)
-    if parking.queue_type == "quorum" and ready > QUORUM_SAMPLE_MAX:
+        return DeadLetterStats(dlq, False, 0, None, (), 0)
+    if dlq.queue_type == "quorum" and ready > QUORUM_SAMPLE_MAX:
         sample = 0
-    shown = (
-        await show(connection, parking, limit=sample, preview_chars=0, stop=stop) if sample else []
-    )
+    shown = await show(connection, dlq, limit=sample, preview_chars=0, stop=stop) if sample else []
     now = now or datetime.now(UTC)
     ages = [a for a in (p.age(now) for p in shown) if a is not None]
     reasons = Counter(p.reason for p in shown).most_common(3)
-    return QueueStats(parking, True, ready, max(ages, default=None), tuple(reasons), len(shown))
+    return DeadLetterStats(dlq, True, ready, max(ages, default=None), tuple(reasons), len(shown))
 
 
 async def show(
     connection: AbstractConnection,
-    parking: Parking,
+    dlq: DeadLetterQueue,
     *,
     limit: int,
     preview_chars: int,
     stop: asyncio.Event | None = None,
-) -> list[Parked]:
+) -> list[Letter]:
     """The first ``limit`` messages, described; the queue is left as it was.
 
     Raises:
         BrokerError: the queue does not exist.
         Interrupted: ``stop`` was set.
     """
-    async with _reading(connection, parking, limit=limit, stop=stop) as reader:
+    async with _reading(connection, dlq, limit=limit, stop=stop) as reader:
         return [
-            parked.describe(m, preview_chars=preview_chars, default_reason=parking.default_reason)
+            letter.diagnose(m, preview_chars=preview_chars, default_reason=dlq.default_reason)
             async for m in reader.messages()
         ]
 
 
 async def replay(
     connection: AbstractConnection,
-    parking: Parking,
+    dlq: DeadLetterQueue,
     *,
     select: Selection,
     limit: int | None,
     rate: float | None,
     dry_run: bool,
     publish_timeout: float,
-    on_move: Callable[[Parked], None],
+    on_move: Callable[[Letter], None],
     stop: asyncio.Event | None = None,
 ) -> ReplayOutcome:
-    """Send the selected parked messages back, each copy confirmed before its original is acked.
+    """Send the selected dead letters back, each copy confirmed before its original is acked.
 
     Stops at the first copy the broker does not confirm (returned in ``error``); that message
-    and the rest stay parked. ``rate`` bounds copies per second; ``limit`` the number moved.
+    and the rest stay in the dead-letter queue. ``rate`` bounds copies per second; ``limit``
+    the number moved.
 
     Raises:
         BrokerError: a queue or exchange it needs does not exist.
         Interrupted: ``stop`` was set; every message reported to ``on_move`` moved.
     """
     stop = stop or asyncio.Event()
-    if parking.return_to is not None and await count(connection, parking.return_to) is None:
+    if dlq.return_to is not None and await count(connection, dlq.return_to) is None:
         raise BrokerError(
-            f"work queue {parking.return_to!r} does not exist: start a worker for handler "
-            f"{parking.label!r} once (it declares its queue and bindings), then replay"
+            f"work queue {dlq.return_to!r} does not exist: start a worker for handler "
+            f"{dlq.label!r} once (it declares its queue and bindings), then replay"
         )
-    publisher = await Publisher.open(
-        connection, parking.exchange, source=None, timeout=publish_timeout
+    publisher = await ConfirmChannel.open(
+        connection, dlq.exchange, source=None, timeout=publish_timeout
     )
-    moved: list[Parked] = []
+    moved: list[Letter] = []
     scanned = 0
     started = time.monotonic()
-    async with _reading(connection, parking, stop=stop) as reader:
+    async with _reading(connection, dlq, stop=stop) as reader:
         async for message in reader.messages():
             scanned += 1
-            described = parked.describe(
-                message, preview_chars=0, default_reason=parking.default_reason
-            )
+            described = letter.diagnose(message, preview_chars=0, default_reason=dlq.default_reason)
             if not select(described):
                 continue
             if rate:
@@ -174,14 +171,16 @@ async def replay(
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), pause)
                 if stop.is_set():
-                    raise Interrupted("interrupted: every message not reported as moved is parked")
+                    raise Interrupted(
+                        "interrupted: every message not reported as moved is dead-lettered"
+                    )
             if not dry_run:
                 copy = aio_pika.Message(
                     message.body,
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    **parked.replay_properties(message, return_to=parking.return_to),
+                    **letter.replay_properties(message, return_to=dlq.return_to),
                 )
-                key = "" if parking.return_to is not None else described.routing_key
+                key = "" if dlq.return_to is not None else described.routing_key
                 try:
                     await publisher.send_copy(copy, key)
                 except PublishError as exc:
@@ -196,7 +195,7 @@ async def replay(
 
 async def purge(
     connection: AbstractConnection,
-    parking: Parking,
+    dlq: DeadLetterQueue,
     *,
     select: Selection | None,
     stop: asyncio.Event | None = None,
@@ -209,20 +208,20 @@ async def purge(
     """
     if select is not None:
         taken = 0
-        async with _reading(connection, parking, stop=stop) as reader:
+        async with _reading(connection, dlq, stop=stop) as reader:
             async for message in reader.messages():
-                described = parked.describe(
-                    message, preview_chars=0, default_reason=parking.default_reason
+                described = letter.diagnose(
+                    message, preview_chars=0, default_reason=dlq.default_reason
                 )
                 if select(described):
                     await reader.take(message)
                     taken += 1
         return taken
-    if await count(connection, parking.queue) is None:
-        raise BrokerError(f"queue {parking.queue!r} does not exist on the broker")
+    if await count(connection, dlq.queue) is None:
+        raise BrokerError(f"queue {dlq.queue!r} does not exist on the broker")
     channel = await connection.channel()
     try:
-        queue = await channel.get_queue(parking.queue, ensure=False)
+        queue = await channel.get_queue(dlq.queue, ensure=False)
         result = await queue.purge()
         return int(result.message_count or 0)
     finally:
@@ -231,7 +230,7 @@ async def purge(
 
 async def export(
     connection: AbstractConnection,
-    parking: Parking,
+    dlq: DeadLetterQueue,
     out: BinaryIO,
     *,
     limit: int | None,
@@ -244,9 +243,9 @@ async def export(
         Interrupted: ``stop`` was set.
     """
     written = 0
-    async with _reading(connection, parking, limit=limit, stop=stop) as reader:
+    async with _reading(connection, dlq, limit=limit, stop=stop) as reader:
         async for message in reader.messages():
-            out.write(parked.export_record(message) + b"\n")
+            out.write(letter.export_record(message) + b"\n")
             written += 1
     out.flush()
     return written
@@ -254,10 +253,10 @@ async def export(
 
 def _reading(
     connection: AbstractConnection,
-    parking: Parking,
+    dlq: DeadLetterQueue,
     *,
     limit: int | None = None,
     stop: asyncio.Event | None = None,
-) -> AbstractAsyncContextManager[Reader]:
-    quorum = parking.queue_type == "quorum"
-    return reading(connection, parking.queue, quorum=quorum, limit=limit, stop=stop)
+) -> AbstractAsyncContextManager[QueueReader]:
+    quorum = dlq.queue_type == "quorum"
+    return reading(connection, dlq.queue, quorum=quorum, limit=limit, stop=stop)

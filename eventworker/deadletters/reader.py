@@ -55,7 +55,7 @@ def broker_version(connection: AbstractConnection) -> str:
     return version.decode() if isinstance(version, bytes) else str(version)
 
 
-class Reader:
+class QueueReader:
     """Gets messages one by one; :meth:`take` acks one, the rest go back in order on close."""
 
     def __init__(
@@ -142,8 +142,8 @@ async def reading(
     quorum: bool,
     limit: int | None = None,
     stop: asyncio.Event | None = None,
-) -> AsyncIterator[Reader]:
-    """A :class:`Reader` of at most ``limit`` messages (and of no more than the queue held at
+) -> AsyncIterator[QueueReader]:
+    """A :class:`QueueReader` of at most ``limit`` messages (and of no more than the queue held at
     the start); held messages go back in order when the block ends, however it ends.
 
     Raises:
@@ -154,7 +154,7 @@ async def reading(
         raise BrokerError(f"queue {queue!r} does not exist on the broker")
     channel = await connection.channel()
     try:
-        reader = Reader(
+        reader = QueueReader(
             channel,
             await channel.get_queue(queue, ensure=False),
             budget=ready,

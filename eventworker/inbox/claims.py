@@ -6,7 +6,7 @@ seconds: the holder usually finishes within that time (the copy is then a duplic
 acked unrun), and a holder that died loses its claim when its lease runs out (this copy then
 takes the event over and runs it, so a crash leads to the work being done once, not zero
 times). Only a claim held longer than ``wait`` hands the copy back to the broker
-(:class:`Requeue`): waiting rather than requeueing at once keeps redeliveries, which quorum
+(:class:`NotAdmitted`): waiting rather than requeueing at once keeps redeliveries, which quorum
 queues count against their delivery limit, rare.
 
 While the handler runs, its lease is renewed every third of the lease, so a slow handler keeps
@@ -28,17 +28,18 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
+from eventworker.backoff import Backoff
 from eventworker.errors import IdempotencyConflictError, InboxError
 from eventworker.inbox.protocol import (
+    AlreadyHandled,
     Claimed,
     ClaimResult,
     Completed,
     Conflict,
-    Duplicate,
     InboxStore,
     InProgress,
     Key,
-    Requeue,
+    NotAdmitted,
     TransactionalStore,
     body_hash,
 )
@@ -62,7 +63,7 @@ class Claim:
     token: str
 
 
-Admission = Claim | Duplicate | Requeue | IdempotencyConflictError
+Admission = Claim | AlreadyHandled | NotAdmitted | IdempotencyConflictError
 
 
 def owner_id() -> str:
@@ -126,17 +127,17 @@ class Inbox:
     async def admit(self, key: Key, body: bytes) -> Admission:
         """Claim ``key`` for this worker, waiting up to ``wait`` seconds for another holder.
 
-        Returns the :class:`Claim` to run the handler under, :class:`Duplicate` when the event
+        Returns the :class:`Claim` to run the handler under, :class:`AlreadyHandled` when the event
         was handled already, an :class:`IdempotencyConflictError` when the id came before
-        with another body, or :class:`Requeue` when the claim stayed held elsewhere or the
+        with another body, or :class:`NotAdmitted` when the claim stayed held elsewhere or the
         store kept failing for ``wait`` seconds.
         """
         digest = body_hash(body)
         deadline = time.monotonic() + self.wait
-        pause = FIRST_POLL
+        backoff = Backoff(FIRST_POLL, MAX_POLL)
         while True:
             token = uuid.uuid4().hex
-            nap = pause
+            nap = backoff.next()
             result: ClaimResult | InboxError
             try:
                 result = await self._call(
@@ -159,7 +160,7 @@ class Inbox:
                         )
                     return Claim(key, token)
                 case Completed():
-                    return Duplicate()
+                    return AlreadyHandled()
                 case Conflict(stored=stored):
                     return IdempotencyConflictError(
                         f"event {key.event_id} was handled by {key.handler} with a body of "
@@ -169,13 +170,12 @@ class Inbox:
                     )
                 case InProgress(expires_in=expires_in):
                     # Wake up when the holder's lease runs out, if that comes before the pause.
-                    nap = max(min(pause, expires_in + 0.005), 0.01)
+                    nap = max(min(nap, expires_in + 0.005), 0.01)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 held = isinstance(result, InProgress)
-                return Requeue("claim_held" if held else "inbox_unavailable")
+                return NotAdmitted("claim_held" if held else "inbox_unavailable")
             await asyncio.sleep(min(nap, remaining))
-            pause = min(pause * 2, MAX_POLL)
 
     @asynccontextmanager
     async def holding(self, claim: Claim) -> AsyncIterator[None]:
@@ -199,7 +199,7 @@ class Inbox:
             return
         key = claim.key
         deadline = time.monotonic() + self.wait
-        pause = FIRST_POLL
+        backoff = Backoff(FIRST_POLL, MAX_POLL)
         while True:
             try:
                 if not await self._call(self.store.complete(key, token=claim.token)):
@@ -211,7 +211,7 @@ class Inbox:
                     )
                 return
             except InboxError as exc:
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() + backoff.peek() > deadline:
                     logger.error(
                         "{}: could not mark {} done in the inbox: {}; a duplicate may run it again",
                         key.handler,
@@ -219,8 +219,7 @@ class Inbox:
                         exc,
                     )
                     return
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, MAX_POLL)
+            await asyncio.sleep(backoff.next())
 
     async def release(self, claim: Claim) -> None:
         """Drop the claim after a failed attempt so its retry can claim the event at once.

@@ -1,4 +1,4 @@
-"""The inbox store protocol, what its operations answer, and what the inbox decides.
+"""The inbox store protocol, what its operations answer, and what the inbox answers a worker.
 
 An idempotent handler's delivery is first *claimed* in an inbox store under the key
 ``(handler name, event id)``, with a lease and the sha256 of its body. The store answers
@@ -135,13 +135,13 @@ class TransactionalStore(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Duplicate:
-    """A settle decision: the event was handled already by this handler; acked unrun."""
+class AlreadyHandled:
+    """An admission answer: this handler handled the event already (a duplicate)."""
 
 
 @dataclass(frozen=True, slots=True)
-class Requeue:
-    """A settle decision: handed back to the queue unrun, no attempt consumed.
+class NotAdmitted:
+    """An admission answer: the handler may not run the event now; hand it back unrun.
 
     Reasons: ``claim_held`` (another worker held the event for longer than the inbox's
     ``wait``) and ``inbox_unavailable`` (the store failed for that long).

@@ -2,7 +2,7 @@
 
 Passive ``queue.declare`` answers with both counts, so no management plugin is needed and no
 message is touched. ``eventworker status`` reads them once; the metrics read them every
-``metrics_poll_interval`` seconds through :func:`watch`.
+``metrics_poll_interval`` seconds through :func:`poll`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class QueueStats:
         return self.messages is not None
 
 
-class Reader:
+class StatsReader:
     """Reads queue statistics on a connection of its own (role ``stats``)."""
 
     def __init__(self, connection: AbstractConnection) -> None:
@@ -80,8 +80,8 @@ class Reader:
             await self._connection.close()
 
 
-async def open_reader(settings: Settings) -> Reader:
-    """A :class:`Reader` on a new connection; close it when done.
+async def open_reader(settings: Settings) -> StatsReader:
+    """A :class:`StatsReader` on a new connection; close it when done.
 
     Raises:
         BrokerUnreachableError, BrokerAuthError: the connection failed.
@@ -93,12 +93,12 @@ async def open_reader(settings: Settings) -> Reader:
         heartbeat=settings.heartbeat,
         tls=settings.tls,
     )
-    return Reader(connection)
+    return StatsReader(connection)
 
 
 @asynccontextmanager
-async def connected(settings: Settings) -> AsyncIterator[Reader]:
-    """A :class:`Reader` on a new connection, closed on exit.
+async def connected(settings: Settings) -> AsyncIterator[StatsReader]:
+    """A :class:`StatsReader` on a new connection, closed on exit.
 
     Raises:
         BrokerUnreachableError, BrokerAuthError: the connection failed.
@@ -110,7 +110,7 @@ async def connected(settings: Settings) -> AsyncIterator[Reader]:
         await reader.close()
 
 
-async def watch(
+async def poll(
     settings: Settings,
     names: Iterable[str],
     *,
@@ -123,7 +123,7 @@ async def watch(
     broker never sees a declare cut short). A broker that cannot be reached is tried again at
     the next interval: statistics are never worth stopping a worker for."""
     queues = list(names)
-    reader: Reader | None = None
+    reader: StatsReader | None = None
     failing = False
     try:
         while not stop.is_set():

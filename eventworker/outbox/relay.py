@@ -18,9 +18,10 @@ import orjson
 from loguru import logger
 
 from eventworker import envelope
+from eventworker.backoff import Backoff
 from eventworker.errors import InvalidInputError, OutboxError
 from eventworker.observability.logs import one_line
-from eventworker.outbox.store import Done, Row, Store
+from eventworker.outbox.store import Done, OutboxStore, Row
 from eventworker.publishing.channel import Outgoing
 from eventworker.publishing.publisher import Publisher
 
@@ -81,7 +82,7 @@ class Relay:
 
     def __init__(
         self,
-        open_store: Callable[[], Awaitable[Store]],
+        open_store: Callable[[], Awaitable[OutboxStore]],
         publisher: Publisher,
         options: RelayOptions,
     ) -> None:
@@ -90,7 +91,7 @@ class Relay:
         self.options = options
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
-        self._store: Store | None = None
+        self._store: OutboxStore | None = None
         #: Rows published and marked, rows whose publish failed, batches processed.
         self.sent = self.failed = self.batches = 0
 
@@ -107,7 +108,7 @@ class Relay:
         """
         await self._connect()
         next_purge = time.monotonic()
-        pause = self.options.poll_interval
+        backoff = Backoff(self.options.poll_interval, BACKOFF_MAX)
         try:
             while not self._stopping.is_set():
                 if self.options.retention and time.monotonic() >= next_purge:
@@ -117,12 +118,12 @@ class Relay:
                 try:
                     claimed, done = await self.run_once()
                 except OutboxError as exc:
+                    pause = backoff.next()
                     logger.error("{}; reconnecting in {:g}s", one_line(exc), pause)
                     await self._wait(pause)
-                    pause = min(pause * 2, BACKOFF_MAX)
                     await self._reconnect()
                     continue
-                pause = self.options.poll_interval
+                backoff.reset()
                 if claimed and len(done.sent) == claimed:
                     continue  # a full success: there may be more pending right away
                 await self._wait(self.options.poll_interval)

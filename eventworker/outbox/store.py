@@ -53,7 +53,7 @@ class Done:
 Send = Callable[[list[Row]], Awaitable[Done]]
 
 
-class Store(Protocol):
+class OutboxStore(Protocol):
     async def process(self, limit: int, send: Send) -> tuple[int, Done]:
         """Claim up to ``limit`` rows, ``send`` them, record the outcome; (claimed, done).
 
@@ -88,7 +88,7 @@ def _row(record: Any) -> Row:
 _SELECT = "seq, event_id, routing_key, aggregate_key, body, headers, correlation_id"
 
 
-class PostgresStore:
+class PostgresOutboxStore:
     """The outbox on PostgreSQL through asyncpg: one connection for work, one for LISTEN."""
 
     def __init__(self, work: Any, listener: Any, *, table: str, delete_sent: bool) -> None:
@@ -102,7 +102,7 @@ class PostgresStore:
         )
 
     @classmethod
-    async def open(cls, dsn: str, *, table: str, delete_sent: bool) -> PostgresStore:
+    async def open(cls, dsn: str, *, table: str, delete_sent: bool) -> PostgresOutboxStore:
         """Raises: OutboxError (unreachable, refused, or the table does not exist)."""
         import asyncpg  # the postgres extra; only the relay needs it
 
@@ -167,7 +167,7 @@ class PostgresStore:
                 conn.terminate()
 
 
-class SqliteStore:
+class SqliteOutboxStore:
     """The outbox in a SQLite file; every database call runs in a thread."""
 
     def __init__(self, conn: sqlite3.Connection, *, table: str, delete_sent: bool) -> None:
@@ -176,7 +176,7 @@ class SqliteStore:
         self._delete_sent = delete_sent
 
     @classmethod
-    async def open(cls, path: Path, *, table: str, delete_sent: bool) -> SqliteStore:
+    async def open(cls, path: Path, *, table: str, delete_sent: bool) -> SqliteOutboxStore:
         """Raises: OutboxError (the file or the table does not exist)."""
         conn = await asyncio.to_thread(cls._connect, path, table)
         return cls(conn, table=table, delete_sent=delete_sent)
@@ -252,7 +252,7 @@ class SqliteStore:
         return await asyncio.to_thread(run)
 
 
-async def open_store(dsn: SecretStr, *, table: str, delete_sent: bool) -> Store:
+async def open_store(dsn: SecretStr, *, table: str, delete_sent: bool) -> OutboxStore:
     """The store for ``dsn``: ``postgresql://...`` or ``sqlite:///path/to/file.db``.
 
     Raises:
@@ -261,10 +261,10 @@ async def open_store(dsn: SecretStr, *, table: str, delete_sent: bool) -> Store:
     """
     url = dsn.get_secret_value()
     if url.startswith(("postgresql://", "postgres://")):
-        return await PostgresStore.open(url, table=table, delete_sent=delete_sent)
+        return await PostgresOutboxStore.open(url, table=table, delete_sent=delete_sent)
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///"))
-        return await SqliteStore.open(path, table=table, delete_sent=delete_sent)
+        return await SqliteOutboxStore.open(path, table=table, delete_sent=delete_sent)
     raise ConfigError(
         f"outbox DSN {redact_url(url)[:100]!r}: expected postgresql://... or sqlite:///path"
     )

@@ -154,16 +154,6 @@ def check_unique(registrations: Iterable[Registration]) -> None:
                 )
 
 
-def own_version() -> str:
-    """The installed version of eventworker itself."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("eventworker")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0+unknown"
-
-
 @dataclass(frozen=True, slots=True)
 class Availability:
     """An entry point of the group and whether the worker would load it, without importing it."""

@@ -1,5 +1,6 @@
-"""Handlers resolved into routes: each one's queues, effective retry policy, limits; and the
-topology plan they need. Pure: no broker, computed once when a worker (or a command) starts."""
+"""Each handler resolved into a :class:`ResolvedHandler` (its queues, effective retry policy and
+limits), and the topology plan they need. Pure: no broker, computed once when a worker (or a
+command) starts."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from eventworker.topology import layout
 
 
 @dataclass(frozen=True, slots=True)
-class Route:
-    """One handler with everything resolved: queues, effective policy, limits."""
+class ResolvedHandler:
+    """One handler's resolved specification: the handler, its queues, effective retry policy,
+    timeout, concurrency and prefetch, as a worker runs it."""
 
     handler: Handler
     queue: str
@@ -32,7 +34,7 @@ class Route:
         object.__setattr__(self, "tiers", tuple(sorted(self.retry_queues)))
 
 
-def routes(registrations: Sequence[Registration], settings: Settings) -> list[Route]:
+def resolve(registrations: Sequence[Registration], settings: Settings) -> list[ResolvedHandler]:
     """Each handler with its queues, effective retry policy, concurrency and prefetch."""
     policies = {r.handler.name: effective_policy(r.handler, settings) for r in registrations}
     tiers = all_tiers(policies.values())
@@ -54,7 +56,7 @@ def routes(registrations: Sequence[Registration], settings: Settings) -> list[Ro
         timeout = h.timeout or settings.handler_timeout or None
         idempotent = settings.inbox.idempotent if h.idempotent is None else h.idempotent
         result.append(
-            Route(
+            ResolvedHandler(
                 handler=h,
                 queue=queues.queue,
                 dead_letter_queue=queues.dead_letter_queue,
@@ -69,7 +71,7 @@ def routes(registrations: Sequence[Registration], settings: Settings) -> list[Ro
     return result
 
 
-def topology_plan(route_list: Sequence[Route], settings: Settings) -> layout.Plan:
+def topology_plan(route_list: Sequence[ResolvedHandler], settings: Settings) -> layout.Plan:
     tiers = {d for r in route_list for d in r.retry_queues}
     return layout.plan(
         [

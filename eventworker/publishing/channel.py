@@ -37,7 +37,7 @@ from eventworker.settings import TlsSettings
 Status = Literal["confirmed", "nacked", "unroutable", "timeout", "connection_lost"]
 
 #: How long closing the connection may take: every confirm waited for has arrived by then.
-CLOSE_TIMEOUT = 0.5
+CHANNEL_CLOSE_TIMEOUT = 0.5
 PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 #: Confirms in flight at once in a batch: enough to keep the broker busy, bounded memory.
 DEFAULT_WINDOW = 1024
@@ -78,7 +78,7 @@ class PublishResult:
             )
 
 
-class Publisher:
+class ConfirmChannel:
     """Publishes events to the topic exchange, and raw copies to queues, with confirms.
 
     Use :meth:`connect` for a publisher with its own connection; the worker builds one on its
@@ -122,7 +122,7 @@ class Publisher:
         connect_timeout: float = 10.0,
         heartbeat: int = 30,
         tls: TlsSettings | None = None,
-    ) -> AsyncIterator[Publisher]:
+    ) -> AsyncIterator[ConfirmChannel]:
         """A publisher on a connection of its own, closed on exit.
 
         Raises:
@@ -139,12 +139,12 @@ class Publisher:
             # A broker that blocks publishers (resource alarm) reads nothing more, not even
             # Connection.Close: answering the caller beats waiting for its reply.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(connection.close(), CLOSE_TIMEOUT)
+                await asyncio.wait_for(connection.close(), CHANNEL_CLOSE_TIMEOUT)
 
     @classmethod
     async def open(
         cls, connection: AbstractConnection, exchange: str, *, source: str | None, timeout: float
-    ) -> Publisher:
+    ) -> ConfirmChannel:
         """A publisher on a new confirm channel of ``connection``.
 
         Raises:

@@ -16,7 +16,6 @@ import hmac
 import ipaddress
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from functools import cache
 from typing import Any
 
 import orjson
@@ -30,6 +29,7 @@ from eventworker.handlers import check_binding_key
 from eventworker.publishing.channel import PublishResult
 from eventworker.publishing.publisher import NewEvent, Publisher
 from eventworker.settings import HttpSettings, Settings
+from eventworker.topology.topic import compile_bindings
 
 #: Seconds a client should wait before retrying a 503.
 RETRY_AFTER = "5"
@@ -37,22 +37,6 @@ _JSON = {"application/json"}
 _NDJSON = {"application/x-ndjson", "application/ndjson", "application/jsonl"}
 #: Status per publish outcome: only "confirmed" is accepted.
 _STATUS = {"confirmed": 202, "unroutable": 422}
-
-
-def topic_matches(pattern: str, key: str) -> bool:
-    """Whether ``key`` matches the binding-key ``pattern`` as RabbitMQ's topic exchange would
-    route it: ``*`` is exactly one word, ``#`` zero or more."""
-    p, k = pattern.split("."), key.split(".")
-
-    @cache
-    def match(i: int, j: int) -> bool:
-        if i == len(p):
-            return j == len(k)
-        if p[i] == "#":
-            return any(match(i + 1, jj) for jj in range(j, len(k) + 1))
-        return j < len(k) and p[i] in ("*", k[j]) and match(i + 1, j + 1)
-
-    return match(0, 0)
 
 
 def check_allowed_keys(patterns: tuple[str, ...]) -> tuple[str, ...]:
@@ -94,7 +78,7 @@ class Ingress:
 
     def __init__(self, settings: Settings, publisher: Publisher) -> None:
         self.http: HttpSettings = settings.http
-        self.allowed = check_allowed_keys(settings.http.allowed_keys)
+        self.allowed = compile_bindings(check_allowed_keys(settings.http.allowed_keys))
         self.max_body_bytes = settings.max_body_bytes
         self.publisher = publisher
 
@@ -123,7 +107,7 @@ class Ingress:
             envelope.check_routing_key(routing_key)
         except ValueError as exc:
             raise _fail(400, f"{where}{exc}") from None
-        if not any(topic_matches(p, routing_key) for p in self.allowed):
+        if not self.allowed.matches(routing_key):
             raise _fail(403, f"{where}routing key {routing_key[:100]!r} is not allowed here")
 
     async def publish(self, events: list[NewEvent]) -> list[PublishResult]:

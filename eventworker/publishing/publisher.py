@@ -29,13 +29,13 @@ from pydantic import SecretStr
 
 from eventworker import envelope
 from eventworker.amqp.connection import CHANNEL_GONE, connect
+from eventworker.backoff import Backoff
 from eventworker.errors import (
     BrokerError,
     BrokerUnreachableError,
     InvalidInputError,
 )
-from eventworker.publishing.channel import DEFAULT_WINDOW, Outgoing, PublishResult
-from eventworker.publishing.channel import Publisher as ChannelPublisher
+from eventworker.publishing.channel import DEFAULT_WINDOW, ConfirmChannel, Outgoing, PublishResult
 from eventworker.settings import Settings, TlsSettings
 
 #: How often one event is sent at most when its confirm keeps getting lost (connection or channel).
@@ -155,7 +155,7 @@ class Publisher:
         self.reconnect_timeout = reconnect_timeout
         self._window = window
         self._connection: AbstractConnection | None = None
-        self._channel: ChannelPublisher | None = None
+        self._channel: ConfirmChannel | None = None
         self._lock = asyncio.Lock()
         self._closed = False
         #: Times the connection was opened again, and events sent again after a lost confirm.
@@ -268,7 +268,7 @@ class Publisher:
         results = [PublishResult(o.id, "connection_lost") for o in outgoing]
         sends = [0] * len(outgoing)
         todo = list(range(len(outgoing)))
-        failed: ChannelPublisher | None = None
+        failed: ConfirmChannel | None = None
         alone = False
         while todo:
             again = sum(1 for i in todo if sends[i])
@@ -305,7 +305,7 @@ class Publisher:
 
     async def _one_by_one(
         self, events: Sequence[Outgoing]
-    ) -> tuple[list[PublishResult], ChannelPublisher]:
+    ) -> tuple[list[PublishResult], ConfirmChannel]:
         """Send ``events`` one at a time, each confirmed before the next, until one is lost:
         then the broker closed the channel over that one (the channel's ``refused_id``), or the
         connection went. On a connection of their own, so that no publish of another task is
@@ -328,7 +328,7 @@ class Publisher:
             await self._close_quietly(connection)
         return results, channel
 
-    async def _current(self, failed: ChannelPublisher | None) -> ChannelPublisher:
+    async def _current(self, failed: ConfirmChannel | None) -> ConfirmChannel:
         """The live channel, reconnecting when it is gone or is the one that just ``failed``.
 
         Raises:
@@ -355,13 +355,13 @@ class Publisher:
             await self._drop()
             return await self._reopen(deadline=time.monotonic() + self.reconnect_timeout)
 
-    async def _reopen(self, *, deadline: float) -> ChannelPublisher:
+    async def _reopen(self, *, deadline: float) -> ConfirmChannel:
         self._connection, channel = await self._open_channel(deadline)
         self._channel = channel
         return channel
 
-    async def _open_channel(self, deadline: float) -> tuple[AbstractConnection, ChannelPublisher]:
-        pause = RECONNECT_PAUSE
+    async def _open_channel(self, deadline: float) -> tuple[AbstractConnection, ConfirmChannel]:
+        backoff = Backoff(RECONNECT_PAUSE, RECONNECT_PAUSE_MAX)
         while True:
             try:
                 connection = await connect(
@@ -372,13 +372,12 @@ class Publisher:
                     tls=self._tls,
                 )
             except BrokerUnreachableError:
-                if time.monotonic() + pause > deadline:
+                if time.monotonic() + backoff.peek() > deadline:
                     raise
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, RECONNECT_PAUSE_MAX)
+                await asyncio.sleep(backoff.next())
                 continue
             try:
-                channel = await ChannelPublisher.open(
+                channel = await ConfirmChannel.open(
                     connection, self.exchange, source=self._source, timeout=self._timeout
                 )
             except BaseException:

@@ -8,16 +8,16 @@ it needs (declaring one is idempotent) but cannot remove stale ones.
 
 from __future__ import annotations
 
-import base64
+import asyncio
 import json
 import shutil
 import subprocess
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
+
+import aiohttp
 
 from eventworker.errors import BrokerError
 from eventworker.settings import Settings, redact_url
@@ -56,17 +56,18 @@ def vhost(amqp_url: str) -> str:
     return unquote(path[1:]) if len(path) > 1 else "/"
 
 
-def read(settings: Settings, *, timeout: float = 30.0) -> Reading:
+async def read(settings: Settings, *, timeout: float = 30.0) -> Reading:
     """The bindings of the settings' virtual host, from the best source available."""
     url = settings.url.get_secret_value()
     if settings.management_url.get_secret_value():
-        return Reading(tuple(from_management(settings, timeout=timeout)), "management API")
+        return Reading(tuple(await from_management(settings, timeout=timeout)), "management API")
     host = urlsplit(url).hostname or "localhost"
     if host not in LOCAL_HOSTS:
         return Reading(None, "not compared: the broker is not local and management_url is unset")
     if shutil.which("rabbitmqctl") is None:
         return Reading(None, "not compared: no rabbitmqctl here and management_url is unset")
-    return Reading(tuple(from_rabbitmqctl(vhost(url), timeout=timeout)), "rabbitmqctl")
+    found = await asyncio.to_thread(from_rabbitmqctl, vhost(url), timeout=timeout)
+    return Reading(tuple(found), "rabbitmqctl")
 
 
 def from_rabbitmqctl(virtual_host: str, *, timeout: float) -> list[LiveBinding]:
@@ -107,7 +108,7 @@ def from_rabbitmqctl(virtual_host: str, *, timeout: float) -> list[LiveBinding]:
     ]
 
 
-def from_management(settings: Settings, *, timeout: float) -> list[LiveBinding]:
+async def from_management(settings: Settings, *, timeout: float) -> list[LiveBinding]:
     """Bindings to queues, from ``GET <management_url>/api/bindings/<vhost>``. Credentials are
     the ones in ``management_url``, else those of the broker URL.
 
@@ -126,15 +127,19 @@ def from_management(settings: Settings, *, timeout: float) -> list[LiveBinding]:
     virtual_host = vhost(settings.url.get_secret_value())
     endpoint = parts._replace(netloc=netloc).geturl().rstrip("/")
     endpoint += f"/api/bindings/{quote(virtual_host, safe='')}"
-    token = base64.b64encode(f"{unquote(user)}:{unquote(password or '')}".encode()).decode()
-    request = urllib.request.Request(endpoint, headers={"Authorization": f"Basic {token}"})
+    auth = aiohttp.BasicAuth(unquote(user), unquote(password or ""))
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            rows = json.load(response)
-    except urllib.error.HTTPError as exc:
-        raise BrokerError(f"management API at {redact_url(base)} answered {exc.code}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
+        async with (
+            aiohttp.ClientSession(auth=auth, timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.get(endpoint) as response,
+        ):
+            if response.status != 200:
+                raise BrokerError(
+                    f"management API at {redact_url(base)} answered {response.status}"
+                )
+            rows = await response.json(content_type=None)
+    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+        reason = type(exc).__name__ if isinstance(exc, TimeoutError) else exc
         raise BrokerError(f"management API at {redact_url(base)} failed: {reason}") from None
     return [
         LiveBinding.of(

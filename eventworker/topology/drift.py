@@ -55,7 +55,7 @@ def _binding(b: BindingDecl) -> LiveBinding:
     return LiveBinding.of(b.exchange, b.queue, b.routing_key, b.arguments)
 
 
-def describe(binding: LiveBinding) -> str:
+def describe_binding(binding: LiveBinding) -> str:
     arguments = ", ".join(f"{k}={v}" for k, v in binding.arguments)
     return f"{binding.exchange} -> {binding.queue} {binding.routing_key!r}" + (
         f" [{arguments}]" if arguments else ""
@@ -166,26 +166,28 @@ def _compare_bindings(plan: Plan, reading: Reading, *, prefix: str) -> list[Find
     expected = [_binding(b) for b in plan.bindings]
     if reading.bindings is None:
         return [
-            Finding("binding", describe(b), "unchecked", reading.source, binding=b)
+            Finding("binding", describe_binding(b), "unchecked", reading.source, binding=b)
             for b in expected
         ]
     ours = {ex.name for ex in plan.exchanges}
     planned = {q.name for q in plan.queues}
     live = {b for b in reading.bindings if b.exchange in ours}
     findings = [
-        Finding("binding", describe(b), "ok" if b in live else "missing", binding=b)
+        Finding("binding", describe_binding(b), "ok" if b in live else "missing", binding=b)
         for b in expected
     ]
-    for b in sorted(live - set(expected), key=describe):
+    for b in sorted(live - set(expected), key=describe_binding):
         if b.queue in planned:
             findings.append(
-                Finding("binding", describe(b), "extra", "stale: apply removes it", binding=b)
+                Finding(
+                    "binding", describe_binding(b), "extra", "stale: apply removes it", binding=b
+                )
             )
         elif b.queue.startswith(prefix):
             findings.append(
                 Finding(
                     "binding",
-                    describe(b),
+                    describe_binding(b),
                     "extra",
                     "to a queue of no handler installed here",
                     "if its handler is gone for good, unbind or delete the queue by hand "
@@ -226,12 +228,12 @@ async def reconcile(
             if f.status == "extra" and f.detail.startswith("stale"):
                 queue = await channel.get_queue(b.queue, ensure=False)
                 await queue.unbind(b.exchange, b.routing_key, arguments=dict(b.arguments) or None)
-                done.append(f"removed stale binding {describe(b)}")
+                done.append(f"removed stale binding {describe_binding(b)}")
             elif f.status in ("missing", "unchecked"):
                 queue = await channel.get_queue(b.queue, ensure=False)
                 await queue.bind(b.exchange, b.routing_key, arguments=dict(b.arguments) or None)
                 if f.status == "missing":
-                    done.append(f"bound {describe(b)}")
+                    done.append(f"bound {describe_binding(b)}")
     except AMQPChannelError as exc:
         raise BrokerError(f"applying the topology failed: {exc}") from exc
     finally:

@@ -5,7 +5,7 @@ Shape (RabbitMQ 3.10+, no plugins)::
     <exchange> (topic) --binding keys--> <prefix><handler>            work queue, per handler
     retry copy --> <prefix>retry.<delay>  (one fixed TTL per queue, shared by all handlers)
          expiry --> <exchange>.return (headers) --eventworker-return-to=<work queue>--> work queue
-    parked copy --> <work queue>.dead                                 dead-letter queue
+    dead-letter copy --> <work queue>.dead                                 dead-letter queue
     unroutable --> <exchange>.unrouted (fanout, the alternate exchange) --> unrouted queue
                    (only with the unrouted_queue setting)
 
@@ -72,7 +72,7 @@ def work_queue(prefix: str, handler_name: str, explicit: str | None = None) -> s
 
 
 def dead_letter_queue(queue: str) -> str:
-    """``<work queue>.dead``: durable, no TTL, no length limit; parked copies wait there."""
+    """``<work queue>.dead``: durable, no TTL, no length limit; dead-letter copies wait there."""
     return f"{queue}.dead"
 
 

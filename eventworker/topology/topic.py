@@ -3,7 +3,7 @@
 A handler's work queue is bound with its binding keys, so normally every delivery matches. One
 that does not came over a binding the handler no longer has (a key removed from ``@handler``
 while the old binding stayed on the broker), or was put into the queue by name: nobody handles
-it, and dispatch parks it as ``no_handler`` instead of acking it away.
+it, and dispatch dead-letters it as ``no_handler`` instead of acking it away.
 
 The patterns are compiled once per handler. Matching walks the words with a set of pattern
 positions (an NFA), O(words x pattern words): a regular expression would backtrack

@@ -8,11 +8,13 @@ from collections.abc import Sequence
 from loguru import logger
 
 from eventworker.plugins.discovery import Registration
-from eventworker.plugins.resolved import Route
+from eventworker.plugins.resolved import ResolvedHandler
 from eventworker.settings import Settings
 
 
-def log_start(s: Settings, routes: Sequence[Route], registrations: Sequence[Registration]) -> None:
+def log_start(
+    s: Settings, routes: Sequence[ResolvedHandler], registrations: Sequence[Registration]
+) -> None:
     logger.info(
         "worker connected to {}: exchange {!r}, {} handler(s), {} queue type, grace {:g}s",
         s.redacted_url(),

@@ -4,7 +4,7 @@ A message whose handler kills the worker (segfault, out-of-memory kill, ``os._ex
 settled: it goes back to the queue together with every other message the worker had fetched,
 and on a quorum queue each such return counts towards ``x-delivery-limit``. A restarted worker
 that fetched the same batch again would crash again, and after a few rounds the innocent
-messages fetched with the poison one would pass the limit and be parked with it.
+messages fetched with the poison one would pass the limit and be dead-lettered with it.
 
 So a consumer starts with prefetch 1: messages the broker redelivers (``redelivered``: handed
 out before and not settled) are run one at a time, and when one of them kills the worker it
@@ -33,7 +33,6 @@ import aiormq.abc
 from aio_pika.abc import (
     AbstractChannel,
     AbstractConnection,
-    AbstractIncomingMessage,
     AbstractQueue,
 )
 from aiormq import spec
@@ -44,7 +43,7 @@ from eventworker.observability.logs import one_line
 from eventworker.worker._acks import Acks
 
 #: Runs one delivery and settles it through the channel's acks.
-OnMessage = Callable[[AbstractIncomingMessage, Acks], Awaitable[None]]
+OnMessage = Callable[["Delivery", Acks], Awaitable[None]]
 
 
 class Delivery:
@@ -139,7 +138,7 @@ class Consumer:
             return False
         if self._widening.locked():
             return True
-        underlay = cast(aiormq.Channel, self._underlay)
+        underlay = cast(aiormq.Channel, self._underlay)  # the abstract type lacks .consumers
         return self._tag is not None and self._tag in underlay.consumers
 
     async def start(self) -> None:
@@ -170,14 +169,13 @@ class Consumer:
         delivery = Delivery(delivered)
         # First, before any await: tasks start in delivery order, so tags register in order.
         self.acks.delivered(delivery.delivery_tag)
-        message = cast(AbstractIncomingMessage, delivery)
         if self.on_probation:
-            if message.redelivered:
+            if delivery.redelivered:
                 # If this one kills the worker, this line is the last the log has of it.
                 logger.info(
                     "{} on probation: running redelivered message {} alone",
                     self._name,
-                    one_line(message.message_id or "(no id)", 100),
+                    one_line(delivery.message_id or "(no id)", 100),
                 )
             elif self._widen is None:
                 # In the background: this message goes to its handler now, ahead of those
@@ -185,7 +183,7 @@ class Consumer:
                 # it, breaking the order a single active consumer promises).
                 self._widen = asyncio.ensure_future(self._end_probation())
                 self._widen.add_done_callback(_switch_failed)
-        await self._on_message(message, self.acks)
+        await self._on_message(delivery, self.acks)
 
     async def _end_probation(self) -> None:
         async with self._widening:

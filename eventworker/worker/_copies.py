@@ -13,16 +13,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
 
 from eventworker import envelope
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError
 from eventworker.observability.logs import one_line
+from eventworker.worker.delivery import Delivered
 
 
 def failure_copy(
-    message: AbstractIncomingMessage,
+    message: Delivered,
     event: Event[Any],
     error: BaseException | None,
     extra: dict[str, Any],
@@ -72,7 +72,7 @@ def message_of(error: BaseException | None) -> str:
     return str(error)
 
 
-def describe(error: BaseException | None) -> str:
+def describe_error(error: BaseException | None) -> str:
     """``Type: message`` on one line, for a log line."""
     return f"{type(error).__name__}: {one_line(message_of(error), 200)}" if error else "ok"
 

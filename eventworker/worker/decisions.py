@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 from eventworker.errors import HandlerTimeoutError, Reject, Retry
 from eventworker.handlers import RetryPolicy
-from eventworker.inbox.protocol import Duplicate, Requeue
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,12 +23,28 @@ class RetryIn:
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
-    """Park a copy in the handler's dead-letter queue with ``reason``, then ack the original.
+    """Put a copy in the handler's dead-letter queue with ``reason``, then ack the original.
 
     Reasons: ``rejected``, ``timeout``, ``exception`` and ``retry_requested`` (attempts spent),
     ``give_up`` (a ``give_up_on`` type, or one not in ``retry_on``), plus the envelope's
     ``too_large``, ``unsupported_content_type``, ``decode_error``, ``schema_error`` and
     ``no_handler``, and the inbox's ``idempotency_key_conflict``.
+    """
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An idempotent handler handled this event already: acked unrun."""
+
+
+@dataclass(frozen=True, slots=True)
+class Requeue:
+    """Handed back to the queue unrun, no attempt consumed: the inbox did not admit the event.
+
+    Reasons: ``claim_held`` (another worker held the event for longer than the inbox's
+    ``wait``) and ``inbox_unavailable`` (the store failed for that long).
     """
 
     reason: str

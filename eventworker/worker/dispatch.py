@@ -20,7 +20,6 @@ from functools import partial
 from typing import Any, Literal, Protocol
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
 from loguru import logger
 from pydantic import ValidationError
 
@@ -33,19 +32,26 @@ from eventworker.errors import (
     IdempotencyConflictError,
     PublishError,
 )
-from eventworker.handlers import Context
-from eventworker.inbox.claims import Claim, Inbox
-from eventworker.inbox.protocol import CONFLICT_REASON, Duplicate, Key, Requeue
+from eventworker.handlers import Context, Publish
+from eventworker.inbox.claims import Inbox
+from eventworker.inbox.protocol import CONFLICT_REASON, AlreadyHandled, Key, NotAdmitted
 from eventworker.observability import logs, tracing
 from eventworker.observability.logs import OneLine
-from eventworker.plugins.resolved import Route
-from eventworker.publishing.channel import Publisher
+from eventworker.plugins.resolved import ResolvedHandler
 from eventworker.topology.topic import compile_bindings
-from eventworker.worker._acks import Acks
-from eventworker.worker._copies import describe, failure_copy, short_traceback
-from eventworker.worker.decisions import Ack, DeadLetter, Decision, RetryIn, decide
+from eventworker.worker._copies import describe_error, failure_copy, short_traceback
+from eventworker.worker.decisions import (
+    Ack,
+    DeadLetter,
+    Decision,
+    Duplicate,
+    Requeue,
+    RetryIn,
+    decide,
+)
+from eventworker.worker.delivery import Delivered
 
-#: Pause before handing a message back to the broker when its retry or parked copy could not
+#: Pause before handing a message back to the broker when its retry or dead-letter copy could not
 #: be published, so a broker that refuses publishes does not become a hot loop.
 REQUEUE_PAUSE = 1.0
 _HOST = socket.gethostname()
@@ -59,15 +65,21 @@ class Observer(Protocol):
     handed back to its queue because another worker held it.
     """
 
-    def received(self, route: Route, event: Event[Any]) -> None: ...
+    def received(self, route: ResolvedHandler, event: Event[Any]) -> None: ...
 
     def settled(
-        self, route: Route, event: Event[Any], decision: Decision, *, moved: bool, seconds: float
+        self,
+        route: ResolvedHandler,
+        event: Event[Any],
+        decision: Decision,
+        *,
+        moved: bool,
+        seconds: float,
     ) -> None:
-        """``moved`` is False when the retry or parked copy could not be published and the
+        """``moved`` is False when the retry or dead-letter copy could not be published and the
         message went back to its queue instead; ``seconds`` is the time since receipt."""
 
-    def published(self, route: Route, *, kind: PublishKind, status: str) -> None:
+    def published(self, route: ResolvedHandler, *, kind: PublishKind, status: str) -> None:
         """A publish by this handling ended: a follow-up ``event``, a ``retry`` copy or a
         ``dead_letter`` copy, ``confirmed`` or why not (``nacked``, ``unroutable``, ...)."""
 
@@ -75,15 +87,30 @@ class Observer(Protocol):
 PublishKind = Literal["event", "retry", "dead_letter"]
 
 
+class Settle(Protocol):
+    """Where a delivery's outcome goes: the consuming channel's coalesced acks."""
+
+    def ack(self, tag: int) -> None: ...
+
+    async def nack(self, tag: int, *, requeue: bool) -> None: ...
+
+
+class Moves(Protocol):
+    """Where retry and dead-letter copies go: straight into a queue, confirmed (the confirm
+    channel's ``send_to_queue``)."""
+
+    async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None: ...
+
+
 class Dispatcher:
     """Runs one handler on its deliveries; ``handle`` settles each delivery exactly once."""
 
     def __init__(
         self,
-        route: Route,
+        route: ResolvedHandler,
         *,
-        moves: Publisher,
-        events: Publisher,
+        moves: Moves,
+        events: Publish,
         return_exchange: str,
         max_body_bytes: int,
         executor: Executor,
@@ -100,9 +127,8 @@ class Dispatcher:
         self._inbox = inbox if route.idempotent else None
         self._bindings = compile_bindings(route.handler.bindings)
 
-    async def handle(self, message: AbstractIncomingMessage, acks: Acks | None = None) -> None:
-        """Handle and settle ``message``: through ``acks`` (coalesced, the worker) when given,
-        else with the message's own awaited ack/nack."""
+    async def handle(self, message: Delivered, acks: Settle) -> None:
+        """Handle ``message`` and settle it, once, through ``acks``."""
         route = self.route
         received = time.monotonic()
         trusted = message.exchange == self._return_exchange
@@ -136,7 +162,7 @@ class Dispatcher:
                 if invalid is not None:
                     raise invalid
             except EnvelopeError as exc:
-                # Input that can never succeed: parked at once, attempts = 1.
+                # Input that can never succeed: dead-lettered at once, attempts = 1.
                 error, decision = exc, DeadLetter(exc.reason)
             else:
                 if self._inbox is not None:
@@ -152,7 +178,7 @@ class Dispatcher:
 
     def _check_routing_key(self, routing_key: str) -> None:
         """Refuse a delivery none of the handler's binding keys matches (a stale binding, or a
-        message put into the queue by name): nobody handles it, so it is parked, not acked.
+        message put into the queue by name): nobody handles it, so it is dead-lettered, not acked.
 
         Raises:
             EnvelopeError: reason ``no_handler``.
@@ -164,7 +190,7 @@ class Dispatcher:
                 f"({', '.join(self._bindings.keys)})",
             )
 
-    def _data(self, message: AbstractIncomingMessage) -> Any:
+    def _data(self, message: Delivered) -> Any:
         data = envelope.decode_body(
             message.body,
             message.content_type,
@@ -202,10 +228,13 @@ class Dispatcher:
         conflicting body dead-lettered; success marks the event done before the ack, failure
         releases the claim so the retry can take it."""
         admission = await inbox.admit(Key(self.route.handler.name, event.id), body)
-        if not isinstance(admission, Claim):
-            if isinstance(admission, IdempotencyConflictError):
+        match admission:
+            case IdempotencyConflictError():
                 return admission, DeadLetter(CONFLICT_REASON)
-            return None, admission
+            case AlreadyHandled():
+                return None, Duplicate()
+            case NotAdmitted(reason=reason):
+                return None, Requeue(reason)
         async with inbox.holding(admission):
             error = await self._run(event, transaction=partial(inbox.transaction, admission))
         decision = self._decide(event, error)
@@ -251,7 +280,7 @@ class Dispatcher:
     async def _publish(self, routing_key: str, data: Any, **options: Any) -> None:
         """``Context.publish``: a follow-up event, its outcome told to the observers."""
         try:
-            await self._events.publish(routing_key, data, **options)
+            await self._events(routing_key, data, **options)
         except PublishError as exc:
             self._published("event", exc.status)
             raise
@@ -263,8 +292,8 @@ class Dispatcher:
 
     async def _settle(
         self,
-        message: AbstractIncomingMessage,
-        acks: Acks | None,
+        message: Delivered,
+        acks: Settle,
         event: Event[Any],
         error: BaseException | None,
         decision: Decision,
@@ -300,7 +329,7 @@ class Dispatcher:
                     event.attempt,
                     route.policy.max_attempts,
                     event.id,
-                    describe(error),
+                    describe_error(error),
                     delay,
                 )
             case DeadLetter(reason=reason):
@@ -326,26 +355,16 @@ class Dispatcher:
                     event.id,
                     event.attempt,
                     reason,
-                    describe(error),
+                    describe_error(error),
                 )
-        if acks is not None:
-            # Coalesced; a dead channel's acks are dropped there, never sent on another one.
-            acks.ack(message.delivery_tag)  # type: ignore[arg-type]  # consumed: always a tag
-            return True
-        try:
-            await message.ack()
-        except CHANNEL_GONE:
-            # The delivery died with its channel: the broker redelivers it. Never send its
-            # tag on another channel.
-            logger.info(
-                "{} could not ack {}: channel closed; the broker will redeliver it", name, event.id
-            )
+        # Coalesced; a dead channel's acks are dropped there, never sent on another one.
+        acks.ack(message.delivery_tag)
         return True
 
     async def _move(
         self,
-        message: AbstractIncomingMessage,
-        acks: Acks | None,
+        message: Delivered,
+        acks: Settle,
         copy: aio_pika.Message,
         queue: str,
         kind: PublishKind,
@@ -363,10 +382,7 @@ class Dispatcher:
             return False
 
 
-async def _requeue(message: AbstractIncomingMessage, acks: Acks | None) -> None:
+async def _requeue(message: Delivered, acks: Settle) -> None:
     """Hand the message back to its queue now (never coalesced)."""
     with contextlib.suppress(*CHANNEL_GONE):  # channel gone: the broker requeues it
-        if acks is None:
-            await message.nack(requeue=True)
-        else:
-            await acks.nack(message.delivery_tag, requeue=True)  # type: ignore[arg-type]
+        await acks.nack(message.delivery_tag, requeue=True)

@@ -1,6 +1,6 @@
 """The worker's lifecycle: connect, declare, consume, reconnect, drain, stop.
 
-One connection consumes and acks; a second one publishes (retry and parked copies, follow-up
+One connection consumes and acks; a second one publishes (retry and dead-letter copies, follow-up
 events), so a broker that blocks publishers (resource alarm) cannot stop acks. The worker owns
 reconnection: after any loss it declares the topology and subscribes every queue again, so it
 never stays up with a queue that has no consumer.
@@ -17,29 +17,30 @@ from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any
 
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
+from aio_pika.abc import AbstractConnection
 from aiormq.exceptions import AMQPError
 from loguru import logger
 
 from eventworker.amqp.connection import CHANNEL_GONE, connect
+from eventworker.backoff import Backoff
 from eventworker.errors import BrokerUnreachableError
 from eventworker.inbox.claims import Inbox
 from eventworker.inbox.protocol import InboxStore
 from eventworker.inbox.stores import build_inbox
 from eventworker.plugins.discovery import Registration
-from eventworker.plugins.resolved import Route, routes, topology_plan
-from eventworker.publishing.channel import Publisher
+from eventworker.plugins.resolved import ResolvedHandler, resolve, topology_plan
+from eventworker.publishing.channel import ConfirmChannel
 from eventworker.settings import Settings
 from eventworker.topology import declare, layout
 from eventworker.worker import _banner
 from eventworker.worker._acks import Acks
-from eventworker.worker._consumer import Consumer, unserved
+from eventworker.worker._consumer import Consumer, Delivery, unserved
 from eventworker.worker.dispatch import Dispatcher, Observer
 
 #: Reconnection back-off: first pause, growth factor and the longest pause, in seconds.
 BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_MAX = 0.5, 2.0, 15.0
 #: How long a broker round trip during shutdown may take before we stop waiting for it.
-CLOSE_TIMEOUT = 5.0
+CONNECTION_CLOSE_TIMEOUT = 5.0
 
 
 class State(Enum):
@@ -75,7 +76,7 @@ class Worker:
             raise ValueError("a worker needs at least one handler")
         self.settings = settings
         self.registrations = list(registrations)
-        self.routes = routes(registrations, settings)
+        self.routes = resolve(registrations, settings)
         self.plan = topology_plan(self.routes, settings)
         self.state = State.STARTING
         self.reconnect_timeout = reconnect_timeout
@@ -133,11 +134,12 @@ class Worker:
             if self.inbox is not None:
                 await self.inbox.start()
             lost_since: float | None = None
-            pause = BACKOFF_FIRST
+            backoff = Backoff(BACKOFF_FIRST, BACKOFF_MAX, BACKOFF_FACTOR)
             while not self._stop.is_set():
                 try:
                     await self._session()
-                    lost_since, pause = None, BACKOFF_FIRST
+                    lost_since = None
+                    backoff.reset()
                     if not self._stop.is_set():
                         self.state = State.RECONNECTING
                         logger.warning("connection to the broker lost; reconnecting")
@@ -152,9 +154,9 @@ class Worker:
                             f"broker unreachable for over {self.reconnect_timeout:g}s; giving "
                             f"up: {exc}"
                         ) from None
+                    pause = backoff.next()
                     logger.error("reconnect failed: {}; next try in {:g}s", exc, pause)
                     await self._sleep_unless_stopped(pause)
-                    pause = min(pause * BACKOFF_FACTOR, BACKOFF_MAX)
         except asyncio.CancelledError:
             if not self.interrupted:
                 raise
@@ -221,13 +223,13 @@ class Worker:
                 tls=s.tls,
             )
             await declare.apply(self.plan, consuming)
-            publisher = await Publisher.open(
+            publisher = await ConfirmChannel.open(
                 publishing, s.exchange, source=None, timeout=s.publish_timeout
             )
             lost = asyncio.Event()
             for live in (consuming, publishing):
                 live.close_callbacks.add(lambda *_: lost.set())
-            # Without its channel the publisher can send no retry or parked copy, and every
+            # Without its channel the publisher can send no retry or dead-letter copy, and every
             # failing message would go round unacked: a new session opens a new one.
             publisher.on_close(lambda *_: lost.set())
             consumers = self.consumers = [
@@ -262,13 +264,13 @@ class Worker:
                 if conn is not None and not conn.is_closed:
                     # Closing a broken connection: the broker requeues regardless.
                     with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
-                        await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT)
+                        await asyncio.wait_for(conn.close(), CONNECTION_CLOSE_TIMEOUT)
 
     async def _subscribe(
         self,
         connection: AbstractConnection,
-        route: Route,
-        publisher: Publisher,
+        route: ResolvedHandler,
+        publisher: ConfirmChannel,
         lost: asyncio.Event,
     ) -> Consumer:
         channel = await connection.channel()
@@ -290,7 +292,7 @@ class Worker:
         dispatcher = Dispatcher(
             route,
             moves=publisher,
-            events=publisher,
+            events=publisher.publish,
             return_exchange=layout.return_exchange(self.settings.exchange),
             max_body_bytes=self.settings.max_body_bytes,
             executor=self.executor,
@@ -299,7 +301,7 @@ class Worker:
         )
         slots = asyncio.Semaphore(route.concurrency)
 
-        async def on_message(message: AbstractIncomingMessage, acks: Acks) -> None:
+        async def on_message(message: Delivery, acks: Acks) -> None:
             # aiormq runs each delivery in a task of its own; the semaphore bounds how many
             # run the handler at once (prefetch only bounds how many are delivered).
             task = asyncio.current_task()
@@ -369,7 +371,7 @@ class Worker:
         for consumer in consumers:
             # A dead channel has no consumer left to cancel.
             with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
-                await asyncio.wait_for(consumer.cancel(), CLOSE_TIMEOUT)
+                await asyncio.wait_for(consumer.cancel(), CONNECTION_CLOSE_TIMEOUT)
         for task in list(self._waiting):
             task.cancel()
         running = set(self._running)
@@ -381,7 +383,7 @@ class Worker:
             _, pending = await asyncio.wait(running, timeout=self.settings.grace)
             for task in pending:
                 task.cancel()
-            await asyncio.wait(pending, timeout=CLOSE_TIMEOUT) if pending else None
+            await asyncio.wait(pending, timeout=CONNECTION_CLOSE_TIMEOUT) if pending else None
         await asyncio.gather(*(self._close(consumer) for consumer in consumers))
         logger.info(
             "drained in {:.1f}s: {} finished, {} unfinished handed back to the broker",
@@ -396,4 +398,4 @@ class Worker:
         stay unacked and go back to the queue."""
         # A dead channel has nothing left to ack: the broker requeued its deliveries.
         with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
-            await asyncio.wait_for(consumer.close(), CLOSE_TIMEOUT)
+            await asyncio.wait_for(consumer.close(), CONNECTION_CLOSE_TIMEOUT)

@@ -3,7 +3,7 @@
 :class:`Metrics` is a dispatch :class:`~eventworker.worker.dispatch.Observer`: every delivery is
 counted when it is received and when it is settled, every publish when its confirm (or refusal)
 came back. Work, retry and dead-letter queue depths are read from the broker every
-``metrics_poll_interval`` seconds (:func:`eventworker.observability.stats.watch`). Each
+``metrics_poll_interval`` seconds (:func:`eventworker.observability.stats.poll`). Each
 ``Metrics`` has a registry of its own, so several workers in one process never share a series.
 
 Several worker processes on one machine: each serves its own endpoint (one port per process)
@@ -35,12 +35,11 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from eventworker.envelope import Event
-from eventworker.inbox.protocol import Duplicate, Requeue
 from eventworker.observability import stats
-from eventworker.plugins.resolved import Route
+from eventworker.plugins.resolved import ResolvedHandler
 from eventworker.settings import Settings
 from eventworker.topology import layout
-from eventworker.worker.decisions import Ack, DeadLetter, Decision, RetryIn
+from eventworker.worker.decisions import Ack, DeadLetter, Decision, Duplicate, Requeue, RetryIn
 
 #: Every reason a dead-letter decision can carry (retry.DeadLetter), pre-set to 0 per handler.
 DEAD_LETTER_REASONS = (
@@ -72,7 +71,7 @@ _OUTCOMES = {
 class WorkerView(Protocol):
     """What the metrics read of a worker at scrape time (``worker.Worker`` fits)."""
 
-    routes: list[Route]
+    routes: list[ResolvedHandler]
     reconnects: int
 
     @property
@@ -107,7 +106,7 @@ class Metrics:
         )
         self.dead_lettered_total = Counter(
             "eventworker_messages_dead_lettered",
-            "Deliveries parked in the dead-letter queue (confirmed) and acked, by reason.",
+            "Deliveries put in the dead-letter queue (confirmed) and acked, by reason.",
             [*h, "reason"],
             registry=r,
         )
@@ -167,7 +166,7 @@ class Metrics:
             self.age.labels(name)
 
     # -- Observer -----------------------------------------------------------------------
-    def received(self, route: Route, event: Event[Any]) -> None:
+    def received(self, route: ResolvedHandler, event: Event[Any]) -> None:
         name = route.handler.name
         self.received_total.labels(name).inc()
         self.age.labels(name).observe(max(0.0, time.time() - event.time.timestamp()))
@@ -180,7 +179,13 @@ class Metrics:
             task.add_done_callback(running.discard)
 
     def settled(
-        self, route: Route, event: Event[Any], decision: Decision, *, moved: bool, seconds: float
+        self,
+        route: ResolvedHandler,
+        event: Event[Any],
+        decision: Decision,
+        *,
+        moved: bool,
+        seconds: float,
     ) -> None:
         name = route.handler.name
         task = asyncio.current_task()
@@ -203,10 +208,10 @@ class Metrics:
             case Requeue():
                 self.requeued_total.labels(name).inc()
 
-    def published(self, route: Route, *, kind: str, status: str) -> None:
+    def published(self, route: ResolvedHandler, *, kind: str, status: str) -> None:
         self.publishes_total.labels(route.handler.name, kind, status).inc()
 
-    def duplicate(self, route: Route) -> None:
+    def duplicate(self, route: ResolvedHandler) -> None:
         """A delivery skipped as a duplicate (the idempotency inbox calls this)."""
         self.duplicates_total.labels(route.handler.name).inc()
 
@@ -228,7 +233,7 @@ class Metrics:
             self._live.queues[queue] = (layout.delay_label(delay), "retry")
         stop = asyncio.Event()
         task = asyncio.create_task(
-            stats.watch(
+            stats.poll(
                 settings,
                 self._live.queues,
                 interval=settings.metrics_poll_interval,
@@ -293,7 +298,7 @@ class _Live:
         if self._read_at:
             yield from self._queues()
 
-    def _routes(self, routes: Sequence[Route]) -> Iterator[Metric]:
+    def _routes(self, routes: Sequence[ResolvedHandler]) -> Iterator[Metric]:
         h = ["handler"]
         in_flight = GaugeMetricFamily("eventworker_in_flight", "Handlings running now.", labels=h)
         prefetch = GaugeMetricFamily(

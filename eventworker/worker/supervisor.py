@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from loguru import logger
 
+from eventworker.backoff import Backoff
 from eventworker.errors import ExitCode
 
 RESTART_FIRST, RESTART_FACTOR, RESTART_MAX = 0.5, 2.0, 15.0
@@ -112,7 +113,7 @@ class Supervisor:
 
     async def _slot(self, spec: ChildSpec) -> int:
         """Keep child ``spec.index`` running until stopped; its last exit code."""
-        failures, pause = 0, RESTART_FIRST
+        failures, backoff = 0, Backoff(RESTART_FIRST, RESTART_MAX, RESTART_FACTOR)
         while True:
             started = time.monotonic()
             env = {**spec.env, SUPERVISOR_ENV: str(os.getpid())}
@@ -130,7 +131,8 @@ class Supervisor:
                 # had not started consuming, so nothing was left unsettled.
                 return 0 if code in (-signal.SIGTERM, -signal.SIGINT) else code
             if time.monotonic() - started >= STABLE:
-                failures, pause = 0, RESTART_FIRST
+                failures = 0
+                backoff.reset()
             failures += 1
             if code in FATAL or failures >= GIVE_UP:
                 logger.error(
@@ -143,6 +145,7 @@ class Supervisor:
                 self.failed = True
                 self.stop()
                 return code
+            pause = backoff.next()
             logger.warning(
                 "worker process {} exited with code {}; restarting it in {:g}s",
                 spec.index + 1,
@@ -153,7 +156,6 @@ class Supervisor:
                 await asyncio.wait_for(self._stopping.wait(), pause)
             if self._stopping.is_set():
                 return code
-            pause = min(pause * RESTART_FACTOR, RESTART_MAX)
 
 
 async def watch_parent(parent: int, on_gone: Callable[[], None]) -> None:

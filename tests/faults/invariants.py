@@ -3,8 +3,8 @@
     INV-LOST        C - (S | D) is empty      nothing confirmed is lost
     INV-UNEXPECTED  (S | D) - P is empty      nothing appears from nowhere
     INV-ONCE        max(effects.count) = 1    the effect happened once per id
-    INV-EXCL        S & D is empty            processed or parked, not both
-    INV-DRAINED     work and retry queues hold 0 messages once stable; parking (dead-letter
+    INV-EXCL        S & D is empty            processed or dead-lettered, not both
+    INV-DRAINED     work and retry queues hold 0 messages once stable; dead-lettering (dead-letter
                     queues and the unrouted queue) holds |D|
     INV-ALIVE       the worker pid is unchanged unless killed on purpose; no unhandled errors
 
@@ -20,8 +20,8 @@ from tests.faults.control import QueueState
 from tests.faults.ledger import Ledger
 from tests.faults.processes import unhandled_errors
 
-#: How long the queues must stay calm before INV-DRAINED is checked. The guide says 5 s;
-#: Rig.drained waits 2 s and covers the rest of a quorum queue's tick with the ledger.
+#: How long the queues must stay calm before INV-DRAINED is checked (the catalogue says 5 s;
+#: Rig.drained waits 2 s and covers the rest of a quorum queue's tick with the ledger).
 STABLE_SECONDS = 2.0
 #: rabbitmqctl's counts of a quorum queue are refreshed this often (the queue's tick), so a
 #: snapshot can be this old.
@@ -35,18 +35,18 @@ def _sample(ids: Iterable[str], n: int = 10) -> str:
 
 
 def inv_lost(ledger: Ledger) -> None:
-    confirmed, done = ledger.confirmed(), ledger.processed() | ledger.parked_ids()
+    confirmed, done = ledger.confirmed(), ledger.processed() | ledger.dead_lettered_ids()
     lost = confirmed - done
     assert not lost, (
         f"INV-LOST: {len(lost)} of {len(confirmed)} confirmed ids were neither processed nor "
-        f"parked: {_sample(lost)}"
+        f"dead-lettered: {_sample(lost)}"
     )
 
 
 def inv_unexpected(ledger: Ledger) -> None:
-    strange = (ledger.processed() | ledger.parked_ids()) - ledger.attempted()
+    strange = (ledger.processed() | ledger.dead_lettered_ids()) - ledger.attempted()
     assert not strange, (
-        f"INV-UNEXPECTED: {len(strange)} ids were processed or parked but never published: "
+        f"INV-UNEXPECTED: {len(strange)} ids were processed or dead-lettered but never published: "
         f"{_sample(strange)}"
     )
 
@@ -60,34 +60,38 @@ def inv_once(ledger: Ledger) -> None:
 
 
 def inv_excl(ledger: Ledger) -> None:
-    both = ledger.processed() & ledger.parked_ids()
-    assert not both, f"INV-EXCL: {len(both)} ids were both processed and parked: {_sample(both)}"
+    both = ledger.processed() & ledger.dead_lettered_ids()
+    assert not both, (
+        f"INV-EXCL: {len(both)} ids were both processed and dead-lettered: {_sample(both)}"
+    )
 
 
-def is_parking(queue: str, unrouted: str = "") -> bool:
+def is_dead_letter(queue: str, unrouted: str = "") -> bool:
     """A queue whose messages are D: a dead-letter queue, or the unrouted queue (named by
     the ``unrouted_queue`` setting; "" when off), which keeps what no binding matched."""
     return queue.endswith(".dead") or (bool(unrouted) and queue == unrouted)
 
 
 def drained_problems(
-    queues: Mapping[str, QueueState], parked: int | None, unrouted: str = ""
+    queues: Mapping[str, QueueState], dead_lettered: int | None, unrouted: str = ""
 ) -> list[str]:
-    """Why ``queues`` (one test's, by prefix) are not drained; [] when they are. ``parked``
+    """Why ``queues`` (one test's, by prefix) are not drained; [] when they are. ``dead_lettered``
     is |D|, which the dead-letter queues must hold exactly (None: not checked)."""
     problems = [
         f"{q.name} holds {q.messages} ({q.ready} ready, {q.unacked} unacked)"
         for q in queues.values()
-        if not is_parking(q.name, unrouted) and q.messages
+        if not is_dead_letter(q.name, unrouted) and q.messages
     ]
-    in_parking = sum(q.messages for q in queues.values() if is_parking(q.name, unrouted))
-    if parked is not None and in_parking != parked:
-        problems.append(f"dead-letter queues hold {in_parking} messages, |D| = {parked}")
+    in_dead_letter = sum(q.messages for q in queues.values() if is_dead_letter(q.name, unrouted))
+    if dead_lettered is not None and in_dead_letter != dead_lettered:
+        problems.append(f"dead-letter queues hold {in_dead_letter} messages, |D| = {dead_lettered}")
     return problems
 
 
 def inv_drained(queues: Mapping[str, QueueState], ledger: Ledger, unrouted: str = "") -> None:
-    problems = drained_problems(queues, parked=len(ledger.parked_ids()), unrouted=unrouted)
+    problems = drained_problems(
+        queues, dead_lettered=len(ledger.dead_lettered_ids()), unrouted=unrouted
+    )
     assert not problems, "INV-DRAINED: " + "; ".join(problems)
 
 
@@ -120,7 +124,7 @@ class Report:
 
 def report(ledger: Ledger) -> Report:
     calls = ledger.invocations()
-    done = ledger.processed() | ledger.parked_ids()
+    done = ledger.processed() | ledger.dead_lettered_ids()
     return Report(
         invocations=len(calls),
         distinct=len({c.id for c in calls}),

@@ -5,7 +5,7 @@ handlers in every worker process and the final drain of the dead-letter queues w
     invocations(id, pid, delivery_tag, redelivered, attempt_hdr, started_ts, finished_ts,
                 outcome, data)            one row per handler call, in any process
     effects(id PRIMARY KEY, count)        the side effect, guarded by an idempotency check
-    parked(id, reason, attempts, headers_json, body_sha256)   read from dead-letter queues
+    dead-lettered(id, reason, attempts, headers_json, body_sha256)   read from dead-letter queues
 
 WAL mode and a busy timeout let several worker processes and the test write at once.
 """
@@ -33,13 +33,13 @@ CREATE TABLE IF NOT EXISTS invocations (
 );
 CREATE INDEX IF NOT EXISTS invocations_id ON invocations (id);
 CREATE TABLE IF NOT EXISTS effects (id TEXT PRIMARY KEY, count INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS parked (
+CREATE TABLE IF NOT EXISTS dead_lettered (
     id TEXT NOT NULL, reason TEXT, attempts INTEGER, headers_json TEXT, body_sha256 TEXT,
     queue TEXT, properties_json TEXT
 );
 """
 
-#: Statuses of ``published``, as the guide names them.
+#: Statuses of ``published``, as docs/reliability.md names them.
 CONFIRMED, NACKED, UNKNOWN, REFUSED = "confirmed", "nacked", "unknown", "refused"
 
 
@@ -125,13 +125,15 @@ class Ledger:
         db.execute("COMMIT")
         return done is None
 
-    def record_parked(self, rows: Iterable[tuple[str, str, int, str, str, str, str]]) -> None:
+    def record_dead_lettered(
+        self, rows: Iterable[tuple[str, str, int, str, str, str, str]]
+    ) -> None:
         """``(id, reason, attempts, headers_json, body_sha256, queue, properties_json)`` per
-        parked message; replaces what an earlier read recorded."""
+        dead letter; replaces what an earlier read recorded."""
         db = self._db()
         db.execute("BEGIN IMMEDIATE")
-        db.execute("DELETE FROM parked")
-        db.executemany("INSERT INTO parked VALUES (?, ?, ?, ?, ?, ?, ?)", list(rows))
+        db.execute("DELETE FROM dead_lettered")
+        db.executemany("INSERT INTO dead_lettered VALUES (?, ?, ?, ?, ?, ?, ?)", list(rows))
         db.execute("COMMIT")
 
     # -- readers ---------------------------------------------------------------------------
@@ -156,14 +158,14 @@ class Ledger:
         """S: ids whose effect happened."""
         return self._ids("SELECT id FROM effects WHERE count >= 1")
 
-    def parked_ids(self) -> set[str]:
+    def dead_lettered_ids(self) -> set[str]:
         """D: ids found in the dead-letter queues at the final drain."""
-        return self._ids("SELECT DISTINCT id FROM parked")
+        return self._ids("SELECT DISTINCT id FROM dead_lettered")
 
-    def parked_rows(self) -> list[dict[str, Any]]:
+    def dead_lettered_rows(self) -> list[dict[str, Any]]:
         rows = self._db().execute(
             "SELECT id, reason, attempts, headers_json, body_sha256, queue, properties_json "
-            "FROM parked"
+            "FROM dead_lettered"
         )
         return [
             {

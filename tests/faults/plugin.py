@@ -17,7 +17,7 @@ Fault hooks (keys of the JSON body; all optional):
     error: str            the message for "raise"
 
 The side effect is :meth:`Ledger.apply_effect`: guarded by an idempotency check, the way the
-guide asks handlers to be (the core gets its own inbox in issue 6).
+catalogue asks handlers to be (independently of eventworker's own inbox).
 """
 
 from __future__ import annotations

@@ -161,7 +161,7 @@ class Rig:
             f"(missing e.g. {sorted(wanted - self.ledger.processed())[:3]})",
         )
 
-    async def wait_parked(self, handler: str, count: int, timeout: float = 60.0) -> None:
+    async def wait_dead_lettered(self, handler: str, count: int, timeout: float = 60.0) -> None:
         queue = self.dead_letter_queue(handler)
         deadline = time.monotonic() + timeout
         while (have := await self.view.count(queue)) < count:
@@ -182,7 +182,7 @@ class Rig:
         worker that started then and has not finished: calm also waits for those."""
         deadline = time.monotonic() + timeout
         unrouted = self.settings.unrouted_queue
-        busy = sorted(q for q in self.planned_queues if not invariants.is_parking(q, unrouted))
+        busy = sorted(q for q in self.planned_queues if not invariants.is_dead_letter(q, unrouted))
         calm_since = time.monotonic()
         while True:
             if any([await self.view.count(q) for q in busy]) or self._handlers_busy():
@@ -222,9 +222,13 @@ class Rig:
         invariant: LOST, UNEXPECTED, ONCE, EXCL, DRAINED, and ALIVE for ``workers``."""
         queues = await self.drained(drain_timeout)
         unrouted = self.settings.unrouted_queue
-        parking = [q for q in queues if invariants.is_parking(q, unrouted)]
-        await traffic.read_parked(self.connection, parking, self.ledger, unrouted=unrouted)
-        queues = await self._parking_counted(queues, len(self.ledger.parked_ids()), unrouted)
+        dead_letter = [q for q in queues if invariants.is_dead_letter(q, unrouted)]
+        await traffic.read_dead_lettered(
+            self.connection, dead_letter, self.ledger, unrouted=unrouted
+        )
+        queues = await self._dead_letter_counted(
+            queues, len(self.ledger.dead_lettered_ids()), unrouted
+        )
         invariants.inv_drained(queues, self.ledger, unrouted)
         invariants.inv_lost(self.ledger)
         invariants.inv_unexpected(self.ledger)
@@ -238,16 +242,18 @@ class Rig:
         print(f"ledger: {result}")
         return result
 
-    async def _parking_counted(
-        self, queues: Mapping[str, QueueState], parked: int, unrouted: str
+    async def _dead_letter_counted(
+        self, queues: Mapping[str, QueueState], dead_lettered: int, unrouted: str
     ) -> Mapping[str, QueueState]:
-        """``queues`` again once rabbitmqctl counts ``parked`` (|D|, read over AMQP) messages
-        in the parking queues, or after two quorum ticks: its count of a quorum queue can
-        predate what was parked within the last tick (seen in F6 on a loaded machine)."""
+        """``queues`` again once rabbitmqctl counts ``dead-lettered`` (|D|, read over AMQP) messages
+        in the dead-lettering queues, or after two quorum ticks: its count of a quorum queue can
+        predate what was dead-lettered within the last tick (seen in F6 on a loaded machine)."""
         deadline = time.monotonic() + 2 * invariants.QUORUM_TICK
         while time.monotonic() < deadline:
-            held = [q.messages for q in queues.values() if invariants.is_parking(q.name, unrouted)]
-            if sum(held) == parked:
+            held = [
+                q.messages for q in queues.values() if invariants.is_dead_letter(q.name, unrouted)
+            ]
+            if sum(held) == dead_lettered:
                 break
             await asyncio.sleep(0.5)
             queues = await asyncio.to_thread(self.queues)

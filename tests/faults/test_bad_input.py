@@ -1,8 +1,8 @@
-"""F: bad input on the consumer side (reliability guide §7 F1-F8).
+"""F: bad input on the consumer side (catalogue F1-F8, docs/reliability.md).
 
 Each test publishes raw AMQP messages (bypassing every check of ours) to a handler with a
-model, about 1,000 good ones interleaved with the bad ones, and checks what the guide asks of
-every F test: all good ones processed; each bad one parked exactly once with attempts = 1 and
+model, about 1,000 good ones interleaved with the bad ones, and checks what the catalogue asks of
+every F test: all good ones processed; each bad one dead-lettered exactly once with attempts = 1 and
 its reason; the worker alive with no unhandled traceback; at most one ERROR line per bad
 message, naming its id; good messages' p99 latency under a second (plus load slack).
 """
@@ -36,7 +36,7 @@ RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} ")
 
 @dataclass(frozen=True, slots=True)
 class Bad:
-    """A message the handler must not run on, and the reason it must be parked with (None:
+    """A message the handler must not run on, and the reason it must be dead-lettered with (None:
     it is in fact acceptable and must be processed, as the project documents)."""
 
     body: bytes
@@ -58,7 +58,7 @@ class Bad:
 class Outcome:
     worker: WorkerProcess
     good: list[str]
-    parked: dict[str, dict[str, Any]]
+    dead_lettered: dict[str, dict[str, Any]]
     log: str
 
 
@@ -79,17 +79,17 @@ async def run_with_bad_input(
     await rig.publish_raw(messages)
     acceptable = [b.id for b in bad if b.reason is None]
     await rig.wait_processed(good_ids + acceptable)
-    await rig.wait_parked(name, len(bad) - len(acceptable))
+    await rig.wait_dead_lettered(name, len(bad) - len(acceptable))
     await rig.finish(workers=[worker])
 
-    parked = {row["id"]: row for row in rig.ledger.parked_rows()}
-    assert Counter(row["id"] for row in rig.ledger.parked_rows()).most_common(1)[0][1] == 1
+    dead_lettered = {row["id"]: row for row in rig.ledger.dead_lettered_rows()}
+    assert Counter(row["id"] for row in rig.ledger.dead_lettered_rows()).most_common(1)[0][1] == 1
     for b in bad:
         if b.reason is None:
             assert b.id in rig.ledger.processed(), f"{b.id} was not processed"
             continue
-        row = parked.get(b.id)
-        assert row is not None, f"{b.id} ({b.reason}) was not parked"
+        row = dead_lettered.get(b.id)
+        assert row is not None, f"{b.id} ({b.reason}) was not dead-lettered"
         assert (row["reason"], row["attempts"]) == (b.reason, 1), (b.id, row["reason"])
         assert not rig.ledger.invocations(b.id), f"the handler ran on {b.id}"
     log = worker.all_logs()
@@ -97,7 +97,7 @@ async def run_with_bad_input(
         errors = [line for line in log.splitlines() if " ERROR " in line and b.id in line]
         assert len(errors) <= 1, f"{len(errors)} ERROR lines for {b.id}"
     assert good_p99(rig, good_ids) < 1.0 + LOAD_SLACK
-    return Outcome(worker, good_ids, parked, log)
+    return Outcome(worker, good_ids, dead_lettered, log)
 
 
 def good_p99(rig: Rig, ids: list[str]) -> float:
@@ -107,7 +107,9 @@ def good_p99(rig: Rig, ids: list[str]) -> float:
     return latencies[int(len(latencies) * 0.99) - 1]
 
 
-async def test_f1_bodies_that_are_not_json_objects_are_parked_at_once(shared_rig: Rig) -> None:
+async def test_f1_bodies_that_are_not_json_objects_are_dead_lettered_at_once(
+    shared_rig: Rig,
+) -> None:
     bad = [Bad(body, "decode_error") for body in (b"not json", b"", b"\x00" * 1024, b"{", b"[1,2")]
     bad.append(Bad(b"42", "schema_error"))
     await run_with_bad_input(shared_rig, "f1", bad)
@@ -123,7 +125,7 @@ class _Sentinel:
         return (os.system, (f"touch {self.path}",))
 
 
-async def test_f2_content_types_other_than_json_are_parked_and_never_unpickled(
+async def test_f2_content_types_other_than_json_are_dead_lettered_and_never_unpickled(
     shared_rig: Rig,
 ) -> None:
     sentinel = shared_rig.folder / "unpickled"
@@ -150,7 +152,7 @@ async def test_f2_content_types_other_than_json_are_parked_and_never_unpickled(
 CANARY = "s3cr3t-canary-9f1c"
 
 
-async def test_f3_schema_errors_are_parked_with_field_paths_and_no_input_values(
+async def test_f3_schema_errors_are_dead_lettered_with_field_paths_and_no_input_values(
     shared_rig: Rig,
 ) -> None:
     bad = [
@@ -160,10 +162,10 @@ async def test_f3_schema_errors_are_parked_with_field_paths_and_no_input_values(
         Bad(orjson.dumps({"n": CANARY}), "schema_error"),
     ]
     outcome = await run_with_bad_input(shared_rig, "f3", bad)
-    assert "n: missing" in outcome.parked[bad[0].id]["headers"]["x-eventworker-error"]
-    assert "n: int_parsing" in outcome.parked[bad[1].id]["headers"]["x-eventworker-error"]
+    assert "n: missing" in outcome.dead_lettered[bad[0].id]["headers"]["x-eventworker-error"]
+    assert "n: int_parsing" in outcome.dead_lettered[bad[1].id]["headers"]["x-eventworker-error"]
     assert CANARY not in outcome.log
-    assert CANARY not in str(outcome.parked[bad[3].id]["headers"])
+    assert CANARY not in str(outcome.dead_lettered[bad[3].id]["headers"])
 
 
 def exactly(size: int) -> bytes:
@@ -172,7 +174,7 @@ def exactly(size: int) -> bytes:
     return head + b"x" * (size - len(head) - 2) + b'"}'
 
 
-async def test_f4_bodies_over_the_limit_are_parked_unread_and_memory_stays_bounded(
+async def test_f4_bodies_over_the_limit_are_dead_lettered_unread_and_memory_stays_bounded(
     shared_rig: Rig,
 ) -> None:
     limit = shared_rig.settings.max_body_bytes
@@ -191,12 +193,12 @@ async def test_f4_bodies_over_the_limit_are_parked_unread_and_memory_stays_bound
     outcome = await run_with_bad_input(rig, "f4", bad, good=200)
     peak = outcome.worker.memory_kib("VmHWM")
     largest = max(len(b.body) for b in bad) // 1024
-    # A delivery is read whole (AMQP has no way to refuse it unread), and its parked copy is
+    # A delivery is read whole (AMQP has no way to refuse it unread), and its dead-letter copy is
     # one more: a few times the largest body, never a backlog of them.
     assert peak - baseline < 4 * largest + 20 * 1024, f"peak {peak} KiB, baseline {baseline}"
 
 
-async def test_f5_depth_and_number_bombs_are_parked_quickly_without_a_crash(
+async def test_f5_depth_and_number_bombs_are_dead_lettered_quickly_without_a_crash(
     shared_rig: Rig,
 ) -> None:
     bombs = [
@@ -231,7 +233,7 @@ async def test_f6_invalid_utf8_surrogates_and_nan_are_refused_duplicate_keys_kee
     ]
     outcome = await run_with_bad_input(shared_rig, "f6", bad)
     for b in bad[:2]:
-        assert outcome.parked[b.id]["body_sha256"] == sha256(b.body)
+        assert outcome.dead_lettered[b.id]["body_sha256"] == sha256(b.body)
     [call] = shared_rig.ledger.invocations(bad[4].id)
     assert orjson.loads(call.data or "{}")["n"] == 2, "duplicate keys: the last one wins"
 
@@ -260,7 +262,7 @@ async def test_f7_an_event_no_handler_binds_is_reported_unroutable_not_dropped(
 async def test_f7_an_event_a_plain_producer_sends_to_no_binding_is_kept(shared_rig: Rig) -> None:
     """A producer that does not publish mandatory (any plain AMQP client) gets no return for
     an event no handler binds. With ``unrouted_queue`` on, the exchange's alternate exchange
-    keeps such events in that queue, to be read and replayed like parked ones (reason
+    keeps such events in that queue, to be read and replayed like dead-lettered ones (reason
     "unrouted"): kept, not dropped, and nothing stuck in the work queue."""
     rig = shared_rig.with_settings(unrouted_queue=f"{shared_rig.prefix}unrouted")
     unrouted = rig.settings.unrouted_queue
@@ -274,10 +276,10 @@ async def test_f7_an_event_a_plain_producer_sends_to_no_binding_is_kept(shared_r
     await rig.wait_processed([b.id for b in created])
     await rig.finish(workers=[worker])
 
-    parked = {row["id"]: row for row in rig.ledger.parked_rows()}
-    assert parked.keys() == {b.id for b in refunded}
-    assert {row["queue"] for row in parked.values()} == {unrouted}
-    assert {row["reason"] for row in parked.values()} == {"unrouted"}
+    dead_lettered = {row["id"]: row for row in rig.ledger.dead_lettered_rows()}
+    assert dead_lettered.keys() == {b.id for b in refunded}
+    assert {row["queue"] for row in dead_lettered.values()} == {unrouted}
+    assert {row["reason"] for row in dead_lettered.values()} == {"unrouted"}
     assert not any(rig.ledger.invocations(b.id) for b in refunded), "a handler ran on it"
     assert rig.queues()[rig.work_queue("f7u")].ready == 0
 
@@ -329,7 +331,7 @@ async def test_f8_forged_and_hostile_headers_neither_steer_nor_break_the_worker(
     for name, event_id in ids.items():
         attempts = [c.attempt for c in rig.ledger.invocations(event_id)]
         assert attempts == [1, 2], f"{name}: attempts {attempts}"
-    assert rig.ledger.parked_ids() == set()
+    assert rig.ledger.dead_lettered_ids() == set()
     assert await rig.view.count(spy) == 1, "CC was carried into a retried copy"
     log = worker.all_logs()
     assert "\x1b" not in log, "a terminal escape reached the log"

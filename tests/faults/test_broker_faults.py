@@ -202,4 +202,4 @@ async def test_b7_a_memory_alarm_blocks_publishing_but_not_acks(
     assert publishing == ["blocked"], f"the publishing connection is {publishing}"
     assert done_during > 0, "no delivery was processed and acked during the alarm"
     assert unacked <= rig.settings.prefetch
-    assert rig.ledger.parked_ids() == set()
+    assert rig.ledger.dead_lettered_ids() == set()

@@ -22,14 +22,14 @@ def published(ledger: Ledger, *ids: str, status: str = CONFIRMED) -> None:
     ledger.record_published((i, time.time(), status, "") for i in ids)
 
 
-def parked(ledger: Ledger, *ids: str) -> None:
-    ledger.record_parked((i, "exception", 3, "{}", "", "q.dead", "{}") for i in ids)
+def dead_lettered(ledger: Ledger, *ids: str) -> None:
+    ledger.record_dead_lettered((i, "exception", 3, "{}", "", "q.dead", "{}") for i in ids)
 
 
-def test_a_confirmed_id_neither_processed_nor_parked_is_lost(ledger: Ledger) -> None:
+def test_a_confirmed_id_neither_processed_nor_dead_lettered_is_lost(ledger: Ledger) -> None:
     published(ledger, "a", "b", "c")
     ledger.apply_effect("a")
-    parked(ledger, "b")
+    dead_lettered(ledger, "b")
     with pytest.raises(AssertionError, match=r"INV-LOST: 1 of 3 confirmed .*: c"):
         invariants.inv_lost(ledger)
     published(ledger, "d", status=UNKNOWN)  # not confirmed: may be missing
@@ -53,9 +53,9 @@ def test_an_effect_twice_breaks_once_and_the_guard_prevents_it(ledger: Ledger) -
         invariants.inv_once(ledger)
 
 
-def test_an_id_processed_and_parked_breaks_exclusivity(ledger: Ledger) -> None:
+def test_an_id_processed_and_dead_lettered_breaks_exclusivity(ledger: Ledger) -> None:
     ledger.apply_effect("a")
-    parked(ledger, "a")
+    dead_lettered(ledger, "a")
     with pytest.raises(AssertionError, match=r"INV-EXCL: 1 ids .*: a"):
         invariants.inv_excl(ledger)
 
@@ -64,17 +64,17 @@ def state(name: str, ready: int = 0, unacked: int = 0) -> QueueState:
     return QueueState(name, ready + unacked, ready, unacked, 0, {}, "")
 
 
-def test_drained_means_empty_work_and_retry_queues_and_parking_equal_to_d(
+def test_drained_means_empty_work_and_retry_queues_and_dead_letter_equal_to_d(
     ledger: Ledger,
 ) -> None:
-    parked(ledger, "a", "b")
+    dead_lettered(ledger, "a", "b")
     queues = {q.name: q for q in [state("p.h"), state("p.retry.1s"), state("p.h.dead", 2)]}
     invariants.inv_drained(queues, ledger)
     queues["p.h"] = state("p.h", unacked=1)
     with pytest.raises(AssertionError, match=r"INV-DRAINED: p.h holds 1 \(0 ready, 1 unacked\)"):
         invariants.inv_drained(queues, ledger)
     queues["p.h"] = state("p.h")
-    queues["p.h.dead"] = state("p.h.dead", 3)  # a message parked twice
+    queues["p.h.dead"] = state("p.h.dead", 3)  # a message dead-lettered twice
     with pytest.raises(AssertionError, match=r"hold 3 messages, \|D\| = 2"):
         invariants.inv_drained(queues, ledger)
 

@@ -210,7 +210,7 @@ async def test_e5_an_oversize_body_in_a_file_is_refused_before_anything_is_sent(
     shared_rig: Rig,
 ) -> None:
     """The CLI checks every line before connecting, so one oversize line refuses the whole
-    file (the guide's variant sends the 999 others; ours sends nothing and names the line)."""
+    file (the catalogue's variant sends the 999 others; ours sends nothing and names the line)."""
     rig = shared_rig
     await rig.declare([Spec("e5", ("e5.event",))])
     bodies: list[Any] = [{"n": i} for i in range(1000)]

@@ -36,7 +36,7 @@ async def test_d1_transient_failures_are_retried_after_their_delays_then_succeed
     await rig.wait_processed(ids, timeout=60)
     await rig.finish(workers=[worker])
 
-    assert rig.ledger.parked_ids() == set()
+    assert rig.ledger.dead_lettered_ids() == set()
     calls = defaultdict(list)
     for call in rig.ledger.invocations():
         calls[call.id].append(call)
@@ -55,7 +55,7 @@ async def test_d1_transient_failures_are_retried_after_their_delays_then_succeed
     assert rig.queues()[rig.retry_queue(3)].messages == 0
 
 
-async def test_d2_spent_and_permanent_failures_are_parked_with_their_diagnosis(
+async def test_d2_spent_and_permanent_failures_are_dead_lettered_with_their_diagnosis(
     shared_rig: Rig,
 ) -> None:
     rig = shared_rig
@@ -70,7 +70,7 @@ async def test_d2_spent_and_permanent_failures_are_parked_with_their_diagnosis(
     ]
     ids = traffic.new_ids(n, "d2")
     # 10 more always-failing ids come from a plain AMQP client, with an expiration, CC and
-    # BCC the parked copies must not carry.
+    # BCC the dead-letter copies must not carry.
     expiring = traffic.new_ids(10, "d2x")
     expiring_body = orjson.dumps({"n": -1, "fail_attempts": 1000})
     await rig.publish_raw(
@@ -91,22 +91,22 @@ async def test_d2_spent_and_permanent_failures_are_parked_with_their_diagnosis(
     )
     published_expiring = time.time()
     await rig.publish("d2.event", bodies, ids=ids)
-    parked_ids = {ids[i] for i in always | permanent} | set(expiring)
-    await rig.wait_processed({ids[i] for i in range(n)} - parked_ids, timeout=60)
-    await rig.wait_parked("d2", len(parked_ids))
+    dead_lettered_ids = {ids[i] for i in always | permanent} | set(expiring)
+    await rig.wait_processed({ids[i] for i in range(n)} - dead_lettered_ids, timeout=60)
+    await rig.wait_dead_lettered("d2", len(dead_lettered_ids))
     await rig.finish(workers=[worker])
 
-    assert rig.ledger.parked_ids() == parked_ids
+    assert rig.ledger.dead_lettered_ids() == dead_lettered_ids
     sha = {ids[i]: hashlib.sha256(orjson.dumps(bodies[i])).hexdigest() for i in range(n)}
     sha |= {e: hashlib.sha256(expiring_body).hexdigest() for e in expiring}
-    for row in rig.ledger.parked_rows():
+    for row in rig.ledger.dead_lettered_rows():
         event_id, headers, props = row["id"], row["headers"], row["properties"]
         calls = rig.ledger.invocations(event_id)
         is_permanent = event_id in {ids[i] for i in permanent}
         assert [c.attempt for c in calls] == ([1] if is_permanent else [1, 2, 3])
         assert row["reason"] == ("give_up" if is_permanent else "exception")
         assert row["attempts"] == len(calls)
-        assert row["body_sha256"] == sha[event_id], "the parked body is not byte-identical"
+        assert row["body_sha256"] == sha[event_id], "the dead-lettered body is not byte-identical"
         assert props["message_id"] == event_id
         assert props["content_type"] == "application/json"
         assert props["expiration"] is None, f"{event_id} carries an expiration"
@@ -116,11 +116,11 @@ async def test_d2_spent_and_permanent_failures_are_parked_with_their_diagnosis(
         assert headers["x-eventworker-first-failure"] <= headers["x-eventworker-last-failure"]
         assert headers["x-eventworker-host"]
         assert not {"CC", "BCC", "cc", "bcc", "x-death"} & set(headers), headers
-    # The parked copies outlive the expiration their originals carried, and the dead-letter
+    # The dead-letter copies outlive the expiration their originals carried, and the dead-letter
     # queue has nothing that could drop them.
     await asyncio.sleep(max(0.0, published_expiring + 6 - time.time()))
     queue = rig.queues()[rig.dead_letter_queue("d2")]
-    assert queue.messages == len(parked_ids)
+    assert queue.messages == len(dead_lettered_ids)
     assert not {"x-message-ttl", "x-max-length", "x-max-length-bytes", "x-expires"} & set(
         queue.arguments
     ), queue.arguments
@@ -128,18 +128,20 @@ async def test_d2_spent_and_permanent_failures_are_parked_with_their_diagnosis(
     assert queue.policy == "", f"a policy applies to the dead-letter queue: {queue.policy}"
 
 
-async def test_d3_a_handler_timeout_is_a_failure_retried_then_parked(shared_rig: Rig) -> None:
+async def test_d3_a_handler_timeout_is_a_failure_retried_then_dead_lettered(
+    shared_rig: Rig,
+) -> None:
     rig = shared_rig
     spec = Spec("d3", ("d3.event",), max_attempts=2, delays=(0.5,), timeout=2)
     worker = rig.started([spec])
     [hung] = await rig.publish("d3.event", [{"n": 0, "fault": "hang"}], tag="hung")
     normal = await rig.publish("d3.event", [{"n": i} for i in range(500)])
     await rig.wait_processed(normal)
-    await rig.wait_parked("d3", 1)
+    await rig.wait_dead_lettered("d3", 1)
     await rig.finish(workers=[worker])
 
-    [parked] = rig.ledger.parked_rows()
-    assert parked["id"] == hung and parked["reason"] == "timeout"
+    [dead_lettered] = rig.ledger.dead_lettered_rows()
+    assert dead_lettered["id"] == hung and dead_lettered["reason"] == "timeout"
     calls = rig.ledger.invocations(hung)
     assert [c.attempt for c in calls] == [1, 2]
     for call in calls:

@@ -76,7 +76,7 @@ async def test_h1_the_password_shows_nowhere_whatever_fails(
         worker = rig.started([Spec("h1", ("h1.event",), max_attempts=1)])
         cmdline = await asyncio.to_thread(Path(f"/proc/{worker.pid}/cmdline").read_bytes)
         [event_id] = await rig.publish("h1.event", [{"n": 1, "fault": "raise", "error": "x"}])
-        await rig.wait_parked("h1", 1)
+        await rig.wait_dead_lettered("h1", 1)
         await asyncio.sleep(5)  # DEBUG logging for a while
         assert worker.stop() == 0
         await rig.finish(workers=[worker])
@@ -88,12 +88,12 @@ async def test_h1_the_password_shows_nowhere_whatever_fails(
     assert all(done.returncode == 0 for done in listing)
     assert f"amqp://ew-canary:***@127.0.0.1:{node.port}/" in worker.log()
     assert CANARY.encode() not in cmdline
-    parked = rig.ledger.parked_rows()
-    assert [row["id"] for row in parked] == [event_id]
+    dead_lettered = rig.ledger.dead_lettered_rows()
+    assert [row["id"] for row in dead_lettered] == [event_id]
     for where, text in [
         ("CLI output", "".join(outputs)),
         ("worker log", worker.all_logs()),
-        ("parked headers", str(parked)),
+        ("dead-lettered headers", str(dead_lettered)),
     ]:
         assert CANARY not in text, f"the password shows in the {where}"
 

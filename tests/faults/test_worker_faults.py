@@ -29,7 +29,7 @@ async def restart(worker: WorkerProcess, **options: float) -> None:
         pytest.param(5000, (0.5, 2.0), 10, id="5000x10", marks=pytest.mark.slow),
     ],
 )
-async def test_c1_sigkill_mid_handler_loses_nothing_and_parks_nothing(
+async def test_c1_sigkill_mid_handler_loses_nothing_and_dead_letters_nothing(
     shared_rig: Rig, n: int, sleeps: tuple[float, float], kills: int
 ) -> None:
     rig = shared_rig
@@ -47,7 +47,7 @@ async def test_c1_sigkill_mid_handler_loses_nothing_and_parks_nothing(
     await rig.wait_processed(ids, timeout=60 + n * sum(sleeps) / 2 / 16)
     report = await rig.finish(workers=[worker], expected_starts=kills + 1)
 
-    assert rig.ledger.parked_ids() == set(), "a kill is not a handler failure"
+    assert rig.ledger.dead_lettered_ids() == set(), "a kill is not a handler failure"
     calls = rig.ledger.invocations()
     for i, call in enumerate(calls):
         if call.finished is None:
@@ -97,7 +97,7 @@ async def test_c2_sigterm_cancels_consumers_first_and_drains_running_handlers(
     await restart(worker, sleep_scale=0)
     await rig.wait_processed(ids)
     await rig.finish(workers=[worker], expected_starts=2)
-    assert rig.ledger.parked_ids() == set()
+    assert rig.ledger.dead_lettered_ids() == set()
 
 
 async def handed_back(rig: Rig, queue: str, ready: int) -> Mapping[str, QueueState]:
@@ -180,7 +180,8 @@ async def crash_loop(rig: Rig) -> tuple[str, list[str], WorkerProcess, int]:
     dead = rig.dead_letter_queue("c4")
     deadline = time.monotonic() + 120
     try:
-        # Until all 1000 are processed or parked (the dead-letter queue is counted, not read).
+        # Until all 1000 are processed or dead-lettered (the dead-letter queue is counted, not
+        # read).
         while len(rig.ledger.processed()) + await rig.view.count(dead) < 1000:
             assert time.monotonic() < deadline, "the crash loop did not end"
             await asyncio.sleep(0.2)
@@ -190,19 +191,19 @@ async def crash_loop(rig: Rig) -> tuple[str, list[str], WorkerProcess, int]:
     return poison, innocents, worker, starts
 
 
-async def test_c4_only_the_crash_looping_message_is_parked(shared_rig: Rig) -> None:
-    """A message that kills its worker on every delivery is parked by the quorum delivery
+async def test_c4_only_the_crash_looping_message_is_dead_lettered(shared_rig: Rig) -> None:
+    """A message that kills its worker on every delivery is dead-lettered by the quorum delivery
     limit, and alone: a restarted worker runs redelivered messages one at a time (probation),
     so the innocents fetched with it are not returned with it round after round."""
     rig = shared_rig.with_settings(delivery_limit=3)
     poison, innocents, worker, starts = await crash_loop(rig)
     await rig.finish(workers=[worker], expected_starts=starts)
-    assert rig.ledger.parked_ids() == {poison}, "an innocent message was parked"
+    assert rig.ledger.dead_lettered_ids() == {poison}, "an innocent message was dead-lettered"
     assert set(innocents) <= rig.ledger.processed()
-    [parked] = rig.ledger.parked_rows()
+    [dead_lettered] = rig.ledger.dead_lettered_rows()
     # The broker moved it (x-death), so no attempt header: its deliveries are in the ledger.
-    assert parked["reason"] == "delivery_limit", parked["headers"]
+    assert dead_lettered["reason"] == "delivery_limit", dead_lettered["headers"]
     crashes = [c for c in rig.ledger.invocations(poison) if c.finished is None]
-    assert len(crashes) >= 3, f"parked after {len(crashes)} deliveries"
+    assert len(crashes) >= 3, f"dead-lettered after {len(crashes)} deliveries"
     assert starts <= 1 + 4, f"{starts} starts"
     assert "on probation: running redelivered message" in worker.all_logs()

@@ -16,9 +16,9 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
-from eventworker.deadletters import parked
+from eventworker.deadletters import letter
 from eventworker.errors import BrokerError
-from eventworker.publishing.channel import Outgoing, Publisher, PublishResult
+from eventworker.publishing.channel import ConfirmChannel, Outgoing, PublishResult
 from tests.faults.ledger import CONFIRMED, NACKED, UNKNOWN, Ledger
 
 #: A publish result's status as the ledger classes it (guide §6.1).
@@ -43,7 +43,7 @@ def record(ledger: Ledger, results: Sequence[tuple[PublishResult, float]]) -> No
 
 
 async def send_all(
-    publisher: Publisher, events: Sequence[Outgoing], *, window: int = 256
+    publisher: ConfirmChannel, events: Sequence[Outgoing], *, window: int = 256
 ) -> list[tuple[PublishResult, float]]:
     """Every event with up to ``window`` confirms in flight; each result with its send time."""
     slots = asyncio.Semaphore(window)
@@ -70,7 +70,7 @@ async def publish(
     window: int = 256,
 ) -> list[PublishResult]:
     """Publish ``events`` on one connection with the library publisher; record each outcome."""
-    async with Publisher.connect(url, exchange=exchange, timeout=timeout) as publisher:
+    async with ConfirmChannel.connect(url, exchange=exchange, timeout=timeout) as publisher:
         results = await send_all(publisher, events, window=window)
     record(ledger, results)
     return [r for r, _ in results]
@@ -95,7 +95,7 @@ async def publish_through_faults(
         if time.monotonic() > deadline:
             raise AssertionError(f"publisher could not reconnect; {len(pending)} never sent")
         try:
-            async with Publisher.connect(
+            async with ConfirmChannel.connect(
                 url, exchange=exchange, timeout=timeout, connect_timeout=timeout
             ) as publisher:
                 while pending and not publisher.is_closed:
@@ -142,7 +142,7 @@ async def publish_raw(
         await channel.close()
 
 
-async def read_parked(
+async def read_dead_lettered(
     connection: AbstractConnection, queues: Sequence[str], ledger: Ledger, *, unrouted: str = ""
 ) -> int:
     """Record every message of the dead-letter ``queues`` in the ledger, and leave them there:
@@ -156,10 +156,10 @@ async def read_parked(
             queue = await channel.get_queue(name, ensure=False)
             while (message := await queue.get(fail=False, no_ack=False)) is not None:
                 headers = message.headers or {}
-                # The library's own diagnosis: our headers on copies the worker parked, the
+                # The library's own diagnosis: our headers on copies the worker dead-lettered, the
                 # broker's x-death on messages it moved itself (quorum delivery limit, C4).
                 default = "unrouted" if name == unrouted else ""
-                diagnosis = parked.describe(message, preview_chars=0, default_reason=default)
+                diagnosis = letter.diagnose(message, preview_chars=0, default_reason=default)
                 rows.append(
                     (
                         message.message_id or "",
@@ -173,7 +173,7 @@ async def read_parked(
                 )
     finally:
         await channel.close()
-    ledger.record_parked(rows)
+    ledger.record_dead_lettered(rows)
     return len(rows)
 
 

@@ -36,25 +36,27 @@ def open_store(settings: InboxSettings, *, connections: int = 10) -> InboxStore:
                 f"inbox.url {settings.redacted_url()}: a SQLite inbox is sqlite:///relative.db "
                 f"or sqlite:////absolute/path.db"
             )
-        from eventworker.inbox.stores.sqlite import SqliteStore
+        from eventworker.inbox.stores.sqlite import SqliteInboxStore
 
-        return SqliteStore(path, name=settings.name)
+        return SqliteInboxStore(path, name=settings.name)
     if scheme in ("postgresql", "postgres"):
         try:
-            from eventworker.inbox.stores.postgres import PostgresStore
+            from eventworker.inbox.stores.postgres import PostgresInboxStore
         except ImportError as exc:
             raise _missing("PostgreSQL", "asyncpg", "postgres") from exc
-        return PostgresStore(url, name=settings.name, pool_size=pool)
+        return PostgresInboxStore(url, name=settings.name, pool_size=pool)
     if scheme in ("redis", "rediss"):
         try:
-            from eventworker.inbox.stores.redis import RedisStore
+            from eventworker.inbox.stores.redis import RedisInboxStore
         except ImportError as exc:
             raise _missing("Redis", "redis", "redis") from exc
-        return RedisStore(url, name=settings.name, retention=settings.retention, pool_size=pool)
+        return RedisInboxStore(
+            url, name=settings.name, retention=settings.retention, pool_size=pool
+        )
     if scheme == "memory":
-        from eventworker.inbox.stores.memory import MemoryStore
+        from eventworker.inbox.stores.memory import MemoryInboxStore
 
-        return MemoryStore()
+        return MemoryInboxStore()
     raise ConfigError(f"inbox.url {settings.redacted_url()}: unknown store {scheme!r}")
 
 

@@ -32,7 +32,7 @@ class _Entry:
     duplicates: int = 0
 
 
-class MemoryStore:
+class MemoryInboxStore:
     """An :class:`~eventworker.inbox.protocol.InboxStore` in a dict; one process, no persistence."""
 
     def __init__(self) -> None:

@@ -18,14 +18,14 @@ import asyncpg
 
 from eventworker.errors import ClaimLostError, InboxError
 from eventworker.inbox.protocol import Key
-from eventworker.inbox.stores.sql import SqlStore
+from eventworker.inbox.stores.sql import SqlInboxStore
 from eventworker.settings import redact_url
 
 #: What asyncpg raises when the server or the network fails.
 _FAILURES = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
 
 
-class PostgresStore(SqlStore):
+class PostgresInboxStore(SqlInboxStore):
     """The inbox table in PostgreSQL, through a pool of ``pool_size`` connections."""
 
     NOW = "CAST(extract(epoch FROM clock_timestamp()) AS DOUBLE PRECISION)"

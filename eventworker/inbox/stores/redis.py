@@ -91,7 +91,7 @@ def _escape(handler: str) -> str:
     return handler.replace("%", "%25").replace(":", "%3A")
 
 
-class RedisStore:
+class RedisInboxStore:
     """An :class:`~eventworker.inbox.protocol.InboxStore` of expiring hashes in Redis."""
 
     def __init__(

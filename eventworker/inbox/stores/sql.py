@@ -84,7 +84,7 @@ _SQL = {
 }
 
 
-class SqlStore(ABC):
+class SqlInboxStore(ABC):
     """An :class:`~eventworker.inbox.protocol.InboxStore` on a table named ``name``; subclasses
     connect and run statements (:meth:`_fetch`)."""
 

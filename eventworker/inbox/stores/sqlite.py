@@ -20,14 +20,14 @@ from typing import Any
 import aiosqlite
 
 from eventworker.errors import InboxError
-from eventworker.inbox.stores.sql import SqlStore
+from eventworker.inbox.stores.sql import SqlInboxStore
 
 #: Seconds a statement waits for another process's write lock before failing.
 BUSY_TIMEOUT = 5.0
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 
 
-class SqliteStore(SqlStore):
+class SqliteInboxStore(SqlInboxStore):
     """The inbox table in a SQLite file; one connection (and thread) per worker process."""
 
     NOW = "((julianday('now') - 2440587.5) * 86400.0)"

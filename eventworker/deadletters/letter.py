@@ -1,8 +1,8 @@
-"""A parked message as an operator sees it: its diagnosis, a safe preview of its body, the copy a
+"""A dead letter as an operator sees it: its diagnosis, a safe preview of its body, the copy a
 replay sends, and the NDJSON record ``dlq export`` writes and ``publish --exported`` reads.
 
 Pure: reads any object with the attributes of :class:`eventworker.envelope.AmqpMessage`. Two
-kinds of messages sit in a dead-letter queue: copies eventworker parked (diagnosis in
+kinds of messages sit in a dead-letter queue: copies eventworker dead-lettered (diagnosis in
 ``x-eventworker-*`` headers) and messages the broker moved itself, past the quorum delivery
 limit (diagnosis only in ``x-death``). The unrouted queue holds plain events.
 """
@@ -36,7 +36,7 @@ PROPERTIES = (
 
 
 @dataclass(frozen=True, slots=True)
-class Parked:
+class Letter:
     """What ``dlq show`` lists of one message. ``None`` where the message does not say."""
 
     id: str | None
@@ -49,14 +49,14 @@ class Parked:
     host: str
     first_failure: str | None
     last_failure: str | None
-    parked_at: datetime | None
+    dead_lettered_at: datetime | None
     replays: int
     size: int
     preview: str
 
     def age(self, now: datetime) -> float | None:
-        """Seconds since it was parked, when known."""
-        return (now - self.parked_at).total_seconds() if self.parked_at else None
+        """Seconds since it was dead-lettered, when known."""
+        return (now - self.dead_lettered_at).total_seconds() if self.dead_lettered_at else None
 
 
 def _text(value: Any) -> str:
@@ -74,7 +74,7 @@ def _death(headers: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def routing_key(message: envelope.AmqpMessage) -> str:
-    """The routing key the producer published with: our header on copies we parked, else the
+    """The routing key the producer published with: our header on copies we dead-lettered, else the
     one ``x-death`` recorded (a message the broker moved), else the delivery's own."""
     headers = message.headers or {}
     ours = _text(headers.get(envelope.ROUTING_KEY))
@@ -96,17 +96,19 @@ def preview(body: bytes, limit: int) -> str:
     return shown + ("..." if len(text) > limit or len(body) > limit * 4 else "")
 
 
-def describe(
+def diagnose(
     message: envelope.AmqpMessage, *, preview_chars: int, default_reason: str = "unknown"
-) -> Parked:
-    """The diagnosis of one parked message, from our headers or the broker's ``x-death``."""
+) -> Letter:
+    """The diagnosis of one dead letter, from our headers or the broker's ``x-death``."""
     headers = message.headers or {}
     death = _death(headers)
     attempt = headers.get(envelope.ATTEMPT)
     replays = headers.get(envelope.REPLAYS)
     last = _text(headers.get(envelope.LAST_FAILURE)) or None
-    parked_at = _parse_time(last) or _as_time(death.get("time")) or _as_time(message.timestamp)
-    return Parked(
+    dead_lettered_at = (
+        _parse_time(last) or _as_time(death.get("time")) or _as_time(message.timestamp)
+    )
+    return Letter(
         id=_text(message.message_id) or None,
         routing_key=routing_key(message),
         reason=_text(headers.get(envelope.REASON)) or _text(death.get("reason")) or default_reason,
@@ -117,7 +119,7 @@ def describe(
         host=_text(headers.get(envelope.HOST)),
         first_failure=_text(headers.get(envelope.FIRST_FAILURE)) or None,
         last_failure=last,
-        parked_at=parked_at,
+        dead_lettered_at=dead_lettered_at,
         replays=replays if isinstance(replays, int) and not isinstance(replays, bool) else 0,
         size=len(message.body),
         preview=preview(message.body, preview_chars),

@@ -1,5 +1,5 @@
 """What the ``eventworker dlq`` commands share: HANDLER names -> queues, one connection per
-command with clean interruption, and how a parked message is shown on one line."""
+command with clean interruption, and how a dead letter is shown on one line."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ from eventworker.errors import ExitCode
 from eventworker.settings import Settings
 
 if TYPE_CHECKING:
-    from eventworker.deadletters.operations import Connection, Parking, Selection
-    from eventworker.deadletters.parked import Parked
+    from eventworker.deadletters.letter import Letter
+    from eventworker.deadletters.operations import Connection, DeadLetterQueue, Selection
 
 T = TypeVar("T")
 _RATE = re.compile(r"^\s*(?P<n>\d+(?:\.\d+)?)\s*(?:/\s*s)?\s*$")
@@ -32,26 +32,28 @@ def parse_rate(_ctx: click.Context, _param: click.Parameter, value: str | None) 
     return float(match["n"])
 
 
-def resolve(settings: Settings, names: Sequence[str]) -> list[Parking]:
+def dead_letter_queues(settings: Settings, names: Sequence[str]) -> list[DeadLetterQueue]:
     """The queues ``names`` stand for (every handler's and the unrouted queue when empty).
 
     A name that is no installed handler is taken as a handler installed elsewhere with the
     default queue name, so an operator's machine needs no plugins.
     """
-    from eventworker.deadletters.operations import Parking
+    from eventworker.deadletters.operations import DeadLetterQueue
     from eventworker.plugins import discovery
-    from eventworker.plugins.resolved import routes
+    from eventworker.plugins.resolved import resolve
     from eventworker.topology import layout
 
     back = layout.return_exchange(settings.exchange)
     registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
     kind = settings.queue_type
     known = {
-        r.handler.name: Parking(r.handler.name, r.dead_letter_queue, back, r.queue, queue_type=kind)
-        for r in routes(registrations, settings)
+        r.handler.name: DeadLetterQueue(
+            r.handler.name, r.dead_letter_queue, back, r.queue, queue_type=kind
+        )
+        for r in resolve(registrations, settings)
     }
     if settings.unrouted_queue:
-        known[settings.unrouted_queue] = Parking(
+        known[settings.unrouted_queue] = DeadLetterQueue(
             "(unrouted)", settings.unrouted_queue, settings.exchange, None, "unrouted", kind
         )
     if not names:
@@ -65,7 +67,7 @@ def resolve(settings: Settings, names: Sequence[str]) -> list[Parking]:
                 f"{queues.dead_letter_queue!r} and {queues.queue!r}",
                 err=True,
             )
-            known[name] = Parking(
+            known[name] = DeadLetterQueue(
                 name, queues.dead_letter_queue, back, queues.queue, queue_type=kind
             )
         found.append(known[name])
@@ -109,7 +111,9 @@ def run(settings: Settings, operation: Callable[[Connection, asyncio.Event], Awa
     try:
         return asyncio.run(main())
     except (KeyboardInterrupt, asyncio.CancelledError):
-        click.echo("interrupted: every message not reported as moved is still parked", err=True)
+        click.echo(
+            "interrupted: every message not reported as moved is still dead-lettered", err=True
+        )
         sys.exit(int(ExitCode.INTERRUPTED))
 
 
@@ -136,7 +140,7 @@ def age(seconds: float | None) -> str:
     return f"{seconds:.0f}s"
 
 
-def line(p: Parked) -> str:
+def line(p: Letter) -> str:
     from eventworker.observability.logs import one_line
 
     return f"{p.id or '(no id)'}  {one_line(p.routing_key, 100)}  {p.reason}"
