@@ -43,8 +43,8 @@ from eventworker.settings import InboxSettings, Settings, load_settings  # noqa:
 from eventworker.topology import declare, layout  # noqa: E402
 from eventworker.worker.decisions import Decision  # noqa: E402
 from eventworker.worker.lifecycle import Worker  # noqa: E402
-from tests.broker import registrations  # noqa: E402
-from tests.stores import POSTGRES_URL, REDIS_URL, drop  # noqa: E402
+from tests.support.broker import registrations  # noqa: E402
+from tests.support.stores import POSTGRES_URL, REDIS_URL, drop  # noqa: E402
 
 STORES = ("none", "memory", "sqlite", "postgres", "redis")
 

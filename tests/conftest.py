@@ -18,8 +18,8 @@ import aio_pika
 import pytest
 
 from eventworker.settings import InboxSettings, Settings, load_settings
-from tests import stores
-from tests.broker import Broker
+from tests.support import stores
+from tests.support.broker import Broker
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 
@@ -114,10 +114,25 @@ async def broker(broker_url: str, settings: Settings) -> AsyncIterator[Broker]:
         await connection.close()
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that needs a RabbitMQ ``broker``: those using the broker fixtures, and
+    the fault, interop and cluster suites. ``pytest -m "not broker"`` runs the others."""
+    for item in items:
+        path = item.path.as_posix()
+        fixtures = getattr(item, "fixturenames", ())
+        if (
+            "broker_url" in fixtures
+            or "/tests/faults/" in path
+            or "/tests/interop/" in path
+            or path.endswith("/tests/test_cluster.py")
+        ):
+            item.add_marker(pytest.mark.broker)
+
+
 def _inbox(kind: str, tmp_path: Path) -> Iterator[InboxSettings]:
     reason = stores.unavailable(kind)
     if reason:
-        pytest.skip(f"{kind} inbox tests skipped: {reason}")
+        stores.skip_or_fail(f"{kind} inbox tests cannot run: {reason}")
     inbox = InboxSettings.model_validate(
         {"url": stores.store_url(kind, tmp_path), "name": stores.unique_name()}
     )
@@ -152,12 +167,12 @@ def pg_dsn() -> str:
     (scripts/bootstrap.sh starts or installs one where it can)."""
     skip = os.environ.get("EVENTWORKER_TEST_PG_SKIP")
     if skip:
-        pytest.skip(f"no PostgreSQL: {skip}")
+        stores.skip_or_fail(f"no PostgreSQL: {skip}")
     parts = urlsplit(PG_DSN)
     try:
         socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 5432), 2).close()
     except OSError:
-        pytest.skip(f"no PostgreSQL answers at {parts.hostname}:{parts.port or 5432}")
+        stores.skip_or_fail(f"no PostgreSQL answers at {parts.hostname}:{parts.port or 5432}")
     return PG_DSN
 
 

@@ -25,7 +25,7 @@ from eventworker import Context, Event, handler
 from eventworker.publishing.channel import ConfirmChannel, Outgoing
 from eventworker.settings import Settings
 from eventworker.worker.lifecycle import State, Worker
-from tests.broker import registrations, wait_for
+from tests.support.broker import registrations, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "cluster.sh"

@@ -18,8 +18,8 @@ from pydantic import SecretStr
 
 from eventworker.publishing.ingress import create_app
 from eventworker.settings import Settings
-from tests.broker import Broker
-from tests.test_producer import sink
+from tests.support.broker import Broker
+from tests.support.queues import sink
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "docs" / "examples"

@@ -12,7 +12,7 @@ from pydantic import BaseModel
 
 from eventworker import Context, Event, Reject, Retry, RetryPolicy, handler
 from eventworker.settings import Settings
-from tests.broker import Broker, running, wait_for
+from tests.support.broker import Broker, running, wait_for
 
 H = "x-eventworker-"
 

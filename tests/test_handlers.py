@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,6 +12,7 @@ from pydantic import BaseModel
 
 from eventworker import Context, Event, Handler, RetryPolicy, handler
 from eventworker.handlers import check_binding_key
+from tests.support.publishing import RecordingPublish
 
 
 def _event(**changes: Any) -> Event[Any]:
@@ -27,34 +27,6 @@ def _event(**changes: Any) -> Event[Any]:
         "correlation_id": "corr-1",
     }
     return Event(**(fields | changes))
-
-
-class RecordingPublish:
-    """A fake of the publish function the worker injects into a Context; records each call."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict[str, Any]] = []
-
-    async def __call__(
-        self,
-        routing_key: str,
-        data: Any,
-        *,
-        id: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-    ) -> None:
-        self.calls.append(
-            {
-                "routing_key": routing_key,
-                "data": data,
-                "id": id,
-                "headers": headers,
-                "correlation_id": correlation_id,
-                "causation_id": causation_id,
-            }
-        )
 
 
 # @handler

@@ -95,9 +95,21 @@ class PostgresOutboxStore:
         self._work, self._listener = work, listener
         self._table = t = check_table(table)
         self._delete_sent = delete_sent
+        space = lock_space(t)
+        # Two statements, so that the rows are read with a snapshot taken after the key locks:
+        # a relay that held a key commits before it lets go of it, so every row it sent or
+        # kept pending (a failed publish) is seen. Selecting rows and locking keys in one
+        # statement read the rows with a snapshot older than the lock: a key released in the
+        # meantime had its later rows taken past an earlier row still pending.
+        self._lock_keys = (
+            f"SELECT aggregate_key FROM (SELECT aggregate_key, min(seq) AS head FROM {t} "
+            f"WHERE sent_at IS NULL AND aggregate_key IS NOT NULL GROUP BY aggregate_key "
+            f"ORDER BY head LIMIT $1) AS heads "
+            f"WHERE pg_try_advisory_xact_lock({space}, hashtext(aggregate_key))"
+        )
         self._claim = (
-            f"SELECT {_SELECT} FROM {t} WHERE sent_at IS NULL AND (aggregate_key IS NULL OR "
-            f"pg_try_advisory_xact_lock({lock_space(t)}, hashtext(aggregate_key))) "
+            f"SELECT {_SELECT} FROM {t} WHERE sent_at IS NULL AND "
+            f"(aggregate_key IS NULL OR aggregate_key = ANY($2::text[])) "
             f"ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED"
         )
 
@@ -124,7 +136,8 @@ class PostgresOutboxStore:
 
         try:
             async with self._work.transaction():
-                rows = [_row(r) for r in await self._work.fetch(self._claim, limit)]
+                keys = [r[0] for r in await self._work.fetch(self._lock_keys, limit)]
+                rows = [_row(r) for r in await self._work.fetch(self._claim, limit, keys)]
                 if not rows:
                     return 0, Done()
                 done = await send(rows)

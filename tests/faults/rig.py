@@ -18,7 +18,6 @@ from eventworker.publishing.channel import PublishResult
 from eventworker.settings import Settings
 from eventworker.topology import declare, layout
 from eventworker.worker.lifecycle import Worker
-from tests.broker import Broker
 from tests.faults import invariants, traffic
 from tests.faults.control import Control, QueueState
 from tests.faults.invariants import Report
@@ -26,6 +25,7 @@ from tests.faults.ledger import Ledger
 from tests.faults.plugin import Spec, build
 from tests.faults.processes import WorkerProcess
 from tests.faults.worker_main import PLUGIN
+from tests.support.broker import Broker
 
 #: Added to the upper bound of a timing assertion: a retried copy rejoins its work queue at
 #: the tail, behind the backlog, and this machine's two cores are shared with other test
