@@ -35,7 +35,8 @@ class ExitCode(IntEnum):
     DATABASE = 10
     #: ``topology plan`` found the broker differing from the plan (``apply``: still differing).
     DRIFT = 11
-    #: A second SIGTERM/SIGINT cut the graceful drain short; or a signal stopped a dlq command.
+    #: A second SIGTERM/SIGINT cut the graceful drain short; or a signal stopped a dlq command
+    #: or a publish.
     INTERRUPTED = 130
 
 
