@@ -72,6 +72,16 @@ class InvalidInputError(EventworkerError):
     exit_code = ExitCode.INVALID_INPUT
 
 
+class SignatureError(InvalidInputError):
+    """A signed HTTP request refused: its signature is missing, malformed, outside the time
+    window, does not match, or was used already. ``status`` is the HTTP answer: 401, or 503
+    when the ingress cannot remember one more signature (the client should retry later)."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 class EnvelopeError(EventworkerError):
     """A delivered message cannot become an event; it is dead-lettered at once, never retried.
 
