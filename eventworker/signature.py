@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from eventworker.errors import SignatureError
 
 _HEX = re.compile(r"[0-9a-f]{64}")
+#: ASCII digits only: str.isdigit() would take "²", which int() then refuses.
+_SECONDS = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +85,7 @@ def parse(header: str, name: str) -> tuple[int, list[str]]:
             timestamps.append(value)
         elif key == "v1":
             signatures.append(value.lower())
-    if len(timestamps) != 1 or not timestamps[0].isdigit() or len(timestamps[0]) > 12:
+    if len(timestamps) != 1 or not _SECONDS.fullmatch(timestamps[0]):
         raise SignatureError(f"malformed {name}: {expected}")
     if not signatures or not all(_HEX.fullmatch(s) for s in signatures):
         raise SignatureError(f"malformed {name}: {expected}")

@@ -21,7 +21,7 @@ from eventworker.errors import SignatureError
 from eventworker.http_server import server
 from eventworker.ingress import create_app
 from eventworker.settings import HttpSettings, Settings
-from eventworker.signature import Signed, Verifier
+from eventworker.signature import Signed, Verifier, parse
 from tests.broker import Broker
 from tests.test_cli import EVENTWORKER, env_for
 from tests.test_ingress import _free_port, client
@@ -312,3 +312,20 @@ def test_a_remembered_signature_is_forgotten_once_its_window_is_over() -> None:
     verifier.verify(later, request)
     with pytest.raises(SignatureError, match="used already"):
         verifier.verify(later, request)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "t=\u00b2,v1=" + "a" * 64,
+        "t=1,t=2,v1=" + "a" * 64,
+        "t=1",
+        "t=1,v1=xyz",
+        "v1=" + "a" * 64,
+        "t=1234567890123,v1=" + "a" * 64,
+    ],
+    ids=["superscript-digit", "two-timestamps", "no-v1", "not-hex", "no-t", "13-digits"],
+)
+def test_a_malformed_signature_header_is_refused_saying_what_is_expected(header: str) -> None:
+    with pytest.raises(SignatureError, match=r"malformed X-S: expected t=<unix seconds>"):
+        parse(header, "X-S")

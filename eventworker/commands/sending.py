@@ -174,6 +174,8 @@ async def send_all(
                 click.echo(f"note: {watch.problem}", err=True)
         pending = list(range(len(outgoing)))
         for round_ in range(RECONNECTS + 1):
+            if stop.requested.is_set():  # while the watch connected: nothing to send
+                break
             last = round_ == RECONNECTS
             sending = _Round(outgoing, pending, stop.requested)
 
