@@ -290,8 +290,7 @@ def check_routing_key(key: str) -> None:
     """
     if not key:
         raise ValueError("the routing key is empty")
-    if any("\ud800" <= c <= "\udfff" for c in key):  # undecodable argv bytes, lone surrogates
-        raise ValueError("the routing key is not valid UTF-8")
+    check_utf8(key, "the routing key")
     if len(key.encode("utf-8")) > 255:
         raise ValueError("the routing key is longer than 255 bytes")
     if "*" in key or "#" in key:
@@ -299,6 +298,13 @@ def check_routing_key(key: str) -> None:
             f"the routing key {key!r} contains '*' or '#': those are binding "
             f"wildcards, literal when publishing"
         )
+
+
+def check_utf8(value: str, what: str) -> None:
+    """Raises ValueError, naming ``what``, when ``value`` cannot be sent as UTF-8: it holds a
+    lone surrogate, which is how Python hands over command-line bytes that were not UTF-8."""
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError(f"{what} is not valid UTF-8")
 
 
 def check_header(name: str) -> None:

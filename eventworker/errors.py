@@ -35,7 +35,8 @@ class ExitCode(IntEnum):
     DATABASE = 10
     #: ``topology plan`` found the broker differing from the plan (``apply``: still differing).
     DRIFT = 11
-    #: A second SIGTERM/SIGINT cut the graceful drain short; or a signal stopped a dlq command.
+    #: A second SIGTERM/SIGINT cut the graceful drain short; or a signal stopped a dlq command
+    #: or a publish.
     INTERRUPTED = 130
 
 
@@ -69,6 +70,16 @@ class InvalidInputError(EventworkerError):
     """Input from a user or producer refused before anything was sent."""
 
     exit_code = ExitCode.INVALID_INPUT
+
+
+class SignatureError(InvalidInputError):
+    """A signed HTTP request refused: its signature is missing, malformed, outside the time
+    window, does not match, or was used already. ``status`` is the HTTP answer: 401, or 503
+    when the ingress cannot remember one more signature (the client should retry later)."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class EnvelopeError(EventworkerError):

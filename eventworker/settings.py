@@ -133,6 +133,45 @@ class HttpSettings(BaseModel):
     signature_header: str = Field("X-Signature-256", min_length=1, max_length=100)
     max_batch_events: int = Field(1000, ge=1, le=100_000)
     max_batch_bytes: int = Field(10_485_760, ge=1)
+    signature_tolerance: int = Field(
+        300,
+        ge=1,
+        le=86_400,
+        description="Seconds a signature's timestamp may be away from the server's clock, "
+        "either way; a replay of an accepted signature is refused within this window.",
+    )
+    max_seen_signatures: int = Field(
+        100_000,
+        ge=1,
+        description="Accepted signatures remembered at once (each for the tolerance window) "
+        "to refuse replays; a request that would need one more is answered 503.",
+    )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a client has to send a request's line and headers, from the "
+        "connection or the request's first byte; then the connection is closed.",
+    )
+    body_timeout: float = Field(
+        60.0,
+        gt=0,
+        description="Seconds a client has to send a whole body once its headers arrived; "
+        "then 408 and the connection is closed.",
+    )
+    keep_alive_timeout: int = Field(
+        5, ge=1, description="Seconds an idle connection is kept open between two requests."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Connections (and requests in progress) at most; requests beyond are "
+        "answered 503.",
+    )
+    docs: Literal["auth", "public", "off"] = Field(
+        "auth",
+        description="/docs and /openapi.json: behind the same token and signature as the "
+        "events (auth; open when neither is set), open to all (public), or not served (off).",
+    )
 
 
 class OutboxSettings(BaseModel):

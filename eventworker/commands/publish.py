@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,6 @@ from eventworker.settings import Settings, load_settings
 
 #: At most this many failed events are listed one per line; the rest are counted.
 MAX_LISTED_FAILURES = 20
-#: How often events whose connection was lost are sent again on a new connection.
-RECONNECTS = 3
 
 
 def _parse_json(raw: bytes, where: str, max_bytes: int) -> bytes:
@@ -61,7 +59,7 @@ def _bodies(data: str | None, file: str | None, settings: Settings) -> list[byte
 
 
 def _headers(pairs: Sequence[str]) -> dict[str, str]:
-    from eventworker.envelope import check_header
+    from eventworker.envelope import check_header, check_utf8
 
     headers = {}
     for pair in pairs:
@@ -69,6 +67,8 @@ def _headers(pairs: Sequence[str]) -> dict[str, str]:
         if not sep:
             raise InvalidInputError(f"--header {pair!r}: expected NAME=VALUE")
         try:
+            check_utf8(name, "the name")
+            check_utf8(value, f"the value of {name!r}")
             check_header(name)
         except ValueError as exc:
             raise InvalidInputError(f"--header: {exc}") from None
@@ -77,7 +77,15 @@ def _headers(pairs: Sequence[str]) -> dict[str, str]:
 
 
 def _shortstr(value: str | None, what: str) -> None:
-    if value is not None and not 0 < len(value.encode("utf-8", "surrogateescape")) <= 255:
+    from eventworker.envelope import check_utf8
+
+    if value is None:
+        return
+    try:
+        check_utf8(value, what)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    if not 0 < len(value.encode("utf-8", "surrogateescape")) <= 255:
         raise InvalidInputError(f"{what} must be 1 to 255 bytes")
 
 
@@ -118,7 +126,7 @@ def _shortstr(value: str | None, what: str) -> None:
     type=click.Path(dir_okay=False, writable=True),
     default=None,
     help="Write every event not confirmed to this file, one JSON object per line "
-    "(id, status, detail).",
+    "(id, status, detail); after an interrupt, those never sent too (status not_sent).",
 )
 @config_option
 @url_option
@@ -143,6 +151,10 @@ def publish(
     connecting. Publishing is mandatory: an event no queue is bound for is an error, unless the
     unrouted_queue setting is on: then it goes to that queue, and a warning says how many did.
     Prints how many were confirmed; exits 1 when any was not.
+
+    SIGINT (Ctrl-C) or SIGTERM stops sending, waits up to 5 seconds for the confirms of the
+    events already sent (a second signal: no wait), prints how many were confirmed and how many
+    not, writes --failed-out, and exits 130.
     """
     from eventworker.observability import logs
 
@@ -169,35 +181,50 @@ def publish(
                 envelope_outgoing(routing_key, body, event_id, headers, correlation_id)
                 for body in bodies
             ]
+        from eventworker.commands.sending import send_all
+
         started = time.perf_counter()
         with progress(len(outgoing), label="publishing") as advance:
-            results, unrouted = run_async(_publish_all(settings, outgoing, lambda _: advance(1)))
+            sent = run_async(send_all(settings, outgoing, lambda _: advance(1)))
         elapsed = time.perf_counter() - started
+    results = sent.results
     failed = [r for r in results if not r.ok]
     confirmed = len(results) - len(failed)
-    rate = f" ({confirmed / elapsed:,.0f} events/s)" if elapsed > 0 and len(results) > 1 else ""
-    ids = f" (id {results[0].event_id})" if len(results) == 1 and not failed else ""
-    click.echo(
-        f"published {len(results)} event(s) to exchange {settings.exchange!r} as "
-        f"{'their exported routing keys' if exported else repr(routing_key)}: {confirmed} "
-        f"confirmed in {elapsed:.2f}s{rate}{ids}"
-    )
-    if unrouted:
+    as_keys = "their exported routing keys" if exported else repr(routing_key)
+    if sent.interrupted:
+        never = sum(r.status == "not_sent" for r in failed)
         click.echo(
-            f"warning: {len(unrouted)} of them matched no binding and went to the unrouted "
+            f"interrupted after {elapsed:.2f}s: {confirmed} of {len(results)} event(s) confirmed "
+            f"on exchange {settings.exchange!r} as {as_keys}, {len(failed)} not confirmed "
+            f"({never} never sent)"
+        )
+    else:
+        rate = f" ({confirmed / elapsed:,.0f} events/s)" if elapsed > 0 and len(results) > 1 else ""
+        ids = f" (id {results[0].event_id})" if len(results) == 1 and not failed else ""
+        click.echo(
+            f"published {len(results)} event(s) to exchange {settings.exchange!r} as "
+            f"{as_keys}: {confirmed} confirmed in {elapsed:.2f}s{rate}{ids}"
+        )
+    if sent.unrouted:
+        click.echo(
+            f"warning: {len(sent.unrouted)} of them matched no binding and went to the unrouted "
             f"queue {settings.unrouted_queue!r} (see `eventworker dlq show "
             f"{settings.unrouted_queue}`)",
             err=True,
         )
-    for r in failed[:MAX_LISTED_FAILURES]:
+    # Events never sent are counted above, not listed: after an early interrupt, that is most.
+    listed = [r for r in failed if r.status != "not_sent"]
+    for r in listed[:MAX_LISTED_FAILURES]:
         click.echo(f"not published: {r.event_id}: {r.status} {r.detail}".rstrip(), err=True)
-    if len(failed) > MAX_LISTED_FAILURES:
+    if len(listed) > MAX_LISTED_FAILURES:
         more = f" (all in {failed_out})" if failed_out else " (--failed-out FILE lists all)"
         click.echo(
-            f"... and {len(failed) - MAX_LISTED_FAILURES} more not published{more}", err=True
+            f"... and {len(listed) - MAX_LISTED_FAILURES} more not published{more}", err=True
         )
     if failed_out:
         _write_failed(Path(failed_out), failed)
+    if sent.interrupted:
+        sys.exit(int(ExitCode.INTERRUPTED))
     sys.exit(int(ExitCode.FAILED if failed else ExitCode.OK))
 
 
@@ -276,69 +303,3 @@ def envelope_outgoing(
     return Outgoing(
         routing_key, body, event_id or envelope.new_id(), headers or None, correlation_id
     )
-
-
-async def _publish_all(
-    settings: Settings, outgoing: list[Any], on_result: Callable[[Any], None]
-) -> tuple[list[Any], set[str]]:
-    """The result of each publish, and the ids of those that went to the unrouted queue.
-
-    Events whose connection was lost before their confirm are sent again (same id) on a new
-    connection — the next node of a cluster — up to RECONNECTS times. A lost confirm may mean
-    the broker has it: a duplicate, never a loss. ``on_result`` hears each final result once.
-    """
-    from contextlib import AsyncExitStack
-
-    from eventworker.errors import BrokerUnreachableError
-    from eventworker.publishing import unrouted
-    from eventworker.publishing.channel import ConfirmChannel
-
-    async with AsyncExitStack() as stack:
-        watch = None
-        if settings.unrouted_queue:
-            watch = await stack.enter_async_context(
-                unrouted.watch(
-                    settings.url,
-                    settings.exchange,
-                    connect_timeout=settings.connect_timeout,
-                    heartbeat=settings.heartbeat,
-                )
-            )
-            if watch.problem:
-                click.echo(f"note: {watch.problem}", err=True)
-        results: list[Any] = [None] * len(outgoing)
-        pending = list(range(len(outgoing)))
-        for round_ in range(RECONNECTS + 1):
-            last = round_ == RECONNECTS
-
-            def settled(result: Any, last: bool = last) -> None:
-                if last or result.status != "connection_lost":
-                    on_result(result)
-
-            try:
-                async with ConfirmChannel.connect(
-                    settings.urls(),
-                    exchange=settings.exchange,
-                    source="eventworker",
-                    timeout=settings.publish_timeout,
-                    connect_timeout=settings.connect_timeout,
-                    heartbeat=settings.heartbeat,
-                    tls=settings.tls,
-                ) as publisher:
-                    sent = await publisher.send_many(
-                        [outgoing[i] for i in pending], on_result=settled
-                    )
-            except BrokerUnreachableError:
-                if round_ == 0:
-                    raise
-                break  # the lost ones stay reported as connection_lost
-            for i, result in zip(pending, sent, strict=True):
-                results[i] = result
-            pending = [i for i in pending if results[i].status == "connection_lost"]
-            if not pending or last:
-                break
-            click.echo(
-                f"connection lost: publishing {len(pending)} unconfirmed event(s) again", err=True
-            )
-        confirmed = [r.event_id for r in results if r is not None and r.ok]
-        return results, await watch.unrouted(confirmed) if watch else set()

@@ -32,7 +32,8 @@ def serve(
 
     POST /events/{routing_key} with a JSON body, or POST /events with NDJSON lines
     {"routing_key": ..., "data": ...}: 202 only once the broker confirmed each event; 4xx for
-    bad input, 503 while the broker is unreachable. OpenAPI: /openapi.json and /docs.
+    bad input, 503 while the broker is unreachable. OpenAPI: /openapi.json and /docs (behind
+    the same token and signature by default: setting http.docs).
     """
     from eventworker.observability import logs
 
@@ -51,8 +52,7 @@ def serve(
         )
         logs.configure(settings.log_level)
         try:
-            import uvicorn
-
+            from eventworker.publishing.http_server import server as http_server
             from eventworker.publishing.ingress import create_app
         except ImportError as exc:
             raise ConfigError(
@@ -69,15 +69,7 @@ def serve(
             settings.redacted_url(),
             ", ".join(settings.http.allowed_keys),
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                host=settings.http.host,
-                port=settings.http.port,
-                log_config=None,
-                access_log=False,
-            )
-        )
+        server = http_server(app, settings.http)
         # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the
         # handler that was there before: a no-op one makes a clean stop exit 0, like `run`.
         for sig in (signal.SIGTERM, signal.SIGINT):

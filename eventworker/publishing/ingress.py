@@ -2,37 +2,41 @@
 
 ``POST /events/{routing_key}`` takes one JSON event; ``POST /events`` takes NDJSON, one
 ``{"routing_key": ..., "data": ..., "id": ...}`` object per line. Input is checked before
-anything is published: size (413, before parsing), authentication (401), JSON and routing key
-(400), the allow-list of routing-key patterns (403), content type (415). An event no queue is
-bound for is 422; a broker that is unreachable, refuses or does not confirm in time is 503
-with ``Retry-After``. The ``Idempotency-Key`` header becomes the event id, so a client that
-retries after a lost answer produces a duplicate its consumers can recognise.
+anything is published: size (413, before parsing), a body sent too slowly (408),
+authentication (401: bearer token, and the request signature of
+:mod:`eventworker.publishing.signature`), JSON and routing key (400), the allow-list of
+routing-key patterns (403), content type (415).
+An event no queue is bound for is 422; a broker that is unreachable, refuses or does not confirm
+in time is 503 with ``Retry-After``. The ``Idempotency-Key`` header becomes the event id, so a
+client that retries after a lost answer produces a duplicate its consumers can recognise.
+``/docs`` and ``/openapi.json`` sit behind the same authentication unless ``http.docs`` says
+otherwise.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import asyncio
 import ipaddress
+import unicodedata
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse
 from loguru import logger
 
 from eventworker import envelope
 from eventworker.errors import BrokerError, ConfigError, InvalidInputError
 from eventworker.handlers import check_binding_key
+from eventworker.publishing._ingress_auth import RETRY_AFTER, Guard
 from eventworker.publishing.channel import PublishResult
 from eventworker.publishing.publisher import NewEvent, Publisher
 from eventworker.settings import HttpSettings, Settings
 from eventworker.topology.topic import compile_bindings
 
-#: Seconds a client should wait before retrying a 503.
-RETRY_AFTER = "5"
 _JSON = {"application/json"}
 _NDJSON = {"application/x-ndjson", "application/ndjson", "application/jsonl"}
 #: Status per publish outcome: only "confirmed" is accepted.
@@ -58,19 +62,36 @@ def _media(request: Request) -> str | None:
     return value.split(";")[0].strip().lower() if value else None
 
 
-async def _body(request: Request, limit: int) -> bytes:
+async def _body(request: Request, limit: int, timeout: float) -> bytes:
     """The request body, refused with 413 as soon as it passes ``limit`` bytes (before any
-    parsing, and without reading the rest of an oversized upload)."""
+    parsing, and without reading the rest of an oversized upload), and with 408 when it has
+    not all arrived within ``timeout`` seconds; both close the connection."""
+    close = {"Connection": "close"}  # the rest of the body is never read
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
-        raise _fail(413, f"body of {declared} bytes exceeds the limit of {limit}")
+        raise _fail(413, f"body of {declared} bytes exceeds the limit of {limit}", **close)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _fail(413, f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _fail(413, f"body exceeds the limit of {limit} bytes", **close)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise _fail(
+            408, f"the body did not arrive within {timeout:g}s (http.body_timeout)", **close
+        ) from None
     return b"".join(chunks)
+
+
+def _control_character(key: str) -> str | None:
+    """The first control character (C0, DEL, C1) in ``key``, as U+XXXX; None when there is
+    none. CR and LF in a routing key would forge lines in logs and in headers built from it."""
+    for char in key:
+        if unicodedata.category(char) == "Cc":
+            return f"U+{ord(char):04X}"
+    return None
 
 
 class Ingress:
@@ -81,28 +102,12 @@ class Ingress:
         self.allowed = compile_bindings(check_allowed_keys(settings.http.allowed_keys))
         self.max_body_bytes = settings.max_body_bytes
         self.publisher = publisher
-
-    def authenticate(self, request: Request) -> None:
-        """401 unless the bearer token (when set) matches."""
-        token = self.http.token
-        if token is None:
-            return
-        given = request.headers.get("authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
-            raise _fail(401, "missing or wrong bearer token", **{"WWW-Authenticate": "Bearer"})
-
-    def verify(self, request: Request, body: bytes) -> None:
-        """401 unless the body's HMAC-SHA256 signature (when a secret is set) matches."""
-        secret = self.http.hmac_secret
-        if secret is None:
-            return
-        digest = hmac.new(secret.get_secret_value().encode(), body, hashlib.sha256).hexdigest()
-        given = request.headers.get(self.http.signature_header, "")
-        if not hmac.compare_digest(given.encode(), f"sha256={digest}".encode()):
-            raise _fail(401, f"missing or wrong signature in {self.http.signature_header}")
+        self.guard = Guard(settings.http)
 
     def check_key(self, routing_key: str, where: str = "") -> None:
+        control = _control_character(routing_key)
+        if control is not None:
+            raise _fail(400, f"{where}the routing key holds a control character ({control})")
         try:
             envelope.check_routing_key(routing_key)
         except ValueError as exc:
@@ -117,9 +122,9 @@ class Ingress:
             raise _fail(400, str(exc)) from None
 
     async def one(self, request: Request, routing_key: str) -> JSONResponse:
-        self.authenticate(request)
-        body = await _body(request, self.max_body_bytes)
-        self.verify(request, body)
+        self.guard.authenticate(request)
+        body = await _body(request, self.max_body_bytes, self.http.body_timeout)
+        self.guard.verify(request, body)
         if _media(request) not in (None, *_JSON):
             raise _fail(415, "send the event as application/json")
         self.check_key(routing_key)
@@ -137,9 +142,9 @@ class Ingress:
         return _answer([result], single=True)
 
     async def batch(self, request: Request) -> JSONResponse:
-        self.authenticate(request)
-        body = await _body(request, self.http.max_batch_bytes)
-        self.verify(request, body)
+        self.guard.authenticate(request)
+        body = await _body(request, self.http.max_batch_bytes, self.http.body_timeout)
+        self.guard.verify(request, body)
         if _media(request) not in (None, *_NDJSON):
             raise _fail(415, "send the batch as application/x-ndjson, one event per line")
         lines = [(n, line) for n, line in enumerate(body.splitlines(), 1) if line.strip()]
@@ -221,16 +226,21 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         yield
         await pub.close()
 
+    public = settings.http.docs == "public"
     app = FastAPI(
         title="eventworker HTTP ingress",
         summary="Publish events to RabbitMQ; 202 only after the broker confirmed them.",
         lifespan=lifespan,
+        openapi_url="/openapi.json" if public else None,
+        docs_url="/docs" if public else None,
+        redoc_url=None,
     )
     responses: dict[int | str, dict[str, Any]] = {
         202: {"description": "Confirmed by the broker"},
         400: {"description": "Invalid JSON, routing key, id or header"},
-        401: {"description": "Missing or wrong bearer token or signature"},
+        401: {"description": "Bearer token or signature missing, wrong, stale or used"},
         403: {"description": "Routing key not in http.allowed_keys"},
+        408: {"description": "The body did not arrive within http.body_timeout"},
         413: {"description": "Body over the size limit"},
         415: {"description": "Wrong content type"},
         422: {"description": "Unroutable: no queue is bound for the routing key"},
@@ -265,6 +275,18 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         """Publish a batch: one ``{"routing_key", "data", "id"?, "correlation_id"?}`` object
         per line. With ``Idempotency-Key: K``, a line without id gets ``K-<line number>``."""
         return await ingress.batch(request)
+
+    if settings.http.docs == "auth":
+
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi(request: Request) -> JSONResponse:
+            ingress.guard.docs(request)
+            return JSONResponse(app.openapi())
+
+        @app.get("/docs", include_in_schema=False)
+        async def docs(request: Request) -> HTMLResponse:
+            ingress.guard.docs(request)
+            return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
     @app.get("/health")
     async def health() -> dict[str, bool]:

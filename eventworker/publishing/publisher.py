@@ -7,7 +7,7 @@ per event (``confirmed``, ``nacked``, ``unroutable``, ``timeout``, ``connection_
 whose confirm was lost with the connection, or with a channel the broker closed, are published
 again on a new connection, with the same id, so a consumer sees at most a duplicate it can
 recognise; an event the broker closed the channel over is found and reported ``nacked``. It
-sends through :class:`eventworker.publishing.channel.Publisher`, the confirm channel the worker
+sends through :class:`eventworker.publishing.channel.ConfirmChannel`, the confirm channel the worker
 uses too.
 """
 
@@ -62,7 +62,12 @@ def _check_value(name: str, value: Any, depth: int = 0) -> None:
         raise InvalidInputError(f"header {name!r}: nested deeper than 10 levels")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidInputError(f"header {name!r}: NaN and infinity cannot be sent")
-    if isinstance(value, list | tuple):
+    if isinstance(value, str):
+        try:
+            envelope.check_utf8(value, f"header {name!r}: the value")
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
+    elif isinstance(value, list | tuple):
         for item in value:
             _check_value(name, item, depth + 1)
     elif isinstance(value, Mapping):
@@ -77,7 +82,13 @@ def _check_value(name: str, value: Any, depth: int = 0) -> None:
 
 
 def _short(value: str | None, what: str) -> None:
-    if value is not None and not 0 < len(value.encode("utf-8", "surrogatepass")) <= 255:
+    if value is None:
+        return
+    try:
+        envelope.check_utf8(value, what)
+    except ValueError as exc:
+        raise InvalidInputError(str(exc)) from None
+    if not 0 < len(value.encode("utf-8")) <= 255:
         raise InvalidInputError(f"{what} must be 1 to 255 bytes")
 
 
@@ -86,8 +97,8 @@ def prepare(event: NewEvent, *, max_body_bytes: int) -> Outgoing:
 
     Raises:
         InvalidInputError: a bad routing key, a reserved or malformed header, an id or
-            correlation id outside 1-255 bytes, data that is not JSON-serialisable, or a body
-            over ``max_body_bytes``.
+            correlation id outside 1-255 bytes or not valid UTF-8, data that is not
+            JSON-serialisable, or a body over ``max_body_bytes``.
     """
     try:
         envelope.check_routing_key(event.routing_key)

@@ -40,8 +40,26 @@ def test_version_and_help_work_as_a_module_too(settings: Settings) -> None:
         (["demo.greet", "{}", "--header", "CC=audit"], None, "reserved"),
         (["demo.greet", "{}", "--header", "x-death=1"], None, "reserved"),
         (["demo.greet", "{}", "--id", "i" * 300], None, "--id"),
+        # Bytes that are not UTF-8 reach argv as lone surrogates; subprocess sends them back.
+        (["demo.greet", "{}", "--id", "o-\udcff"], None, "--id is not valid UTF-8"),
+        (["demo.greet", "{}", "--correlation-id", "\udce9"], None, "--correlation-id is not"),
+        (["demo.greet", "{}", "--header", "tenant=\udcff"], None, "value of 'tenant' is not"),
+        (["demo.greet", "{}", "--header", "t\udcff=x"], None, "name is not valid UTF-8"),
     ],
-    ids=["bad-json", "nan-stdin", "wildcard", "empty-key", "long-key", "cc", "x-death", "long-id"],
+    ids=[
+        "bad-json",
+        "nan-stdin",
+        "wildcard",
+        "empty-key",
+        "long-key",
+        "cc",
+        "x-death",
+        "long-id",
+        "id-not-utf8",
+        "correlation-id-not-utf8",
+        "header-value-not-utf8",
+        "header-name-not-utf8",
+    ],
 )
 def test_publish_refuses_bad_input_before_connecting(
     settings: Settings, args: list[str], stdin: str | None, message: str

@@ -112,6 +112,8 @@ async def test_an_event_carries_its_id_type_headers_and_correlation(
         (NewEvent("orders.created", {}, headers={"x-eventworker-attempt": 9}), "reserved"),
         (NewEvent("orders.created", {}, headers={"h": object()}), "AMQP header value"),
         (NewEvent("orders.created", {}, id="i" * 300), "the event id"),
+        (NewEvent("orders.created", {}, id="o-\udcff"), "the event id is not valid UTF-8"),
+        (NewEvent("orders.created", {}, headers={"h": ["\udce9"]}), "the value is not valid UTF-8"),
         (NewEvent("orders.created", {1, 2}), "JSON"),
         (NewEvent("orders.created", "x" * 2000), "max_body_bytes"),
     ],
