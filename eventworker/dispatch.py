@@ -3,7 +3,8 @@
 A settle that moves the message (retry, dead letter) publishes the copy and waits for its
 confirm *before* acking the original: a crash in between gives a duplicate, never a loss. A
 cancelled handling (shutdown) settles nothing, so the broker redelivers the message and the
-shutdown consumes no attempt.
+shutdown consumes no attempt. A delivery whose header cannot be decoded never reaches the
+handler: it is rejected to the dead-letter queue as the broker holds it.
 """
 
 from __future__ import annotations
@@ -19,13 +20,14 @@ from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any, Literal, Protocol
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from loguru import logger
 from pydantic import ValidationError
 
 from eventworker import envelope, logs, tracing
 from eventworker.acks import Acks
+from eventworker.amqp.delivery import Delivery
+from eventworker.amqp.properties import Properties
 from eventworker.connection import CHANNEL_GONE
 from eventworker.diagnosis import describe, failure_copy, short_traceback
 from eventworker.envelope import Event
@@ -148,6 +150,38 @@ class Dispatcher:
         seconds = time.monotonic() - received
         for observer in self._observers:
             observer.settled(route, event, decision, moved=moved, seconds=seconds)
+
+    async def reject_undecodable(self, delivery: Delivery, acks: Acks) -> None:
+        """Park a delivery whose header cannot be decoded, at once and as the broker holds it:
+        ``basic.reject`` without requeue, and the work queue's dead-letter exchange moves it
+        to the handler's dead-letter queue. The handler never sees it. The observers see a
+        dead letter with reason ``undecodable``; the broker's ``x-death`` says ``rejected``,
+        and the ``dlq`` commands read the decode error from the message's bytes."""
+        route = self.route
+        received = time.monotonic()
+        event: Event[Any] = envelope.decode(delivery, None, trusted=False, max_attempts=1)
+        for observer in self._observers:
+            observer.received(route, event)
+        logger.warning(
+            "{} parked message {} [{}] as it came, undecodable: {}",
+            route.handler.name,
+            OneLine(delivery.message_id or "(no readable id)", 100),
+            OneLine(delivery.routing_key, 100),
+            OneLine(delivery.undecodable, 500),
+        )
+        try:
+            await acks.reject(delivery.delivery_tag)
+        except CHANNEL_GONE:
+            logger.info(
+                "{} could not reject {}: channel closed; the broker will redeliver it",
+                route.handler.name,
+                event.id,
+            )
+            return
+        decision = DeadLetter(envelope.UNDECODABLE)
+        seconds = time.monotonic() - received
+        for observer in self._observers:
+            observer.settled(route, event, decision, moved=True, seconds=seconds)
 
     def _check_routing_key(self, routing_key: str) -> None:
         """Refuse a delivery none of the handler's binding keys matches (a stale binding, or a
@@ -345,13 +379,14 @@ class Dispatcher:
         self,
         message: AbstractIncomingMessage,
         acks: Acks | None,
-        copy: aio_pika.Message,
+        copy: Properties,
         queue: str,
         kind: PublishKind,
     ) -> bool:
-        """Publish ``copy`` to ``queue`` with a confirm; on failure hand the original back."""
+        """Publish the body with the ``copy``'s properties to ``queue`` with a confirm; on
+        failure hand the original back."""
         try:
-            await self._moves.send_to_queue(copy, queue)
+            await self._moves.send_to_queue(message.body, copy, queue)
             self._published(kind, "confirmed")
             return True
         except PublishError as exc:

@@ -4,7 +4,9 @@ Works over plain AMQP, without the management plugin; reading a queue without lo
 reordering what an operation does not take is ``queue_reader``'s part.
 
 A replay publishes the copy with a confirm and acks the parked original only afterwards: a
-crash in between leaves a duplicate, never a loss.
+crash in between leaves a duplicate, never a loss. A message whose AMQP header cannot be
+decoded is never replayed (its copy could not be what the producer sent): it stays parked, in
+its place, and the outcome names it.
 """
 
 from __future__ import annotations
@@ -19,10 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-import aio_pika
 from aio_pika.abc import AbstractConnection
 
-from eventworker import parked
+from eventworker import envelope, parked
+from eventworker.amqp.properties import PERSISTENT, Properties
 from eventworker.errors import BrokerError, Interrupted, PublishError
 from eventworker.parked import Parked
 from eventworker.publisher import Publisher
@@ -81,6 +83,8 @@ class ReplayOutcome:
     scanned: int
     moved: tuple[Parked, ...]
     error: PublishError | None = None
+    #: Selected messages left parked because their header cannot be decoded.
+    refused: tuple[Parked, ...] = ()
 
 
 async def stats(
@@ -144,6 +148,7 @@ async def replay(
 
     Stops at the first copy the broker does not confirm (returned in ``error``); that message
     and the rest stay parked. ``rate`` bounds copies per second; ``limit`` the number moved.
+    Selected messages whose header cannot be decoded stay parked, in ``refused``.
 
     Raises:
         BrokerError: a queue or exchange it needs does not exist.
@@ -159,6 +164,7 @@ async def replay(
         connection, parking.exchange, source=None, timeout=publish_timeout
     )
     moved: list[Parked] = []
+    refused: list[Parked] = []
     scanned = 0
     started = time.monotonic()
     async with _reading(connection, parking, stop=stop) as reader:
@@ -169,6 +175,9 @@ async def replay(
             )
             if not select(described):
                 continue
+            if described.reason == envelope.UNDECODABLE:
+                refused.append(described)
+                continue
             if rate:
                 pause = max(0.0, started + len(moved) / rate - time.monotonic())
                 with contextlib.suppress(TimeoutError):
@@ -176,22 +185,22 @@ async def replay(
                 if stop.is_set():
                     raise Interrupted("interrupted: every message not reported as moved is parked")
             if not dry_run:
-                copy = aio_pika.Message(
-                    message.body,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                copy = Properties.build(
+                    origin=message.properties,
+                    delivery_mode=PERSISTENT,
                     **parked.replay_properties(message, return_to=parking.return_to),
                 )
                 key = "" if parking.return_to is not None else described.routing_key
                 try:
-                    await publisher.send_copy(copy, key)
+                    await publisher.send_copy(message.body, copy, key)
                 except PublishError as exc:
-                    return ReplayOutcome(scanned, tuple(moved), exc)
+                    return ReplayOutcome(scanned, tuple(moved), exc, tuple(refused))
                 await reader.take(message)
             moved.append(described)
             on_move(described)
             if limit is not None and len(moved) >= limit:
                 break
-    return ReplayOutcome(scanned, tuple(moved))
+    return ReplayOutcome(scanned, tuple(moved), refused=tuple(refused))
 
 
 async def purge(

@@ -56,6 +56,10 @@ _NOT_COPIED = frozenset(
     }
 )
 _OUR_PREFIX = "x-eventworker-"
+#: The dead-letter reason of a message whose AMQP header could not be decoded: the worker
+#: rejects it to its dead-letter queue as the broker holds it, and the ``dlq`` commands read
+#: the decode error from its bytes.
+UNDECODABLE = "undecodable"
 JSON = "application/json"
 #: A namespace for ids derived from content when a producer sent no ``message_id``.
 _ID_NAMESPACE = uuid.UUID("6f1b9a52-3c1e-4d0a-9a57-2c3f0b1e7d11")

@@ -31,6 +31,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from eventworker import envelope
+from eventworker.amqp.properties import Properties
 from eventworker.dispatch import Dispatcher
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
@@ -118,7 +119,7 @@ class _Recorder:
 
     def __init__(self, refuse: Sequence[str]) -> None:
         self.published: list[Published] = []
-        self.moved: list[tuple[str, aio_pika.Message]] = []
+        self.moved: list[tuple[str, Properties]] = []
         self._refuse = set(refuse)
 
     async def publish(
@@ -141,8 +142,9 @@ class _Recorder:
             Published(routing_key, orjson.loads(body), id, headers, correlation_id, causation_id)
         )
 
-    async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None:
-        self.moved.append((queue, message))
+    async def send_to_queue(self, body: bytes, properties: Properties, queue: str) -> None:
+        properties.marshal()  # what AMQP cannot carry fails here as in the worker
+        self.moved.append((queue, properties))
 
 
 class _Decisions:

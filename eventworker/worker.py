@@ -332,6 +332,7 @@ class Worker:
             queue,
             prefetch=route.prefetch,
             on_message=on_message,
+            on_undecodable=dispatcher.reject_undecodable,
             name=route.handler.name,
             probation=not route.handler.single_active_consumer,
         )

@@ -19,6 +19,12 @@ PACKAGE = Path(eventworker.__file__).parent
 #: Each module of eventworker and its layer; a module imports only from strictly lower layers.
 LAYERS = {
     "errors": 0,
+    "amqp": 0,
+    "amqp._fields": 0,
+    "amqp._encoding": 0,
+    "amqp.properties": 1,
+    "amqp.frames": 2,
+    "amqp.delivery": 3,
     "supervisor": 1,
     "settings": 1,
     "envelope": 1,
@@ -84,6 +90,8 @@ LAYERS = {
 ALLOWED = {("__main__", "cli")}
 #: The modules that speak AMQP (aio-pika, and aiormq beneath it).
 AMQP = {
+    "amqp.frames",
+    "amqp.delivery",
     "acks",
     "diagnosis",
     "connection",
@@ -129,6 +137,7 @@ BOUNDARIES = {
     "sqlalchemy": {"outbox"},
     "fastapi": {"ingress"},
     "starlette": {"ingress"},
+    "pamqp": {"amqp.properties", "amqp.frames"},
     "importlib.metadata": {"registry"},
     "importlib_metadata": {"registry"},
 }

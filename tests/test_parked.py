@@ -129,7 +129,7 @@ def test_a_replay_copy_resets_the_attempt_and_drops_the_diagnosis() -> None:
         H + "attempt": 1,
         envelope.RETURN_TO: "t.bill",
     }
-    assert (props["message_id"], props["correlation_id"], props["type"]) == (
+    assert (props["message_id"], props["correlation_id"], props["message_type"]) == (
         "evt-1",
         "corr-1",
         "orders.created",
