@@ -163,11 +163,12 @@ class Dispatcher:
         for observer in self._observers:
             observer.received(route, event)
         logger.warning(
-            "{} parked message {} [{}] as it came, undecodable: {}",
+            "{}: message {} [{}] cannot be decoded ({}); rejected to {} as it came",
             route.handler.name,
             OneLine(delivery.message_id or "(no readable id)", 100),
             OneLine(delivery.routing_key, 100),
             OneLine(delivery.undecodable, 500),
+            route.dead_letter_queue,
         )
         try:
             await acks.reject(delivery.delivery_tag)

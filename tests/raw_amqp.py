@@ -80,6 +80,27 @@ def properties(**fields: bytes) -> bytes:
     return struct.pack(">H", flags) + b"".join(parts)
 
 
+def split(block: bytes) -> dict[str, bytes]:
+    """Each property's bytes in a property block, undecoded (a table with its length first)."""
+    (flags,) = struct.unpack_from(">H", block)
+    offset = 2
+    fields = {}
+    for name, flag in FLAGS.items():
+        if not flags & flag:
+            continue
+        if name == "headers":
+            size = 4 + struct.unpack_from(">I", block, offset)[0]
+        elif name in ("delivery_mode", "priority"):
+            size = 1
+        elif name == "timestamp":
+            size = 8
+        else:
+            size = 1 + block[offset]
+        fields[name] = block[offset : offset + size]
+        offset += size
+    return fields
+
+
 @dataclass(frozen=True, slots=True)
 class Raw:
     """A message as the broker delivered it: the method, the property bytes, the body."""

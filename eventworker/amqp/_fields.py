@@ -193,6 +193,8 @@ def read_table(data: bytes, offset: int, end: int, errors: list[str]) -> dict[st
             if stop != after:
                 raise FieldError("the value's length does not match its content")
             result[name] = decoded
+        except UnicodeDecodeError:
+            errors.append(f"headers[{name!r}]: a name inside it is not UTF-8")
         except Exception as exc:  # a hostile value: whatever decoding it raised is its error
             errors.append(f"headers[{name!r}]: {exc or type(exc).__name__}")
         offset = after

@@ -35,10 +35,11 @@ from eventworker.amqp import properties
 _HEAD = struct.Struct(">BHI").unpack
 _INDEX = struct.Struct(">I").unpack_from
 _CONTENT = struct.Struct(">HHQ").unpack_from
-_TAG_BIT = struct.Struct(">QB").unpack_from
+#: A delivery tag and the octet of the bit after it; signed, as pamqp reads and writes tags.
+_TAG_BIT = struct.Struct(">qB").unpack_from
 #: The numbers of the delivery-path methods, by pamqp's type name.
 _NUMBERS = {
-    "longlong": struct.Struct(">Q"),
+    "longlong": struct.Struct(">q"),
     "long": struct.Struct(">I"),
     "short": struct.Struct(">H"),
 }

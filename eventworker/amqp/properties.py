@@ -197,7 +197,7 @@ def _patient(data: bytes, offset: int, end: int) -> Properties:
                 try:
                     fields[name] = timestamp(seconds)
                 except FieldError as exc:
-                    errors.append(f"{name}: {exc}")
+                    errors.append(str(exc))
             elif name == "headers":
                 start = offset + 4
                 offset = start + _U32(data, offset)[0]
