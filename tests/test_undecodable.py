@@ -160,3 +160,24 @@ async def test_the_broker_refuses_an_unknown_field_type_itself(
     block = properties(headers=table(entry(b"k", b"Z", b"\x00\x00")))
     with pytest.raises(BrokerClosed, match="541"):
         await raw.publish("", "amq.unknown-type-probe", b"{}", block)
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_a_worker_started_with_an_undecodable_message_waiting_parks_it_and_runs(
+    broker: Broker, settings: Settings, raw: RawClient, queue_type: str
+) -> None:
+    handled: list[str] = []
+
+    @handler("a.#", name="alpha")
+    async def alpha(event: Event[Any], ctx: Context) -> None:
+        handled.append(event.id)
+
+    s = settings.model_copy(update={"queue_type": queue_type})
+    route = (await broker.declare(alpha, settings=s)).routes[0]
+    hostile = CASES["header table 500 deep"]
+    await raw.publish(s.exchange, hostile.routing_key, b"{}", hostile.block())
+    await broker.publish("a.good", b"{}", message_id="good-1")
+    async with running(broker, [alpha], s) as worker:
+        await wait_for(lambda: handled == ["good-1"])
+        await broker.wait_count(route.dead_letter_queue, 1)
+        assert worker.reconnects == 0 and worker.state is State.RUNNING

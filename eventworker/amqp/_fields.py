@@ -163,6 +163,23 @@ def shown(raw: bytes) -> str:
     return raw.decode("utf-8", "backslashreplace")
 
 
+def read_short(data: bytes, offset: int, what: str, errors: list[str]) -> tuple[str, bool, int]:
+    """The short string at ``offset``: its text, whether it was UTF-8 (if not, the text has
+    ``\\xNN`` escapes and ``errors`` a line naming ``what``), and the offset after it.
+
+    Raises:
+        IndexError: the data ends before the string's length.
+    """
+    stop = offset + 1 + data[offset]
+    raw = data[offset + 1 : stop]
+    try:
+        return raw.decode(), True, stop
+    except UnicodeDecodeError:
+        text = shown(raw)
+        errors.append(f"{what} {text[:100]!r} is not UTF-8")
+        return text, False, stop
+
+
 def read_table(data: bytes, offset: int, end: int, errors: list[str]) -> dict[str, Any]:
     """Every entry of the table in ``data[offset:end]`` that decodes; one line in ``errors``
     for each that does not. An entry whose value cannot even be skipped (an unknown type)

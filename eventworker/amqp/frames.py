@@ -31,6 +31,7 @@ from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 from eventworker.amqp import properties
+from eventworker.amqp._fields import read_short
 
 _HEAD = struct.Struct(">BHI").unpack
 _INDEX = struct.Struct(">I").unpack_from
@@ -101,19 +102,12 @@ def _method(cls: type[Any], marked: type[Any], data: bytes, end: int) -> Any:
         InvalidFrameError: the frame is truncated.
     """
     values: dict[str, Any] = {}
-    errors = []
+    errors: list[str] = []
     offset = 4
     for name in cls.__slots__:
         kind = cls.amqp_type(name)
         if kind == "shortstr":
-            stop = offset + 1 + data[offset]
-            raw = data[offset + 1 : stop]
-            offset = stop
-            try:
-                values[name] = raw.decode()
-            except UnicodeDecodeError:
-                values[name] = shown = raw.decode("utf-8", "backslashreplace")
-                errors.append(f"{name.replace('_', ' ')} {shown[:100]!r} is not UTF-8")
+            values[name], _, offset = read_short(data, offset, name.replace("_", " "), errors)
         elif kind == "bit":  # one bit alone in its octet in these methods
             values[name] = bool(data[offset] & 1)
             offset += 1

@@ -22,7 +22,7 @@ from typing import Any, Self
 from pamqp import commands
 
 from eventworker.amqp import _encoding, _fields
-from eventworker.amqp._fields import FieldError, shown, timestamp
+from eventworker.amqp._fields import FieldError, timestamp
 
 _FLAGS = struct.Struct(">H").unpack_from
 _U32 = struct.Struct(">I").unpack_from
@@ -142,16 +142,8 @@ def _fast(data: bytes, offset: int, end: int) -> Properties:
         made._table = (start, offset)
     else:
         made.headers = None
-    if flags & 0x1000:
-        made.delivery_mode = data[offset]
-        offset += 1
-    else:
-        made.delivery_mode = None
-    if flags & 0x0800:
-        made.priority = data[offset]
-        offset += 1
-    else:
-        made.priority = None
+    made.delivery_mode, offset = (data[offset], offset + 1) if flags & 0x1000 else (None, offset)
+    made.priority, offset = (data[offset], offset + 1) if flags & 0x0800 else (None, offset)
     made.correlation_id, offset = _short(data, offset) if flags & 0x0400 else (None, offset)
     made.reply_to, offset = _short(data, offset) if flags & 0x0200 else (None, offset)
     made.expiration, offset = _short(data, offset) if flags & 0x0100 else (None, offset)
@@ -206,14 +198,8 @@ def _patient(data: bytes, offset: int, end: int) -> Properties:
                 fields[name] = _fields.read_table(data, start, offset, errors)
                 table = (start, offset)
             else:
-                stop = offset + 1 + data[offset]
-                raw = data[offset + 1 : stop]
-                offset = stop
-                try:
-                    fields[name] = raw.decode()
-                except UnicodeDecodeError:
-                    unreadable[name] = shown(raw)
-                    errors.append(f"{name} {shown(raw)[:100]!r} is not UTF-8")
+                text, readable, offset = _fields.read_short(data, offset, name, errors)
+                (fields if readable else unreadable)[name] = text
         if offset > end:
             raise FieldError("the properties run past the end of the frame")
     except Exception as exc:  # truncated or malformed: what was read before it stays
