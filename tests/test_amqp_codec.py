@@ -255,3 +255,13 @@ def test_the_encoder_and_decoder_share_their_depth_bound() -> None:
         deep = {"n": deep}
     with pytest.raises(ValueError, match="nested deeper"):
         Properties.build(headers=deep).marshal()
+
+
+def test_a_table_nested_as_deep_as_allowed_goes_both_ways() -> None:
+    deep: dict[str, Any] = {}
+    for _ in range(_fields.MAX_DEPTH - 1):
+        deep = {"n": deep}
+    wire = Properties.build(headers={"deep": deep}).marshal()
+    assert wire == block_of(headers=table(entry(b"deep", b"F", nested(_fields.MAX_DEPTH - 1))))
+    decoded = properties.decode(wire, 0, len(wire))
+    assert type(decoded) is Properties and decoded.headers == {"deep": deep}

@@ -17,7 +17,7 @@ from decimal import Decimal
 from typing import Any
 
 #: Nesting of tables and arrays written at most: as deep as ``_fields`` reads them back.
-MAX_DEPTH = 100
+MAX_DEPTH = 200
 _U8 = struct.Struct(">B").pack
 _U16 = struct.Struct(">H").pack
 _U32 = struct.Struct(">I").pack

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 #: Nesting of tables and arrays beyond this is refused, so decoding never exhausts the stack.
-MAX_DEPTH = 100
+MAX_DEPTH = 200
 
 _U32 = struct.Struct(">I").unpack_from
 _I32 = struct.Struct(">i").unpack_from
