@@ -1,9 +1,9 @@
 """Frames off the wire, and the ``FrameReceiver`` that reads them for aiormq.
 
-aiormq's receiver hands every frame to ``pamqp.frame.unmarshal`` and lets anything but a
-``PAMQPException`` escape its reader task, which ends the connection (a RecursionError, an
-out-of-range timestamp), and it turns a ``PAMQPException`` into ``InvalidFrameError``, which
-ends it too (a short string that is not UTF-8). Here the frames of the delivery path are
+aiormq's receiver hands every frame to ``pamqp.frame.unmarshal``: what pamqp cannot decode (a
+timestamp out of range, a short string that is not UTF-8) becomes ``InvalidFrameError``, and a
+``RecursionError`` (a table nested 500 deep) escapes as it is; either ends the connection,
+whatever channel the frame was for. Here the frames of the delivery path are
 decoded by eventworker: ``basic.deliver``, ``basic.get-ok`` and ``basic.return`` (a short
 string that is not UTF-8 is kept with ``\\xNN`` escapes, and the frame is an
 :class:`UndecodableMethod` saying so), content headers (:mod:`.properties`, which never

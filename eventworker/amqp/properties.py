@@ -7,10 +7,11 @@ it cannot read whole takes the patient path, which keeps every property and head
 can decode and returns an :class:`UndecodableProperties` holding the error and the property
 bytes as received.
 
-A decoded :class:`Properties` remembers the bytes it came from: a copy built with
-``origin=`` it writes each header entry it carried over unchanged (the same value object) as
-the producer's own bytes, so a retry or dead-letter copy keeps every header exact in type as
-well as value. Everything else goes through ``_encoding`` (names whole up to 255 bytes).
+A decoded :class:`Properties` remembers the bytes it came from. A copy built with ``origin=``
+those properties writes each header entry it carries over unchanged (the very value object
+decoded) as the producer's own bytes, so a retry or dead-letter copy keeps every header exact
+in type as well as value. Everything else goes through ``_encoding`` (names whole up to 255
+bytes).
 """
 
 from __future__ import annotations
