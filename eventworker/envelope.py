@@ -57,6 +57,10 @@ _NOT_COPIED = frozenset(
     }
 )
 _OUR_PREFIX = "x-eventworker-"
+#: The dead-letter reason of a message whose AMQP header could not be decoded: the worker
+#: rejects it to its dead-letter queue as the broker holds it, and the ``dlq`` commands read
+#: the decode error from its bytes.
+UNDECODABLE = "undecodable"
 JSON = "application/json"
 
 T = TypeVar("T")

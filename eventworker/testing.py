@@ -30,6 +30,7 @@ import orjson
 import pytest
 
 from eventworker import envelope
+from eventworker.amqp.properties import Properties
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
 from eventworker.handlers import Handler, HandlerFunc
@@ -106,6 +107,7 @@ class _Delivery:
     redelivered: bool = False
     priority: int | None = None
     delivery_tag: int = 1
+    properties: None = None
 
 
 class _Settled:
@@ -117,13 +119,16 @@ class _Settled:
     async def nack(self, tag: int, *, requeue: bool) -> None:
         pass
 
+    async def reject(self, tag: int) -> None:
+        pass
+
 
 class _Recorder:
     """Stands in for the worker's publisher: records follow-ups and moved copies."""
 
     def __init__(self, refuse: Sequence[str]) -> None:
         self.published: list[Published] = []
-        self.moved: list[tuple[str, aio_pika.Message]] = []
+        self.moved: list[tuple[str, Properties]] = []
         self._refuse = set(refuse)
 
     async def publish(
@@ -146,8 +151,9 @@ class _Recorder:
             Published(routing_key, orjson.loads(body), id, headers, correlation_id, causation_id)
         )
 
-    async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None:
-        self.moved.append((queue, message))
+    async def send_to_queue(self, body: bytes, properties: Properties, queue: str) -> None:
+        properties.marshal()  # what AMQP cannot carry fails here as in the worker
+        self.moved.append((queue, properties))
 
 
 class _Decisions:

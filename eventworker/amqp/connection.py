@@ -1,7 +1,9 @@
 """Connecting to RabbitMQ: the one place where connection errors become eventworker errors.
 
 Error messages carry the redacted URL (``amqp://user:***@host``) and never the exception text
-of a URL parser, which may quote the password.
+of a URL parser, which may quote the password. Importing this module installs eventworker's
+frame decoding into aiormq (``amqp.frames.install``): a message whose header the client
+library cannot decode then costs only itself, never the connection.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from aiormq.exceptions import (
 from loguru import logger
 from pydantic import SecretStr
 
+from eventworker.amqp import frames
 from eventworker.errors import BrokerAuthError, BrokerUnreachableError
 from eventworker.settings import TlsSettings, redact_url, split_urls
+
+frames.install()
 
 #: What an operation on a channel or connection that died under it raises.
 CHANNEL_GONE = (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError)

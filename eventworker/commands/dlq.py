@@ -8,6 +8,7 @@ This module holds the group and the commands that leave messages in place (ls, s
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,6 +43,7 @@ def _row(p: Letter, now: datetime) -> dict[str, Any]:
         "replays": p.replays,
         "size": p.size,
         "preview": p.preview,
+        "header_base64": p.header_base64,
     }
 
 
@@ -173,7 +175,14 @@ def _echo_letter(m: Letter, now: datetime) -> None:
     attempts = "-" if m.attempts is None else str(m.attempts)
     click.echo(f"{line(m)}  attempts={attempts}  age={age(m.age(now))}  replays={m.replays}")
     if m.exception or m.error:
-        click.echo(f"    error:    {m.exception}: {one_line(m.error, 200)}")
+        kind = f"{m.exception}: " if m.exception else ""
+        click.echo(f"    error:    {kind}{one_line(m.error, 300)}")
+    if m.header_base64 is not None:
+        size = len(base64.b64decode(m.header_base64))
+        click.echo(
+            f"    header:   {size} bytes as received, undecodable (base64 in --json and in "
+            f"`eventworker dlq export`)"
+        )
     if m.first_failure or m.last_failure:
         click.echo(f"    failures: first {m.first_failure}, last {m.last_failure}")
     if m.handler or m.host:

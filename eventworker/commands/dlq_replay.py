@@ -47,7 +47,8 @@ def replay(
     Each copy is confirmed by the broker before its original leaves the dead-letter queue (a
     crash in between leaves a duplicate, never a loss). Copies reach that handler only, with
     x-eventworker-replays raised by one. Unrouted events go back to the exchange with their
-    routing key. Prints each message it moved.
+    routing key. Prints each message it moved. A message whose AMQP header cannot be decoded
+    is never replayed: it stays dead-lettered, in its place, named with the reason (exit 1).
     """
     from eventworker.deadletters import operations as ops
     from eventworker.deadletters import reader as queue_reader
@@ -94,6 +95,14 @@ def replay(
             f"{p.label}: {len(outcome.moved)} of {outcome.scanned} message(s) read from "
             f"{p.queue!r} {'would be ' if dry_run else ''}replayed to {target}"
         )
+        for m in outcome.refused:
+            failed = True
+            click.echo(
+                f"kept {line(m)}: its AMQP header cannot be decoded ({m.error}); a copy could "
+                f"not be what was sent (`eventworker dlq export` keeps its bytes, `eventworker "
+                f"dlq purge --id` removes it)",
+                err=True,
+            )
         if outcome.error:
             failed = True
             click.echo(

@@ -1,10 +1,14 @@
 """A dead letter as an operator sees it: its diagnosis, a safe preview of its body, the copy a
 replay sends, and the NDJSON record ``dlq export`` writes and ``publish --exported`` reads.
 
-Pure: reads any object with the attributes of :class:`eventworker.envelope.AmqpMessage`. Two
+Pure: reads any object with the attributes of :class:`eventworker.envelope.AmqpMessage`. Three
 kinds of messages sit in a dead-letter queue: copies eventworker dead-lettered (diagnosis in
-``x-eventworker-*`` headers) and messages the broker moved itself, past the quorum delivery
-limit (diagnosis only in ``x-death``). The unrouted queue holds plain events.
+``x-eventworker-*`` headers), messages the broker moved itself, past the quorum delivery
+limit (diagnosis only in ``x-death``), and messages whose AMQP header cannot be decoded, which
+the worker rejected to it as they were (``x-death`` says ``rejected``): their diagnosis,
+reason ``undecodable`` and the decode error, is read from their bytes each time they are
+shown (a :class:`~eventworker.amqp.delivery.Delivery`'s ``undecodable``). The unrouted queue
+holds plain events.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from typing import Any
 import orjson
 
 from eventworker import envelope
+from eventworker.amqp.properties import UndecodableProperties
 from eventworker.errors import InvalidInputError
 from eventworker.observability.logs import one_line
 
@@ -53,6 +58,8 @@ class Letter:
     replays: int
     size: int
     preview: str
+    #: The property bytes as received (base64) of a message whose header cannot be decoded.
+    header_base64: str | None = None
 
     def age(self, now: datetime) -> float | None:
         """Seconds since it was dead-lettered, when known."""
@@ -96,10 +103,20 @@ def preview(body: bytes, limit: int) -> str:
     return shown + ("..." if len(text) > limit or len(body) > limit * 4 else "")
 
 
+def undecodable(message: envelope.AmqpMessage) -> tuple[str, UndecodableProperties | None]:
+    """Why ``message`` cannot be decoded ("" when it can), and its properties when they are
+    what could not be."""
+    problem = getattr(message, "undecodable", None)
+    properties = getattr(message, "properties", None)
+    bad = properties if isinstance(properties, UndecodableProperties) else None
+    return (problem if isinstance(problem, str) else ""), bad
+
+
 def diagnose(
     message: envelope.AmqpMessage, *, preview_chars: int, default_reason: str = "unknown"
 ) -> Letter:
-    """The diagnosis of one dead letter, from our headers or the broker's ``x-death``."""
+    """The diagnosis of one dead letter: from our headers, the broker's ``x-death``, or,
+    for a message that cannot be decoded, its bytes (reason ``undecodable``)."""
     headers = message.headers or {}
     death = _death(headers)
     attempt = headers.get(envelope.ATTEMPT)
@@ -108,12 +125,15 @@ def diagnose(
     dead_lettered_at = (
         _parse_time(last) or _as_time(death.get("time")) or _as_time(message.timestamp)
     )
+    problem, bad = undecodable(message)
+    unreadable_id = bad.unreadable.get("message_id") if bad is not None else None
+    reason = _text(headers.get(envelope.REASON)) or _text(death.get("reason")) or default_reason
     return Letter(
-        id=_text(message.message_id) or None,
+        id=_text(message.message_id) or unreadable_id or None,
         routing_key=routing_key(message),
-        reason=_text(headers.get(envelope.REASON)) or _text(death.get("reason")) or default_reason,
+        reason=envelope.UNDECODABLE if problem else reason,
         exception=_text(headers.get(envelope.EXCEPTION)),
-        error=_text(headers.get(envelope.ERROR_MESSAGE)),
+        error=problem or _text(headers.get(envelope.ERROR_MESSAGE)),
         attempts=attempt if isinstance(attempt, int) and not isinstance(attempt, bool) else None,
         handler=_text(headers.get(envelope.HANDLER)),
         host=_text(headers.get(envelope.HOST)),
@@ -123,6 +143,7 @@ def diagnose(
         replays=replays if isinstance(replays, int) and not isinstance(replays, bool) else 0,
         size=len(message.body),
         preview=preview(message.body, preview_chars),
+        header_base64=base64.b64encode(bad.raw).decode("ascii") if bad is not None else None,
     )
 
 
@@ -142,9 +163,10 @@ def _as_time(value: Any) -> datetime | None:
 
 
 def replay_properties(message: envelope.AmqpMessage, *, return_to: str | None) -> dict[str, Any]:
-    """Keyword arguments for the copy a replay publishes: the body's properties and the
-    producer's headers as they were, the attempt count reset to 1, the replay count raised, and
-    the diagnosis dropped (a new failure writes a new one).
+    """Keyword arguments for the properties of the copy a replay publishes (pamqp's names, as
+    ``amqp.properties.Properties.build`` takes them): the body's properties and the producer's
+    headers as they were, the attempt count reset to 1, the replay count raised, and the
+    diagnosis dropped (a new failure writes a new one).
 
     With ``return_to`` the copy is for the return exchange, which routes it to that work queue
     only; the worker trusts its attempt and routing-key headers because of where it came from.
@@ -161,6 +183,7 @@ def replay_properties(message: envelope.AmqpMessage, *, return_to: str | None) -
         carried[envelope.ATTEMPT] = 1
         carried[envelope.RETURN_TO] = return_to
     properties = {name: getattr(message, name, None) for name in PROPERTIES}
+    properties["message_type"] = properties.pop("type")
     return {**properties, "timestamp": message.timestamp, "headers": carried}
 
 
@@ -184,7 +207,9 @@ def _jsonable(value: Any) -> Any:
 
 def export_record(message: envelope.AmqpMessage) -> bytes:
     """One NDJSON line (without the newline) holding everything to publish the event again:
-    routing key, body (as text when it is UTF-8, else base64), properties and headers."""
+    routing key, body (as text when it is UTF-8, else base64), properties and headers. A
+    message whose header cannot be decoded has what could be read of them, and ``reason``
+    (``undecodable``), ``error`` and ``header_base64`` (the property bytes as received)."""
     record: dict[str, Any] = {"routing_key": routing_key(message)}
     try:
         record["body"] = message.body.decode("utf-8")
@@ -194,6 +219,11 @@ def export_record(message: envelope.AmqpMessage) -> bytes:
     properties["timestamp"] = message.timestamp
     record["properties"] = _jsonable({k: v for k, v in properties.items() if v is not None})
     record["headers"] = _jsonable(dict(message.headers or {}))
+    problem, bad = undecodable(message)
+    if problem:
+        record["reason"], record["error"] = envelope.UNDECODABLE, problem
+        if bad is not None:
+            record["header_base64"] = base64.b64encode(bad.raw).decode("ascii")
     return orjson.dumps(record)
 
 
@@ -216,7 +246,8 @@ def read_record(line: bytes, where: str) -> Exported:
     The producer's headers come back; the diagnosis, ``x-death`` and routing headers do not.
 
     Raises:
-        InvalidInputError: the line is not such a record; the message names ``where``.
+        InvalidInputError: the line is not such a record, or the record of a message whose
+            header could not be decoded; the message names ``where``.
     """
     try:
         record = orjson.loads(line)
@@ -224,6 +255,11 @@ def read_record(line: bytes, where: str) -> Exported:
         raise InvalidInputError(f"{where}: invalid JSON: {exc}") from None
     if not isinstance(record, dict) or not isinstance(record.get("routing_key"), str):
         raise InvalidInputError(f"{where}: not an export record (no routing_key)")
+    if record.get("reason") == envelope.UNDECODABLE:
+        raise InvalidInputError(
+            f"{where}: a message whose AMQP header could not be decoded ({record.get('error')}); "
+            f"it cannot be published as it was (its header_base64 holds the bytes)"
+        )
     try:
         if isinstance(record.get("body"), str):
             body = record["body"].encode("utf-8")

@@ -4,7 +4,9 @@ Works over plain AMQP, without the management plugin; reading a queue without lo
 reordering what an operation does not take is ``queue_reader``'s part.
 
 A replay publishes the copy with a confirm and acks the dead-lettered original only afterwards: a
-crash in between leaves a duplicate, never a loss.
+crash in between leaves a duplicate, never a loss. A message whose AMQP header cannot be
+decoded is never replayed (its copy could not be what the producer sent): it stays dead-lettered, in
+its place, and the outcome names it.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import BinaryIO
 
-import aio_pika
 from aio_pika.abc import AbstractConnection
 
+from eventworker import envelope
+from eventworker.amqp.properties import PERSISTENT, Properties
 from eventworker.deadletters import letter
 from eventworker.deadletters.letter import Letter
 from eventworker.deadletters.reader import QueueReader, count, reading
@@ -81,6 +84,8 @@ class ReplayOutcome:
     scanned: int
     moved: tuple[Letter, ...]
     error: PublishError | None = None
+    #: Selected messages left dead-lettered because their header cannot be decoded.
+    refused: tuple[Letter, ...] = ()
 
 
 async def stats(
@@ -142,7 +147,8 @@ async def replay(
 
     Stops at the first copy the broker does not confirm (returned in ``error``); that message
     and the rest stay in the dead-letter queue. ``rate`` bounds copies per second; ``limit``
-    the number moved.
+    the number moved. Selected messages whose header cannot be decoded stay in the dead-letter
+    queue, in ``refused``.
 
     Raises:
         BrokerError: a queue or exchange it needs does not exist.
@@ -158,6 +164,7 @@ async def replay(
         connection, dlq.exchange, source=None, timeout=publish_timeout
     )
     moved: list[Letter] = []
+    refused: list[Letter] = []
     scanned = 0
     started = time.monotonic()
     async with _reading(connection, dlq, stop=stop) as reader:
@@ -165,6 +172,9 @@ async def replay(
             scanned += 1
             described = letter.diagnose(message, preview_chars=0, default_reason=dlq.default_reason)
             if not select(described):
+                continue
+            if described.reason == envelope.UNDECODABLE:
+                refused.append(described)
                 continue
             if rate:
                 pause = max(0.0, started + len(moved) / rate - time.monotonic())
@@ -175,22 +185,22 @@ async def replay(
                         "interrupted: every message not reported as moved is dead-lettered"
                     )
             if not dry_run:
-                copy = aio_pika.Message(
-                    message.body,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                copy = Properties.build(
+                    origin=message.properties,
+                    delivery_mode=PERSISTENT,
                     **letter.replay_properties(message, return_to=dlq.return_to),
                 )
                 key = "" if dlq.return_to is not None else described.routing_key
                 try:
-                    await publisher.send_copy(copy, key)
+                    await publisher.send_copy(message.body, copy, key)
                 except PublishError as exc:
-                    return ReplayOutcome(scanned, tuple(moved), exc)
+                    return ReplayOutcome(scanned, tuple(moved), exc, tuple(refused))
                 await reader.take(message)
             moved.append(described)
             on_move(described)
             if limit is not None and len(moved) >= limit:
                 break
-    return ReplayOutcome(scanned, tuple(moved))
+    return ReplayOutcome(scanned, tuple(moved), refused=tuple(refused))
 
 
 async def purge(

@@ -1,10 +1,11 @@
 """Reading a queue with ``basic.get`` and handing back, in order, what the reader did not take.
 
 Works over plain AMQP, without the management plugin. A queue is read with ``basic.get``, one
-message at a time, at most as many as it held when the operation began (so a steady inflow
-cannot keep it reading). What an operation takes (moves or deletes) is acked; every other
-message read is held unacked and handed back at the end, one ``basic.nack(requeue)`` per
-message in the order read, so the queue's order is kept:
+message at a time (each a :class:`~eventworker.amqp.delivery.Delivery`: a message whose header
+cannot be decoded is read too, marked ``undecodable``), at most as many as it held when the
+operation began (so a steady inflow cannot keep it reading). What an operation takes (moves
+or deletes) is acked; every other message read is held unacked and handed back at the end,
+one ``basic.nack(requeue)`` per message in the order read, so the queue's order is kept:
 
 - a classic queue puts a returned message back at its old position;
 - a quorum queue puts returned messages at its tail (RabbitMQ 3.x without a delivery limit) or
@@ -27,12 +28,17 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage
+import aiormq.abc
+from aio_pika.abc import AbstractConnection
+from aiormq import spec
 from aiormq.exceptions import AMQPChannelError, ChannelAccessRefused, ChannelNotFoundEntity
 
 from eventworker.amqp.connection import CHANNEL_GONE
+from eventworker.amqp.delivery import Delivery
 from eventworker.errors import BrokerError, Interrupted
+
+#: How long one ``basic.get`` may take (aio-pika's default for ``Queue.get``).
+GET_TIMEOUT = 5.0
 
 
 def counts_reads(version: str) -> bool:
@@ -60,8 +66,8 @@ class QueueReader:
 
     def __init__(
         self,
-        channel: AbstractChannel,
-        queue: aio_pika.abc.AbstractQueue,
+        channel: aiormq.abc.AbstractChannel,
+        queue: str,
         *,
         budget: int,
         limit: int | None,
@@ -76,7 +82,7 @@ class QueueReader:
         self._quorum = quorum
         self._held: dict[int, None] = {}  # delivery tags in the order read
 
-    async def messages(self) -> AsyncIterator[AbstractIncomingMessage]:
+    async def messages(self) -> AsyncIterator[Delivery]:
         """The queue's messages in order, at most ``limit``."""
         shown = 0
         while self._limit is None or shown < self._limit:
@@ -88,34 +94,33 @@ class QueueReader:
             shown += 1
             yield message
 
-    async def _get(self) -> AbstractIncomingMessage | None:
+    async def _get(self) -> Delivery | None:
         if self._budget <= 0:
             return None
-        message = await self._queue.get(fail=False, no_ack=False)
-        if message is None:
+        got = await self._channel.basic_get(self._queue, no_ack=False, timeout=GET_TIMEOUT)
+        if isinstance(got.delivery, spec.Basic.GetEmpty):
             self._budget = 0
             return None
         self._budget -= 1
-        assert message.delivery_tag is not None
+        message = Delivery(got)
         self._held[message.delivery_tag] = None
         return message
 
-    async def take(self, message: AbstractIncomingMessage) -> None:
-        await message.ack()
-        self._held.pop(message.delivery_tag or 0, None)
+    async def take(self, message: Delivery) -> None:
+        await self._channel.basic_ack(message.delivery_tag)
+        self._held.pop(message.delivery_tag, None)
 
     async def release(self) -> None:
         """Hand back every held message, one nack each, in the order read."""
         if self._quorum and self._held:
             while await self._get() is not None:
                 pass  # a full turn: see the module docstring
-        underlay = await self._channel.get_underlay_channel()
         for tag in self._held:
-            await underlay.basic_nack(tag, multiple=False, requeue=True)
+            await self._channel.basic_nack(tag, multiple=False, requeue=True)
             if self._quorum:
                 # basic.nack has no reply; a round trip (basic.qos, harmless here: this channel
                 # consumes nothing) makes sure it reached the queue before the next one.
-                await underlay.basic_qos(prefetch_count=0)
+                await self._channel.basic_qos(prefetch_count=0)
         self._held.clear()
 
 
@@ -155,8 +160,8 @@ async def reading(
     channel = await connection.channel()
     try:
         reader = QueueReader(
-            channel,
-            await channel.get_queue(queue, ensure=False),
+            await channel.get_underlay_channel(),
+            queue,
             budget=ready,
             limit=limit,
             quorum=quorum,

@@ -2,7 +2,8 @@
 
 A nack, a return (unroutable), a confirm timeout and a lost connection are all "not
 published", reported per event. Batches keep a window of confirms in flight instead of
-waiting for each one.
+waiting for each one. Properties are encoded by ``amqp.properties`` (header names whole, up
+to 255 bytes), never by pamqp's encoder, which cuts them at 128.
 """
 
 from __future__ import annotations
@@ -15,10 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-import aio_pika
 import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
-from aiormq import spec
 from aiormq.exceptions import (
     AMQPChannelError,
     AMQPError,
@@ -31,6 +30,7 @@ from pydantic import SecretStr
 
 from eventworker import envelope
 from eventworker.amqp.connection import connect
+from eventworker.amqp.properties import PERSISTENT, Properties
 from eventworker.errors import BrokerError, PublishError
 from eventworker.settings import TlsSettings
 
@@ -38,7 +38,6 @@ Status = Literal["confirmed", "nacked", "unroutable", "timeout", "connection_los
 
 #: How long closing the connection may take: every confirm waited for has arrived by then.
 CHANNEL_CLOSE_TIMEOUT = 0.5
-PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
 #: Confirms in flight at once in a batch: enough to keep the broker busy, bounded memory.
 DEFAULT_WINDOW = 1024
 
@@ -213,7 +212,7 @@ class ConfirmChannel:
             timestamp=event.timestamp,
         )
         fields["message_type"] = fields.pop("type")  # the AMQP property's name in pamqp
-        properties = spec.Basic.Properties(delivery_mode=PERSISTENT, **fields)
+        properties = Properties.build(delivery_mode=PERSISTENT, **fields)
         return await self._confirmed(
             self._exchange.name, event.body, properties, event.routing_key, event.id
         )
@@ -245,29 +244,38 @@ class ConfirmChannel:
         await asyncio.gather(*(slot() for _ in range(slots)))
         return [results[i] for i in range(len(results))]
 
-    async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None:
-        """Put ``message`` straight into ``queue`` (retry tier or dead-letter queue), confirmed.
+    async def send_to_queue(self, body: bytes, properties: Properties, queue: str) -> None:
+        """Put a message straight into ``queue`` (retry tier or dead-letter queue), confirmed.
 
         Raises:
             PublishError: not confirmed, or the queue does not exist (returned).
+            ValueError, TypeError: a property or header AMQP cannot carry.
         """
-        await self._copy(self._channel.default_exchange, message, queue, f"queue {queue!r}")
+        await self._copy(
+            self._channel.default_exchange, body, properties, queue, f"queue {queue!r}"
+        )
 
-    async def send_copy(self, message: aio_pika.Message, routing_key: str) -> None:
-        """Publish a prepared ``message`` (a replayed copy) to this publisher's exchange with
+    async def send_copy(self, body: bytes, properties: Properties, routing_key: str) -> None:
+        """Publish a prepared message (a replayed copy) to this publisher's exchange with
         ``routing_key``, confirmed and mandatory.
 
         Raises:
             PublishError: not confirmed, or no queue is bound for it (returned).
+            ValueError, TypeError: a property or header AMQP cannot carry.
         """
         where = f"exchange {self._exchange.name!r}"
-        await self._copy(self._exchange, message, routing_key, where)
+        await self._copy(self._exchange, body, properties, routing_key, where)
 
     async def _copy(
-        self, exchange: AbstractExchange, message: aio_pika.Message, routing_key: str, where: str
+        self,
+        exchange: AbstractExchange,
+        body: bytes,
+        properties: Properties,
+        routing_key: str,
+        where: str,
     ) -> None:
         result = await self._confirmed(
-            exchange.name, message.body, message.properties, routing_key, message.message_id or ""
+            exchange.name, body, properties, routing_key, properties.message_id or ""
         )
         result.check(f"copy of {result.event_id} to {where}")
 
@@ -275,7 +283,7 @@ class ConfirmChannel:
         self,
         exchange: str,
         body: bytes,
-        properties: spec.Basic.Properties,
+        properties: Properties,
         routing_key: str,
         event_id: str,
     ) -> PublishResult:

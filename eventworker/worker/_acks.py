@@ -13,9 +13,9 @@ The rules that keep this at-least-once:
 - **A tag whose handling is not finished stops the run.** A multiple ack never reaches past it,
   so a slow, cancelled (drain) or crashed handling is never acked by a later one's ack; closing
   the channel hands it back to the broker.
-- **A nack goes out at once, and its tag leaves the window only once its frame is queued.** The
-  broker forgets a nacked tag, so a later multiple ack whose range spans it does not touch it
-  (and frames of one channel are written in order).
+- **A nack or a reject goes out at once, and its tag leaves the window only once its frame is
+  queued.** The broker forgets such a tag, so a later multiple ack whose range spans it does
+  not touch it (and frames of one channel are written in order).
 - **The tag a multiple ack names is always one still unacked**, never 0 ("all") and never one
   acked on its own before: the broker closes the channel for an unknown tag.
 - **One writer at a time**, so acks are written in tag order even when the frame buffer is full.
@@ -91,6 +91,15 @@ class Acks:
     async def nack(self, tag: int, *, requeue: bool) -> None:
         """Hand ``tag`` back (or drop it) now. Raises what the channel raises when it is gone."""
         await self._channel.basic_nack(tag, requeue=requeue)
+        self._settled(tag)
+
+    async def reject(self, tag: int) -> None:
+        """Reject ``tag`` now without requeueing: the queue's dead-letter exchange takes it as
+        the broker holds it. Raises what the channel raises when it is gone."""
+        await self._channel.basic_reject(tag, requeue=False)
+        self._settled(tag)
+
+    def _settled(self, tag: int) -> None:
         self._gone.add(tag)
         if self._done:
             self._start()

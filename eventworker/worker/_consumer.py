@@ -35,57 +35,17 @@ from aio_pika.abc import (
     AbstractConnection,
     AbstractQueue,
 )
-from aiormq import spec
 from loguru import logger
 
 from eventworker.amqp.connection import CHANNEL_GONE
+from eventworker.amqp.delivery import Delivery
 from eventworker.observability.logs import one_line
 from eventworker.worker._acks import Acks
 
 #: Runs one delivery and settles it through the channel's acks.
-OnMessage = Callable[["Delivery", Acks], Awaitable[None]]
-
-
-class Delivery:
-    """A delivered message with the fields of aio-pika's ``IncomingMessage`` that eventworker
-    reads, as that class would set them, without its per-field checks. Settled through the
-    channel's :class:`~eventworker.worker._acks.Acks` only (it has no ``ack``/``nack`` of its
-    own)."""
-
-    __slots__ = (
-        "app_id",
-        "body",
-        "content_encoding",
-        "content_type",
-        "correlation_id",
-        "delivery_tag",
-        "exchange",
-        "headers",
-        "message_id",
-        "priority",
-        "redelivered",
-        "routing_key",
-        "timestamp",
-        "type",
-    )
-
-    def __init__(self, delivered: aiormq.abc.DeliveredMessage) -> None:
-        properties = delivered.header.properties
-        frame = cast(spec.Basic.Deliver, delivered.delivery)  # consumed: always a Deliver
-        self.body = delivered.body
-        self.headers = properties.headers or {}
-        self.content_type = properties.content_type
-        self.content_encoding = properties.content_encoding
-        self.message_id = properties.message_id
-        self.correlation_id = properties.correlation_id
-        self.timestamp = properties.timestamp  # a datetime (pamqp decodes it) or None
-        self.type = properties.message_type
-        self.app_id = properties.app_id
-        self.priority = properties.priority or 0
-        self.delivery_tag: int = frame.delivery_tag  # type: ignore[assignment]  # always set
-        self.exchange = frame.exchange
-        self.routing_key = frame.routing_key
-        self.redelivered = frame.redelivered
+OnMessage = Callable[[Delivery, Acks], Awaitable[None]]
+#: Parks one delivery that cannot be decoded, through the channel's acks.
+OnUndecodable = Callable[[Delivery, Acks], Awaitable[None]]
 
 
 class Consumer:
@@ -99,6 +59,7 @@ class Consumer:
         *,
         prefetch: int,
         on_message: OnMessage,
+        on_undecodable: OnUndecodable,
         name: str,
         probation: bool = True,
     ) -> None:
@@ -109,6 +70,7 @@ class Consumer:
         self.acks = Acks(underlay, prefetch=prefetch)
         self._prefetch = prefetch
         self._on_message = on_message
+        self._on_undecodable = on_undecodable
         self._name = name
         self._tag: str | None = None
         self._cancelled = False
@@ -169,6 +131,9 @@ class Consumer:
         delivery = Delivery(delivered)
         # First, before any await: tasks start in delivery order, so tags register in order.
         self.acks.delivered(delivery.delivery_tag)
+        if delivery.undecodable is not None:
+            await self._on_undecodable(delivery, self.acks)
+            return
         if self.on_probation:
             if delivery.redelivered:
                 # If this one kills the worker, this line is the last the log has of it.

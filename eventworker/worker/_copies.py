@@ -3,7 +3,9 @@
 The copy keeps the body byte for byte and the producer's properties and headers, minus the
 broker's bookkeeping (``envelope.carried_headers``), and adds what an operator needs to act on
 it: handler, routing key, first and last failure, exception and message, attempt; the
-dead-letter copy also a short traceback and the host.
+dead-letter copy also a short traceback and the host. The producer's header entries go out as
+the bytes they came in (``amqp.properties``): exact in type as well as value, names of up to
+255 bytes whole.
 """
 
 from __future__ import annotations
@@ -12,13 +14,12 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any
 
-import aio_pika
-
 from eventworker import envelope
+from eventworker.amqp.delivery import Delivered
+from eventworker.amqp.properties import PERSISTENT, Properties
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError
 from eventworker.observability.logs import one_line
-from eventworker.worker.delivery import Delivered
 
 
 def failure_copy(
@@ -29,9 +30,10 @@ def failure_copy(
     *,
     handler: str,
     retried: bool,
-) -> aio_pika.Message:
-    """A copy of ``message`` for a retry tier or the dead-letter queue. ``retried``: it came
-    back from a retry tier, so its first failure is already recorded (and kept)."""
+) -> Properties:
+    """The properties of a copy of ``message`` (its body goes as it is) for a retry tier or the
+    dead-letter queue. ``retried``: it came back from a retry tier, so its first failure is
+    already recorded (and kept)."""
     now = datetime.now(UTC).isoformat(timespec="milliseconds")
     first = event.headers.get(envelope.FIRST_FAILURE) if retried else None
     headers = envelope.carried_headers(message.headers or {})
@@ -48,18 +50,18 @@ def failure_copy(
             **extra,
         }
     )
-    return aio_pika.Message(
-        message.body,
+    return Properties.build(
+        origin=message.properties,
         headers=headers,
         content_type=message.content_type,
         content_encoding=message.content_encoding,
         message_id=event.id,
-        type=message.type,
+        message_type=message.type,
         timestamp=message.timestamp,
         app_id=message.app_id,
         correlation_id=message.correlation_id,
-        priority=message.priority,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        priority=message.priority or 0,
+        delivery_mode=PERSISTENT,
     )
 
 

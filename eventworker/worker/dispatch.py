@@ -3,7 +3,8 @@
 A settle that moves the message (retry, dead letter) publishes the copy and waits for its
 confirm *before* acking the original: a crash in between gives a duplicate, never a loss. A
 cancelled handling (shutdown) settles nothing, so the broker redelivers the message and the
-shutdown consumes no attempt.
+shutdown consumes no attempt. A delivery whose header cannot be decoded never reaches the
+handler: it is rejected to the dead-letter queue as the broker holds it.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any, Literal, Protocol
 
-import aio_pika
 from loguru import logger
 from pydantic import ValidationError
 
 from eventworker import envelope
 from eventworker.amqp.connection import CHANNEL_GONE
+from eventworker.amqp.delivery import Delivered, Delivery
+from eventworker.amqp.properties import Properties
 from eventworker.envelope import Event
 from eventworker.errors import (
     EnvelopeError,
@@ -49,7 +51,6 @@ from eventworker.worker.decisions import (
     RetryIn,
     decide,
 )
-from eventworker.worker.delivery import Delivered
 
 #: Pause before handing a message back to the broker when its retry or dead-letter copy could not
 #: be published, so a broker that refuses publishes does not become a hot loop.
@@ -94,12 +95,14 @@ class Settle(Protocol):
 
     async def nack(self, tag: int, *, requeue: bool) -> None: ...
 
+    async def reject(self, tag: int) -> None: ...
+
 
 class Moves(Protocol):
     """Where retry and dead-letter copies go: straight into a queue, confirmed (the confirm
     channel's ``send_to_queue``)."""
 
-    async def send_to_queue(self, message: aio_pika.Message, queue: str) -> None: ...
+    async def send_to_queue(self, body: bytes, properties: Properties, queue: str) -> None: ...
 
 
 class Dispatcher:
@@ -175,6 +178,39 @@ class Dispatcher:
         seconds = time.monotonic() - received
         for observer in self._observers:
             observer.settled(route, event, decision, moved=moved, seconds=seconds)
+
+    async def reject_undecodable(self, delivery: Delivery, acks: Settle) -> None:
+        """Dead-letter a delivery whose header cannot be decoded, at once and as the broker holds
+        it: ``basic.reject`` without requeue, and the work queue's dead-letter exchange moves it
+        to the handler's dead-letter queue. The handler never sees it. The observers see a
+        dead letter with reason ``undecodable``; the broker's ``x-death`` says ``rejected``,
+        and the ``dlq`` commands read the decode error from the message's bytes."""
+        route = self.route
+        received = time.monotonic()
+        event: Event[Any] = envelope.decode(delivery, None, trusted=False, max_attempts=1)
+        for observer in self._observers:
+            observer.received(route, event)
+        logger.warning(
+            "{}: message {} [{}] cannot be decoded ({}); rejected to {} as it came",
+            route.handler.name,
+            OneLine(delivery.message_id or "(no readable id)", 100),
+            OneLine(delivery.routing_key, 100),
+            OneLine(delivery.undecodable, 500),
+            route.dead_letter_queue,
+        )
+        try:
+            await acks.reject(delivery.delivery_tag)
+        except CHANNEL_GONE:
+            logger.info(
+                "{} could not reject {}: channel closed; the broker will redeliver it",
+                route.handler.name,
+                event.id,
+            )
+            return
+        decision = DeadLetter(envelope.UNDECODABLE)
+        seconds = time.monotonic() - received
+        for observer in self._observers:
+            observer.settled(route, event, decision, moved=True, seconds=seconds)
 
     def _check_routing_key(self, routing_key: str) -> None:
         """Refuse a delivery none of the handler's binding keys matches (a stale binding, or a
@@ -365,13 +401,14 @@ class Dispatcher:
         self,
         message: Delivered,
         acks: Settle,
-        copy: aio_pika.Message,
+        copy: Properties,
         queue: str,
         kind: PublishKind,
     ) -> bool:
-        """Publish ``copy`` to ``queue`` with a confirm; on failure hand the original back."""
+        """Publish the body with the ``copy``'s properties to ``queue`` with a confirm; on
+        failure hand the original back."""
         try:
-            await self._moves.send_to_queue(copy, queue)
+            await self._moves.send_to_queue(message.body, copy, queue)
             self._published(kind, "confirmed")
             return True
         except PublishError as exc:

@@ -22,6 +22,7 @@ from aiormq.exceptions import AMQPError
 from loguru import logger
 
 from eventworker.amqp.connection import CHANNEL_GONE, connect
+from eventworker.amqp.delivery import Delivery
 from eventworker.backoff import Backoff
 from eventworker.errors import BrokerUnreachableError
 from eventworker.inbox.claims import Inbox
@@ -34,7 +35,7 @@ from eventworker.settings import Settings
 from eventworker.topology import declare, layout
 from eventworker.worker import _banner
 from eventworker.worker._acks import Acks
-from eventworker.worker._consumer import Consumer, Delivery, unserved
+from eventworker.worker._consumer import Consumer, unserved
 from eventworker.worker.dispatch import Dispatcher, Observer
 
 #: Reconnection back-off: first pause, growth factor and the longest pause, in seconds.
@@ -335,6 +336,7 @@ class Worker:
             queue,
             prefetch=route.prefetch,
             on_message=on_message,
+            on_undecodable=dispatcher.reject_undecodable,
             name=route.handler.name,
             probation=not route.handler.single_active_consumer,
         )

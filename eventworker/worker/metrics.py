@@ -52,6 +52,7 @@ DEAD_LETTER_REASONS = (
     "unsupported_content_type",
     "decode_error",
     "schema_error",
+    "undecodable",
 )
 PUBLISH_KINDS = ("event", "retry", "dead_letter")
 PUBLISH_STATUSES = ("confirmed", "nacked", "unroutable", "timeout", "connection_lost")
@@ -106,7 +107,8 @@ class Metrics:
         )
         self.dead_lettered_total = Counter(
             "eventworker_messages_dead_lettered",
-            "Deliveries put in the dead-letter queue (confirmed) and acked, by reason.",
+            "Deliveries put in the dead-letter queue (confirmed) and acked, or rejected to it "
+            "when their header could not be decoded (reason undecodable), by reason.",
             [*h, "reason"],
             registry=r,
         )

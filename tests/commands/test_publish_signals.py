@@ -14,8 +14,8 @@ import pytest
 from eventworker.commands.sending import STOP_WAIT
 from eventworker.errors import ExitCode
 from eventworker.settings import Settings
-from tests.commands.test_cli import EVENTWORKER, bound_queue, cli, env_for
 from tests.support.broker import Broker
+from tests.support.cli import EVENTWORKER, bound_queue, cli, env_for
 
 #: Far more events than are sent before the signal lands: it always lands mid-run.
 LINES = 200_000

@@ -13,6 +13,8 @@ import orjson
 import pytest
 
 from eventworker import envelope
+from eventworker.amqp.properties import UndecodableProperties
+from eventworker.amqp.properties import decode as decode_properties
 from eventworker.deadletters.letter import (
     diagnose,
     export_record,
@@ -21,6 +23,8 @@ from eventworker.deadletters.letter import (
     replay_properties,
 )
 from eventworker.errors import InvalidInputError
+from tests.support.raw_amqp import entry, longstr, shortstr, table
+from tests.support.raw_amqp import properties as raw_properties
 
 H = "x-eventworker-"
 PARKED_AT = "2026-01-02T03:04:05.678+00:00"
@@ -135,7 +139,7 @@ def test_a_replay_copy_resets_the_attempt_and_drops_the_diagnosis() -> None:
         H + "attempt": 1,
         envelope.RETURN_TO: "t.bill",
     }
-    assert (props["message_id"], props["correlation_id"], props["type"]) == (
+    assert (props["message_id"], props["correlation_id"], props["message_type"]) == (
         "evt-1",
         "corr-1",
         "orders.created",
@@ -200,3 +204,41 @@ def test_a_line_that_is_no_export_record_is_refused_naming_where(line: bytes, me
     with pytest.raises(InvalidInputError, match=message) as caught:
         read_record(line, "dump.ndjson line 3")
     assert "dump.ndjson line 3" in str(caught.value)
+
+
+@dataclass
+class Undecodable(Message):
+    """A message read from a dead-letter queue whose header could not be decoded."""
+
+    undecodable: str = ""
+    properties: Any = None
+
+
+def _undecodable() -> Undecodable:
+    block = raw_properties(
+        message_id=shortstr(b"id\xe9"),
+        headers=table(entry(b"x-death", b"A", longstr(b""))),
+        app_id=shortstr(b"amqplib"),
+    )
+    props = decode_properties(block, 0, len(block))
+    assert isinstance(props, UndecodableProperties)
+    return Undecodable(
+        message_id=None, headers=props.headers or {}, undecodable=props.error, properties=props
+    )
+
+
+def test_an_undecodable_message_is_described_from_its_bytes() -> None:
+    message = _undecodable()
+    dead_lettered = diagnose(message, preview_chars=10)
+    assert (dead_lettered.id, dead_lettered.reason) == ("id\\xe9", envelope.UNDECODABLE)
+    assert "message_id 'id\\\\xe9' is not UTF-8" in dead_lettered.error
+    assert dead_lettered.header_base64 is not None
+    assert base64.b64decode(dead_lettered.header_base64) == message.properties.raw
+
+
+def test_an_undecodable_message_is_exported_with_its_header_and_not_read_back() -> None:
+    record = orjson.loads(export_record(_undecodable()))
+    assert record["reason"] == envelope.UNDECODABLE and "not UTF-8" in record["error"]
+    assert base64.b64decode(record["header_base64"]) == _undecodable().properties.raw
+    with pytest.raises(InvalidInputError, match=r"line 4: .* could not be decoded"):
+        read_record(orjson.dumps(record), "line 4")

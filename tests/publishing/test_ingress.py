@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import httpx
 import orjson
@@ -19,19 +16,8 @@ from eventworker.publishing.ingress import create_app
 from eventworker.settings import Settings
 from tests.support.broker import Broker
 from tests.support.cli import EVENTWORKER, env_for
+from tests.support.ingress import client, free_port
 from tests.support.queues import sink
-
-
-@asynccontextmanager
-async def client(settings: Settings, **http: object) -> AsyncIterator[httpx.AsyncClient]:
-    """The ingress app in process (its publisher connects on the first request)."""
-    configured = settings.model_copy(
-        update={"http": settings.http.model_copy(update=http), "max_body_bytes": 1000}
-    )
-    app = create_app(configured)
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as c:
-        yield c
 
 
 async def test_a_confirmed_event_is_202_with_the_idempotency_key_as_its_id(
@@ -148,17 +134,11 @@ async def test_the_openapi_document_is_served(settings: Settings) -> None:
     assert {"202", "400", "401", "403", "413", "415", "422", "503"} <= set(single["responses"])
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def test_eventworker_serve_answers_over_http_and_stops_on_sigterm(
     broker: Broker, settings: Settings
 ) -> None:
     queue = await sink(broker, "orders.#")
-    port = _free_port()
+    port = free_port()
     env = env_for(settings, EVENTWORKER_HTTP__TOKEN="s3cret-t0ken")
     server = await asyncio.create_subprocess_exec(
         EVENTWORKER, "serve", "--port", str(port), env=env, stderr=asyncio.subprocess.PIPE

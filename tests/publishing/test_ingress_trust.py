@@ -22,10 +22,10 @@ from eventworker.publishing.http_server import server
 from eventworker.publishing.ingress import create_app
 from eventworker.publishing.signature import Signed, Verifier, parse
 from eventworker.settings import HttpSettings, Settings
-from tests.commands.test_cli import EVENTWORKER, env_for
-from tests.publishing.test_ingress import _free_port, client
-from tests.publishing.test_publisher import sink
 from tests.support.broker import Broker
+from tests.support.cli import EVENTWORKER, env_for
+from tests.support.ingress import client, free_port
+from tests.support.queues import sink
 
 SECRET = "whsec-9f1c"
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
@@ -189,7 +189,7 @@ def test_uvicorn_gets_the_keep_alive_timeout_and_the_connection_cap(settings: Se
 @asynccontextmanager
 async def serving(settings: Settings, **env: str) -> AsyncIterator[int]:
     """A real ``eventworker serve`` process, listening; yields its port."""
-    port = _free_port()
+    port = free_port()
     process = await asyncio.create_subprocess_exec(
         EVENTWORKER, "serve", "--port", str(port), env=env_for(settings, **env)
     )

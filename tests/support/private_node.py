@@ -23,7 +23,7 @@ import pytest
 BOOT_TIMEOUT = 120.0
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -93,7 +93,7 @@ def private_node(*, plugins: tuple[str, ...] = ("rabbitmq_management",)) -> Iter
 @contextlib.contextmanager
 def _booted(base: Path, plugins: tuple[str, ...]) -> Iterator[Node]:
     name = f"ewtest_{uuid.uuid4().hex[:8]}"
-    amqp, dist, management = _free_port(), _free_port(), _free_port()
+    amqp, dist, management = free_port(), free_port(), free_port()
     for sub in ("mnesia", "log"):
         (base / sub).mkdir(parents=True, exist_ok=True)
     (base / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
