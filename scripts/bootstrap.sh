@@ -47,14 +47,22 @@ setup_venv() {
   fi
 }
 
+# A broker "answers" only if it completes the start of the AMQP handshake: a node that accepts
+# TCP connections but never sends connection.start (seen when a node is wedged) does not count.
 broker_answers() {
   .venv/bin/python - "$EVENTWORKER_URL" <<'PY'
 import socket, sys
 from urllib.parse import urlsplit
 try:
-    u = urlsplit(sys.argv[1])
+    u = urlsplit(sys.argv[1].split(",")[0].strip())
     port = u.port or (5671 if u.scheme == "amqps" else 5672)
-    socket.create_connection((u.hostname or "localhost", port), timeout=2).close()
+    with socket.create_connection((u.hostname or "localhost", port), timeout=10) as s:
+        if u.scheme == "amqps":
+            sys.exit(0)  # a TLS handshake is needed before AMQP: an open port is all we check
+        s.sendall(b"AMQP\x00\x00\x09\x01")
+        s.settimeout(10)
+        if s.recv(1)[:1] != b"\x01":  # frame type 1: the method frame carrying connection.start
+            sys.exit(1)
 except Exception:
     sys.exit(1)
 PY
@@ -65,8 +73,31 @@ wait_for_broker() {
   return 1
 }
 
+broker_port() {
+  .venv/bin/python -c 'import sys; from urllib.parse import urlsplit
+u = urlsplit(sys.argv[1].split(",")[0].strip())
+print(u.port or 5672 if u.hostname in ("localhost", "127.0.0.1", "::1") else "")' "$EVENTWORKER_URL"
+}
+
+# A local node that holds the port but does not answer AMQP is stopped so that it can be
+# started afresh: SIGTERM (an Erlang node shuts down cleanly on it), then SIGKILL. Only the
+# process listening on the configured port is touched (not "rabbitmqctl stop", which names a
+# node, not a port); private test nodes on other ports are left alone.
+stop_wedged_local_broker() {
+  local port pid
+  port="$(broker_port)"
+  [ -n "$port" ] || return 0
+  pid="$(ss -ltnpH "sport = :$port" 2>/dev/null | grep -o 'pid=[0-9]*' | head -1 | cut -d= -f2)"
+  [ -n "$pid" ] || return 0
+  say "the broker on port $port accepts connections but does not answer AMQP; restarting it"
+  kill "$pid" 2>/dev/null || true
+  for _ in $(seq 1 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  kill -9 "$pid" 2>/dev/null || true
+}
+
 ensure_rabbitmq() {
   broker_answers && return 0
+  stop_wedged_local_broker
   say "no RabbitMQ answers at the configured URL; trying to start one"
   if ! command -v rabbitmq-server >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing rabbitmq-server from the OS packages"

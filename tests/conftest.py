@@ -116,8 +116,11 @@ async def broker(broker_url: str, settings: Settings) -> AsyncIterator[Broker]:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark every test that needs a RabbitMQ ``broker``: those using the broker fixtures, and
-    the fault, interop and cluster suites. ``pytest -m "not broker"`` runs the others."""
+    the fault, interop and cluster suites. ``pytest -m "not broker"`` runs the others. A slow
+    test (soak, minutes-long broker timers) may take half an hour instead of the default limit."""
     for item in items:
+        if item.get_closest_marker("slow") and not item.get_closest_marker("timeout"):
+            item.add_marker(pytest.mark.timeout(1800))
         path = item.path.as_posix()
         fixtures = getattr(item, "fixturenames", ())
         if (
