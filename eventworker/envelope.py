@@ -128,13 +128,21 @@ class Event(Generic[T]):
     redelivered: bool = False
 
 
+#: ``content_encoding`` values that say the body is as it is: a charset label (kombu's JSON
+#: serializer always sends ``utf-8``) or no coding at all. Any other, a compression such as
+#: ``gzip``, is refused: a body is never inflated.
+PLAIN_ENCODINGS = frozenset({"utf-8", "utf8", "identity"})
+
+
 def decode_body(
     body: bytes, content_type: str | None, content_encoding: str | None, *, max_body_bytes: int
 ) -> Any:
     """The JSON value carried by a body, checked strictly.
 
     Size is checked before any decoding. A missing content type counts as JSON, so plain AMQP
-    producers work; anything but JSON in UTF-8 is refused (never pickle). orjson rejects NaN,
+    producers work; anything but JSON in UTF-8 is refused (never pickle). A ``content_encoding``
+    of ``utf-8``, ``utf8`` or ``identity`` is a charset label or no coding; any other (a
+    compression) is refused, never inflated. orjson rejects NaN,
     Infinity, invalid UTF-8, lone surrogates and nesting deeper than 1024; duplicate keys keep
     the last value.
 
@@ -149,7 +157,7 @@ def decode_body(
         charset = params.strip().lower().removeprefix("charset=").strip('"')
         if media.strip().lower() != JSON or charset not in ("", "utf-8", "utf8"):
             raise EnvelopeError("unsupported_content_type", f"content type {content_type[:100]!r}")
-    if content_encoding:
+    if content_encoding and content_encoding.strip().lower() not in PLAIN_ENCODINGS:
         raise EnvelopeError(
             "unsupported_content_type", f"content encoding {content_encoding[:100]!r}"
         )

@@ -220,5 +220,19 @@ ensure_postgres_for_outbox() {  # the outbox tests use the same PostgreSQL as th
   fi
 }
 
+# --- Foreign AMQP clients for the interop tests (scripts/test.sh calls ensure_interop_clients) --
+# rabbitmq-c's amqp-publish/amqp-consume (Debian's amqp-tools) and Node's amqplib (pinned in
+# tests/interop/node/package-lock.json). Installed from the OS packages and npm where possible;
+# where one cannot be had, its tests are skipped, saying why.
+ensure_interop_clients() {
+  command -v amqp-publish >/dev/null || { can_apt && apt_install amqp-tools; } || true
+  command -v node >/dev/null && command -v npm >/dev/null || { can_apt && apt_install nodejs npm; } || true
+  if command -v npm >/dev/null && [ ! -d tests/interop/node/node_modules/amqplib ]; then
+    say "installing amqplib for the interop tests (npm ci)"
+    npm ci --prefix tests/interop/node --no-audit --no-fund --silent >/dev/null 2>&1 \
+      || say "npm could not install amqplib: its interop tests will be skipped"
+  fi
+}
+
 setup_venv
 ensure_rabbitmq

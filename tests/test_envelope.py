@@ -116,9 +116,14 @@ def test_anything_but_json_in_utf_8_is_an_unsupported_content_type(content_type:
     assert _reason(b"[1]", content_type) == "unsupported_content_type"
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate", "utf-8", "identity"])
-def test_any_content_encoding_is_an_unsupported_content_type(encoding: str) -> None:
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "utf-16", "x-zip"])
+def test_a_compression_or_another_coding_is_an_unsupported_content_type(encoding: str) -> None:
     assert _reason(b"[1]", "application/json", encoding) == "unsupported_content_type"
+
+
+@pytest.mark.parametrize("encoding", ["utf-8", "UTF-8", "utf8", "identity", " Identity "])
+def test_a_charset_label_or_identity_encoding_is_read_as_plain_json(encoding: str) -> None:
+    assert decode_body(b'{"a": 1}', "application/json", encoding, max_body_bytes=100) == {"a": 1}
 
 
 @pytest.mark.parametrize(

@@ -6,12 +6,10 @@ go on untouched (no reconnect). On quorum and classic queues alike."""
 from __future__ import annotations
 
 import asyncio
-import shutil
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -183,39 +181,3 @@ async def test_a_worker_started_with_an_undecodable_message_waiting_dead_letters
         await wait_for(lambda: handled == ["good-1"])
         await broker.wait_count(route.dead_letter_queue, 1)
         assert worker.reconnects == 0 and worker.state is State.RUNNING
-
-
-@pytest.mark.skipif(
-    shutil.which("amqp-publish") is None, reason="amqp-publish (Debian's amqp-tools) not installed"
-)
-async def test_a_foreign_client_s_content_type_that_is_not_utf8_is_dead_lettered(
-    broker: Broker, settings: Settings
-) -> None:
-    handled: list[str] = []
-
-    @handler("a.#", name="alpha")
-    async def alpha(event: Event[Any], ctx: Context) -> None:
-        handled.append(event.id)
-
-    async with running(broker, [alpha], settings) as worker:
-        route = worker.routes[0]
-        url = urlsplit(settings.url.get_secret_value())
-        process = await asyncio.create_subprocess_exec(
-            "amqp-publish",
-            f"--server={url.hostname}",
-            f"--port={url.port or 5672}",
-            f"--username={url.username}",
-            f"--password={url.password}",
-            f"--exchange={settings.exchange}",
-            "--routing-key=a.foreign",
-            "--persistent",
-            b"--content-type=application/json\xe9",
-            '--body={"from": "rabbitmq-c"}',
-            stderr=asyncio.subprocess.PIPE,
-        )
-        _, stderr = await asyncio.wait_for(process.communicate(), 30)
-        assert process.returncode == 0, stderr
-        await broker.publish("a.good", b"{}", message_id="good-1")
-        await wait_for(lambda: handled == ["good-1"])
-        await broker.wait_count(route.dead_letter_queue, 1)
-        assert worker.reconnects == 0
