@@ -160,7 +160,7 @@ def publish(
 
     with errors():
         settings = load_settings(config, url=url, exchange=exchange, publish_timeout=timeout)
-        logs.configure("ERROR")
+        logs.configure("WARNING")  # the publisher says when it reconnects and sends again
         _shortstr(event_id, "--id")
         _shortstr(correlation_id, "--correlation-id")
         if exported:

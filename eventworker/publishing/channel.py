@@ -34,7 +34,11 @@ from eventworker.amqp.properties import PERSISTENT, Properties
 from eventworker.errors import BrokerError, PublishError
 from eventworker.settings import TlsSettings
 
-Status = Literal["confirmed", "nacked", "unroutable", "timeout", "connection_lost"]
+#: What became of an event. ``interrupted`` and ``not_sent`` only when a stop was asked for:
+#: sent without a confirm in time (the broker may hold it), and never handed to the broker.
+Status = Literal[
+    "confirmed", "nacked", "unroutable", "timeout", "connection_lost", "interrupted", "not_sent"
+]
 
 #: How long closing the connection may take: every confirm waited for has arrived by then.
 CHANNEL_CLOSE_TIMEOUT = 0.5
@@ -222,10 +226,11 @@ class ConfirmChannel:
         events: Iterable[Outgoing],
         *,
         window: int = DEFAULT_WINDOW,
-        on_result: Callable[[PublishResult], None] | None = None,
+        on_result: Callable[[int, PublishResult], None] | None = None,
     ) -> list[PublishResult]:
         """Publish many events with up to ``window`` confirms in flight; results in order.
-        ``on_result`` sees each result as it comes (a progress bar)."""
+        ``on_result`` hears each result as it comes, with the event's position in ``events``
+        (the results of a batch cancelled mid-way are the ones it heard)."""
         # ``window`` publishers pull from one iterator: at most ``window`` confirms in flight,
         # one task per slot rather than per event. The channel's lock keeps the publishes in
         # the iterator's order.
@@ -237,7 +242,7 @@ class ConfirmChannel:
                 result = await self.send(event)
                 results[index] = result
                 if on_result is not None:
-                    on_result(result)
+                    on_result(index, result)
 
         # No more slots than events: the relay sends a round of a few events at a time.
         slots = min(window, len(events)) if isinstance(events, Sized) else window

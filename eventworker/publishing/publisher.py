@@ -16,7 +16,14 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -43,6 +50,68 @@ MAX_SENDS = 5
 #: First pause between reconnection attempts, in seconds; it doubles up to RECONNECT_PAUSE_MAX.
 RECONNECT_PAUSE, RECONNECT_PAUSE_MAX = 0.2, 5.0
 _HEADER_VALUES = (str, bytes, int, float, bool, Decimal, datetime, date, type(None))
+
+
+class Stop:
+    """Asks :meth:`Publisher.send_many` to stop part-way, in good order.
+
+    After :meth:`request`, no event not yet handed to the broker goes out, and the confirms of
+    the events in flight are awaited for at most ``wait`` seconds; a second :meth:`request`
+    ends that wait. Every event still gets a result: the broker's, ``interrupted`` (sent, no
+    confirm in time: the broker may hold it) or ``not_sent``.
+    """
+
+    def __init__(self, wait: float) -> None:
+        self.wait = wait
+        self.requested = asyncio.Event()
+        self.hurried = asyncio.Event()
+
+    def request(self) -> None:
+        """The first call stops the sending; a second also stops the waiting for confirms."""
+        (self.hurried if self.requested.is_set() else self.requested).set()
+
+    async def settle(self, task: asyncio.Future[Any]) -> None:
+        """Await ``task``; once a stop is requested, for at most ``wait`` seconds more (no
+        longer once hurried), then cancel it.
+
+        Raises:
+            Whatever ``task`` raised, unless it was cancelled here.
+        """
+        requested = asyncio.ensure_future(self.requested.wait())
+        hurried = asyncio.ensure_future(self.hurried.wait())
+        try:
+            await asyncio.wait({task, requested}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                await asyncio.wait(
+                    {task, hurried}, timeout=self.wait, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            requested.cancel()
+            hurried.cancel()
+            if not task.done():
+                task.cancel()
+                await asyncio.wait({task})
+        if not task.cancelled():
+            task.result()
+
+
+class _Batch:
+    """The events one channel sends, in order, until a stop is requested; :attr:`handed`
+    lists, by position, the indices of those handed to the broker."""
+
+    def __init__(self, outgoing: Sequence[Outgoing], todo: list[int], stop: Stop | None) -> None:
+        self._outgoing, self._todo, self._stop = outgoing, todo, stop
+        self.handed: list[int] = []
+
+    def __len__(self) -> int:  # so that a channel starts no more slots than events
+        return len(self._todo)
+
+    def __iter__(self) -> Iterator[Outgoing]:
+        for i in self._todo:
+            if self._stop is not None and self._stop.requested.is_set():
+                return
+            self.handed.append(i)
+            yield self._outgoing[i]
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +253,8 @@ class Publisher:
             "tls": settings.tls,
             "max_body_bytes": settings.max_body_bytes,
         }
-        return cls(settings.url, **(values | options))
+        urls = ",".join(u.get_secret_value() for u in settings.urls())  # in url_order
+        return cls(SecretStr(urls), **(values | options))
 
     @classmethod
     @asynccontextmanager
@@ -265,10 +335,17 @@ class Publisher:
         return await self.send_many(outgoing, window=window)
 
     async def send_many(
-        self, outgoing: Sequence[Outgoing], *, window: int | None = None
+        self,
+        outgoing: Sequence[Outgoing],
+        *,
+        window: int | None = None,
+        on_result: Callable[[PublishResult], None] | None = None,
+        stop: Stop | None = None,
     ) -> list[PublishResult]:
         """Publish events already in wire form (checked by the caller, e.g. with
-        :func:`prepare`); results as :meth:`publish_many`.
+        :func:`prepare`); results as :meth:`publish_many`. ``on_result`` hears each event's
+        final result once, as it comes (a progress bar); ``stop`` ends the sending part-way
+        (see :class:`Stop`).
 
         Events whose confirm was lost with the connection, or with a channel the broker closed,
         are sent again, with the same id, on a new one. A broker that closes the channel over
@@ -281,46 +358,100 @@ class Publisher:
         todo = list(range(len(outgoing)))
         failed: ConfirmChannel | None = None
         alone = False
-        while todo:
+
+        def final(i: int, result: PublishResult) -> None:
+            results[i] = result
+            if on_result is not None:
+                on_result(result)
+
+        while todo and not (stop is not None and stop.requested.is_set()):
             again = sum(1 for i in todo if sends[i])
             if again:
                 how = " one at a time" if alone else ""
                 logger.warning("publishing {} unconfirmed event(s) again{}", again, how)
-            batch = [outgoing[i] for i in todo]
+            batch = _Batch(outgoing, todo, stop)
+            heard: dict[int, PublishResult] = {}
+
+            def hear(
+                position: int,
+                result: PublishResult,
+                batch: _Batch = batch,
+                heard: dict[int, PublishResult] = heard,
+            ) -> None:
+                heard[position] = result
+                if result.status != "connection_lost":  # else decided once the batch is over
+                    final(batch.handed[position], result)
+
+            used: list[ConfirmChannel] = []
             try:
                 if alone:
-                    sent, channel = await self._one_by_one(batch)
+                    work = self._one_by_one(batch, hear, used)
                 else:
-                    channel = failed = await self._current(failed)
-                    sent = await channel.send_many(batch, window=window or self._window)
+                    work = self._on_current(failed, batch, hear, used, window or self._window)
+                await (stop.settle(asyncio.ensure_future(work)) if stop else work)
             except BrokerError as exc:
                 for i in todo:
-                    results[i] = PublishResult(outgoing[i].id, "connection_lost", str(exc))
-                break
+                    if results[i].status == "connection_lost":
+                        final(i, PublishResult(outgoing[i].id, "connection_lost", str(exc)))
+                return results
+            channel = used[-1] if used else None
+            if not alone:
+                failed = channel
             lost = []
-            for i, result in zip(todo, sent, strict=False):  # one by one stops early
+            for position, i in enumerate(batch.handed):
+                result = heard.get(position)
+                if result is None:  # its confirm cut short by the stop
+                    detail = f"no confirm within {stop.wait if stop else 0:g}s of the stop"
+                    final(i, PublishResult(outgoing[i].id, "interrupted", detail))
+                    continue
                 if sends[i]:
                     self.republished += 1
                 sends[i] += 1
-                if result.status == "connection_lost" and outgoing[i].id == channel.refused_id:
+                if result.status != "connection_lost":
+                    continue  # heard and reported as it came
+                if channel is not None and outgoing[i].id == channel.refused_id:
                     # Alone in flight when the broker closed the channel: refused, not lost.
                     reason = f"the broker closed the channel over it: {channel.refused}"
-                    result = PublishResult(outgoing[i].id, "nacked", reason)
-                results[i] = result
-                if result.status == "connection_lost" and sends[i] < MAX_SENDS:
+                    final(i, PublishResult(outgoing[i].id, "nacked", reason))
+                elif sends[i] < MAX_SENDS:
                     lost.append(i)
-            todo = lost + todo[len(sent) :]
+                else:
+                    final(i, result)
+            handed = set(batch.handed)
+            # One by one stops at the first lost event: the rest were not handed yet.
+            todo = lost + [i for i in todo if i not in handed]
             # Closed over an event it could not single out: one at a time until one is alone.
-            alone = bool(channel.refused) and not channel.refused_id
+            alone = channel is not None and bool(channel.refused) and not channel.refused_id
+        for i in todo:  # left by a stop: lost with a connection, or never handed over
+            if sends[i]:
+                left = PublishResult(outgoing[i].id, "connection_lost", "stopped before resending")
+            else:
+                left = PublishResult(outgoing[i].id, "not_sent", "stopped before it was sent")
+            final(i, left)
         return results
 
+    async def _on_current(
+        self,
+        failed: ConfirmChannel | None,
+        batch: _Batch,
+        hear: Callable[[int, PublishResult], None],
+        used: list[ConfirmChannel],
+        window: int,
+    ) -> None:
+        channel = await self._current(failed)
+        used.append(channel)
+        await channel.send_many(batch, window=window, on_result=hear)
+
     async def _one_by_one(
-        self, events: Sequence[Outgoing]
-    ) -> tuple[list[PublishResult], ConfirmChannel]:
-        """Send ``events`` one at a time, each confirmed before the next, until one is lost:
-        then the broker closed the channel over that one (the channel's ``refused_id``), or the
-        connection went. On a connection of their own, so that no publish of another task is
-        in flight beside them.
+        self,
+        batch: _Batch,
+        hear: Callable[[int, PublishResult], None],
+        used: list[ConfirmChannel],
+    ) -> None:
+        """Send ``batch`` one event at a time, each confirmed before the next, until one is
+        lost: then the broker closed the channel over that one (the channel's ``refused_id``),
+        or the connection went. On a connection of their own, so that no publish of another
+        task is in flight beside them.
 
         Raises:
             BrokerError: closed, or no connection within ``reconnect_timeout``.
@@ -329,15 +460,15 @@ class Publisher:
             raise BrokerError("the publisher is closed")
         deadline = time.monotonic() + self.reconnect_timeout
         connection, channel = await self._open_channel(deadline)
-        results: list[PublishResult] = []
+        used.append(channel)
         try:
-            for event in events:
-                results.append(await channel.send(event))
-                if results[-1].status == "connection_lost":
+            for position, event in enumerate(batch):
+                result = await channel.send(event)
+                hear(position, result)
+                if result.status == "connection_lost":
                     break
         finally:
             await self._close_quietly(connection)
-        return results, channel
 
     async def _current(self, failed: ConfirmChannel | None) -> ConfirmChannel:
         """The live channel, reconnecting when it is gone or is the one that just ``failed``.

@@ -16,6 +16,7 @@ from eventworker.settings import Settings
 from eventworker.worker.lifecycle import State
 from tests.support.broker import Broker, running, wait_for
 from tests.support.foreign import run, why_no_amqp_tools
+from tests.support.queues import sink
 
 pytestmark = pytest.mark.skipif(why_no_amqp_tools() is not None, reason=why_no_amqp_tools() or "")
 
@@ -118,9 +119,9 @@ async def test_follow_up_events_and_dead_letters_are_read_by_amqp_consume(
         await ctx.publish("interop.c.shipped", {"order": event.data["order"]})
 
     async with running(broker, [follow], settings) as worker:
-        sink = await broker.sink("interop.c.shipped")
+        followed = await sink(broker, "interop.c.shipped", "followed")
         await _publish(settings, "interop.c.order", '{"order": "o-9"}')
         await _publish(settings, "interop.c.order", '{"order": "bad"}')
-        assert await _consume_bodies(settings, sink, 1) == [{"order": "o-9"}]
+        assert await _consume_bodies(settings, followed, 1) == [{"order": "o-9"}]
         dead = worker.routes[0].dead_letter_queue
         assert await _consume_bodies(settings, dead, 1) == [{"order": "bad"}]

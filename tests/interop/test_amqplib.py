@@ -19,6 +19,7 @@ from eventworker.settings import Settings
 from eventworker.worker.lifecycle import State
 from tests.support.broker import Broker, running, wait_for
 from tests.support.foreign import amqplib, node_bytes, why_no_amqplib
+from tests.support.queues import sink
 
 pytestmark = pytest.mark.skipif(why_no_amqplib() is not None, reason=why_no_amqplib() or "")
 
@@ -143,11 +144,11 @@ async def test_a_follow_up_event_is_read_by_an_amqplib_consumer(
         await ctx.publish("interop.node.shipped", {"order": event.data["order"]})
 
     async with running(broker, [follow], settings):
-        sink = await broker.sink("interop.node.shipped")
+        followed = await sink(broker, "interop.node.shipped", "followed")
         await broker.publish(
             "interop.node.order", b'{"order": "o-9"}', message_id="o-9", correlation_id="c-9"
         )
-        [message] = await _get(settings, sink)
+        [message] = await _get(settings, followed)
     properties = message["properties"]
     assert json.loads(message["body"]) == {"order": "o-9"}
     assert properties["contentType"] == "application/json"

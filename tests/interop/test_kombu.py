@@ -16,6 +16,7 @@ import orjson
 from eventworker import Context, Event, Reject, handler
 from eventworker.settings import Settings
 from tests.support.broker import Broker, running, wait_for
+from tests.support.queues import sink
 
 H = "x-eventworker-"
 
@@ -130,11 +131,11 @@ async def test_a_follow_up_event_is_read_by_a_kombu_consumer(
         await ctx.publish("interop.kombu.shipped", {"order": event.data["order"]})
 
     async with running(broker, [follow], settings):
-        sink = await broker.sink("interop.kombu.shipped")
+        followed = await sink(broker, "interop.kombu.shipped", "followed")
         await broker.publish(
             "interop.kombu.order", b'{"order": "o-9"}', message_id="o-9", correlation_id="c-9"
         )
-        [message] = await asyncio.to_thread(_take, settings.url.get_secret_value(), sink, 1)
+        [message] = await asyncio.to_thread(_take, settings.url.get_secret_value(), followed, 1)
     properties, headers = message.properties, message.headers
     assert message.content_type == "application/json"
     assert orjson.loads(message.body) == {"order": "o-9"}

@@ -12,7 +12,8 @@ import pytest
 
 from eventworker import BlockingPublisher, NewEvent, Publisher
 from eventworker.errors import BrokerError, BrokerUnreachableError, InvalidInputError, PublishError
-from eventworker.publishing.channel import Outgoing
+from eventworker.publishing.channel import Outgoing, PublishResult
+from eventworker.publishing.publisher import Stop
 from eventworker.settings import Settings
 from tests.support.broker import Broker
 from tests.support.queues import drain, sink
@@ -200,6 +201,35 @@ async def test_nothing_is_lost_when_the_broker_closes_the_channel_over_one_event
     sent = {e.id for e in [*events, *others]} - {"poison"}
     delivered = [m.message_id for m in await drain(broker, queue, expect=len(sent))]
     assert set(delivered) == sent  # duplicates allowed, each with its own id
+
+
+async def test_a_stop_part_way_gives_every_event_one_result_and_sends_no_more(
+    broker: Broker, settings: Settings
+) -> None:
+    queue = await sink(broker, "stop.#")
+    events = [Outgoing("stop.x", b'{"n": %d}' % n, f"s-{n}") for n in range(20_000)]
+    heard: list[PublishResult] = []
+    stop = Stop(wait=5.0)
+
+    def on_result(result: PublishResult) -> None:
+        heard.append(result)
+        if len(heard) == 500:
+            stop.request()
+
+    async with Publisher.connect(settings.url, **options(settings)) as pub:
+        results = await pub.send_many(events, on_result=on_result, stop=stop, window=64)
+    assert sorted(r.event_id for r in heard) == sorted(e.id for e in events)  # each once
+    by_status: dict[str, set[str]] = {}
+    for r in results:
+        by_status.setdefault(r.status, set()).add(r.event_id)
+    assert set(by_status) <= {"confirmed", "interrupted", "not_sent"}, set(by_status)
+    assert len(by_status["confirmed"]) >= 500 and len(by_status["not_sent"]) > 10_000
+    # what reached the queue: every confirmed event, and nothing never sent
+    delivered = {
+        m.message_id for m in await drain(broker, queue, expect=len(by_status["confirmed"]))
+    }
+    assert by_status["confirmed"] <= delivered
+    assert not delivered & by_status["not_sent"]
 
 
 async def test_the_blocking_publisher_publishes_from_threads(

@@ -75,19 +75,6 @@ class Broker:
         by_name = {r.handler.name: r for r in resolve(regs, self.settings)}
         return [by_name[n].queue for n in names]
 
-    async def sink(self, pattern: str) -> str:
-        """A queue bound to the (declared) exchange with ``pattern``, for a consumer outside the
-        worker (a foreign client reading follow-up events); cleaned up with the test's others."""
-        name = f"{self.settings.queue_prefix}sink.{pattern}"
-        self._queues.add(name)
-        channel = await self.connection.channel()
-        try:
-            queue = await channel.declare_queue(name, durable=False)
-            await queue.bind(self.settings.exchange, pattern)
-        finally:
-            await channel.close()
-        return name
-
     async def publish(
         self, routing_key: str, body: bytes, *, exchange: str | None = None, **properties: Any
     ) -> None:

@@ -43,7 +43,9 @@ async def run(*argv: str | bytes, stdin: bytes | None = None, timeout: float = 3
         stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(stdin), timeout)
-    assert process.returncode == 0, f"{argv[0]!r} exited {process.returncode}: {err.decode()[-2000:]}"
+    assert process.returncode == 0, (
+        f"{argv[0]!r} exited {process.returncode}: {err.decode()[-2000:]}"
+    )
     return out
 
 
