@@ -13,9 +13,9 @@ import aio_pika
 import pytest
 
 from eventworker.settings import Settings
-from tests.faults.control import Control, have_rabbitmqctl
-from tests.faults.node import PrivateNode, why_no_private_node
 from tests.faults.rig import Rig
+from tests.support.control import Control, have_rabbitmqctl
+from tests.support.private_node import PrivateNode, why_no_private_node
 
 #: The catalogue's defaults (guide §7): one worker, concurrency 16, prefetch 32.
 CATALOGUE = {"concurrency": 16, "prefetch": 32, "grace": 10.0}

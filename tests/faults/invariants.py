@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from tests.faults.control import QueueState
 from tests.faults.ledger import Ledger
 from tests.faults.processes import unhandled_errors
+from tests.support.control import QueueState
 
 #: How long the queues must stay calm before INV-DRAINED is checked (the catalogue says 5 s;
 #: Rig.drained waits 2 s and covers the rest of a quorum queue's tick with the ledger).

@@ -19,13 +19,13 @@ from eventworker.settings import Settings
 from eventworker.topology import declare, layout
 from eventworker.worker.lifecycle import Worker
 from tests.faults import invariants, traffic
-from tests.faults.control import Control, QueueState
 from tests.faults.invariants import Report
 from tests.faults.ledger import Ledger
 from tests.faults.plugin import Spec, build
 from tests.faults.processes import WorkerProcess
 from tests.faults.worker_main import PLUGIN
 from tests.support.broker import Broker
+from tests.support.control import Control, QueueState
 
 #: Added to the upper bound of a timing assertion: a retried copy rejoins its work queue at
 #: the tail, behind the backlog, and this machine's two cores are shared with other test

@@ -17,10 +17,10 @@ import pytest
 
 from eventworker.errors import ExitCode
 from tests.faults import traffic
-from tests.faults.node import PrivateNode
 from tests.faults.plugin import Spec
 from tests.faults.processes import settings_env
 from tests.faults.rig import LOAD_SLACK, Rig
+from tests.support.private_node import PrivateNode
 
 EVENTWORKER = str(Path(sys.executable).with_name("eventworker"))
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.faults import invariants
-from tests.faults.control import QueueState
 from tests.faults.ledger import CONFIRMED, UNKNOWN, Ledger
+from tests.support.control import QueueState
 
 
 @pytest.fixture

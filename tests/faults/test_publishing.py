@@ -20,10 +20,10 @@ from eventworker import Publisher
 from eventworker.errors import ExitCode
 from eventworker.publishing.channel import Outgoing, PublishResult
 from tests.faults import traffic
-from tests.faults.node import PrivateNode
 from tests.faults.plugin import Spec
 from tests.faults.processes import settings_env
 from tests.faults.rig import Rig
+from tests.support.private_node import PrivateNode
 
 EVENTWORKER = str(Path(sys.executable).with_name("eventworker"))
 

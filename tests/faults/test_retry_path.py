@@ -16,9 +16,9 @@ import pytest
 from eventworker import envelope
 from eventworker.topology import layout
 from tests.faults import traffic
-from tests.faults.node import PrivateNode
 from tests.faults.plugin import Spec
 from tests.faults.rig import LOAD_SLACK, Rig
+from tests.support.private_node import PrivateNode
 from tests.support.timing import TTL_EARLY
 
 

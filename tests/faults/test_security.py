@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 
 from eventworker.errors import ExitCode
-from tests.faults.node import PrivateNode
 from tests.faults.plugin import Spec
 from tests.faults.processes import settings_env
 from tests.faults.rig import Rig
+from tests.support.private_node import PrivateNode
 
 EVENTWORKER = str(Path(sys.executable).with_name("eventworker"))
 CANARY = "CANARY-p4ss-7d2e"

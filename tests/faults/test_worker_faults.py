@@ -11,10 +11,10 @@ from collections.abc import Mapping
 import pytest
 
 from eventworker.errors import ExitCode
-from tests.faults.control import QueueState
 from tests.faults.plugin import Spec
 from tests.faults.processes import WorkerProcess
 from tests.faults.rig import LOAD_SLACK, Rig
+from tests.support.control import QueueState
 
 
 async def restart(worker: WorkerProcess, **options: float) -> None:

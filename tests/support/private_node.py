@@ -1,6 +1,12 @@
-"""A private RabbitMQ node for tests that must reconfigure a broker (plugins, policies): own node
-name, ports, data and log directories, config and enabled-plugins files. The shared broker is
-never touched. Skips when rabbitmq-server is not installed."""
+"""A private RabbitMQ node for tests that stop, kill or reconfigure a broker (the fault suite;
+the management API's view of bindings).
+
+It runs the installed ``rabbitmq-server`` under its own node name, ports, database, logs,
+config file and plugin list (empty unless asked for), all in a temporary folder, so nothing a
+test does to it can touch the shared broker on 5672. It shares the Erlang cookie of the system
+install, which is what lets ``rabbitmqctl -n <node>`` control it. ``rabbitmq-server`` as root
+runs the node as the ``rabbitmq`` user, so the folder is handed to that user.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,7 @@ import contextlib
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -15,12 +22,29 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-BOOT_TIMEOUT = 120.0
+from tests.support.control import Control, ControlError, have_rabbitmqctl
+
+#: How long a node may take to boot (usually 5-10 s here; more on a loaded machine).
+BOOT_TIMEOUT = 90.0
+#: RabbitMQ's default memory watermark, restored after a test raised an alarm.
+DEFAULT_WATERMARK = 0.4
+
+
+def why_no_private_node() -> str | None:
+    """None when a private node can be started here; else the reason, for a skip."""
+    if shutil.which("rabbitmq-server") is None or not have_rabbitmqctl():
+        return "needs rabbitmq-server and rabbitmqctl to start a private broker node"
+    if os.geteuid() != 0:
+        return "needs root to start a private broker node as the rabbitmq user"
+    try:
+        pwd.getpwnam("rabbitmq")
+    except KeyError:
+        return "needs the rabbitmq system user of the rabbitmq-server package"
+    return None
 
 
 def free_port() -> int:
@@ -29,38 +53,225 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@dataclass(frozen=True)
-class Node:
-    name: str
-    amqp_port: int
-    management_port: int
-    env: dict[str, str]
+def make_certificates(folder: Path) -> None:
+    """A CA (``ca.pem``) and a server certificate for ``localhost`` only (no IP address),
+    signed by it (``server.pem``, ``server.key``)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=eventworker test CA",
+    )
+    openssl(
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    )
+    (folder / "san.ext").write_text("subjectAltName=DNS:localhost\n")
+    openssl(
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    )
+
+
+class PrivateNode:
+    """One ``rabbitmq-server`` of a test session; :meth:`heal` undoes what a test changed."""
+
+    def __init__(self, name: str, *, tls: bool = False, plugins: tuple[str, ...] = ()) -> None:
+        self.name = f"{name}@localhost"
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        self.port = free_port()
+        self.dist_port = free_port()
+        #: The TLS listener's port (TLS 1.2+, certificate for ``localhost``), when asked for
+        #: and openssl is there to make the certificates.
+        self.tls_port: int | None = free_port() if tls and shutil.which("openssl") else None
+        self.plugins = plugins
+        #: The management API's port, when the management plugin is asked for.
+        self.management_port: int | None = free_port() if "rabbitmq_management" in plugins else None
+        self.ctl = Control(self.name, private=True)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.app_stopped = False
+        self.watermark_changed = False
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.amqp_port}/"
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/"
 
     @property
-    def management_url(self) -> str:
-        return f"http://guest:guest@127.0.0.1:{self.management_port}"
+    def log_file(self) -> Path:
+        return self.folder / "log" / f"{self.name}.log"
 
-    def ctl(self, *args: str) -> str:
-        return subprocess.run(
-            ["rabbitmqctl", "-n", self.name, *args],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=60,
-        ).stdout
+    def _environment(self) -> dict[str, str]:
+        f = self.folder
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RABBITMQ_")}
+        env.update(
+            RABBITMQ_NODENAME=self.name,
+            RABBITMQ_NODE_PORT=str(self.port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(f / "mnesia"),
+            RABBITMQ_LOG_BASE=str(f / "log"),
+            RABBITMQ_CONFIG_FILE=str(f / "rabbitmq.conf"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(f / "enabled_plugins"),
+            # Our own (empty) env file: the system one names the shared node.
+            RABBITMQ_CONF_ENV_FILE=str(f / "rabbitmq-env.conf"),
+            RABBITMQ_PID_FILE=str(f / "node.pid"),
+            ERL_EPMD_ADDRESS="127.0.0.1",
+        )
+        return env
 
+    def start(self) -> None:
+        f = self.folder
+        (f / "mnesia").mkdir(exist_ok=True)
+        (f / "log").mkdir(exist_ok=True)
+        (f / "enabled_plugins").write_text(f"[{','.join(self.plugins)}].\n")
+        (f / "rabbitmq-env.conf").write_text("")
+        (f / "rabbitmq.conf").write_text(
+            f"listeners.tcp.local = 127.0.0.1:{self.port}\n"
+            "loopback_users.guest = true\n"
+            f"{self._management_config()}"
+            f"{self._tls_config()}"
+        )
+        user = pwd.getpwnam("rabbitmq")
+        for path in [f, *f.rglob("*")]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        with (f / "server.out").open("wb") as out:
+            self.process = subprocess.Popen(
+                ["rabbitmq-server"],
+                env=self._environment(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own group, so teardown can end all of it
+            )
+        self.wait_booted()
 
-def _answers(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 1).close()
-        return True
-    except OSError:
-        return False
+    def _management_config(self) -> str:
+        if self.management_port is None:
+            return ""
+        return f"management.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
+
+    @property
+    def ca_file(self) -> Path:
+        return self.folder / "tls" / "ca.pem"
+
+    def _tls_config(self) -> str:
+        if self.tls_port is None:
+            return ""
+        tls = self.folder / "tls"
+        tls.mkdir()
+        make_certificates(tls)
+        return (
+            f"listeners.ssl.default = 127.0.0.1:{self.tls_port}\n"
+            f"ssl_options.cacertfile = {tls / 'ca.pem'}\n"
+            f"ssl_options.certfile = {tls / 'server.pem'}\n"
+            f"ssl_options.keyfile = {tls / 'server.key'}\n"
+            "ssl_options.verify = verify_none\n"
+            "ssl_options.fail_if_no_peer_cert = false\n"
+            "ssl_options.versions.1 = tlsv1.2\n"
+            "ssl_options.versions.2 = tlsv1.3\n"
+        )
+
+    def wait_booted(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        pid_file = self.folder / "node.pid"
+        while not pid_file.exists():
+            if self.process is not None and self.process.poll() is not None:
+                raise ControlError(f"{self.name} exited at boot: {self.boot_output()}")
+            if time.monotonic() > deadline:
+                raise ControlError(f"{self.name} wrote no pid file: {self.boot_output()}")
+            time.sleep(0.2)
+        self.ctl.run("wait", str(pid_file), "--timeout", str(int(BOOT_TIMEOUT)))
+        while self.management_port is not None and not _management_answers(self.management_port):
+            if time.monotonic() > deadline:
+                raise ControlError(f"{self.name}: no management API: {self.boot_output()}")
+            time.sleep(0.5)
+
+    def boot_output(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self.folder / "server.out").read_text(errors="replace")[-3000:]
+        return ""
+
+    def os_pid(self) -> int:
+        """The pid of the node's ``beam.smp``."""
+        return int((self.folder / "node.pid").read_text().strip())
+
+    def log_text(self) -> str:
+        with contextlib.suppress(OSError):
+            return self.log_file.read_text(errors="replace")
+        return ""
+
+    def log_size(self) -> int:
+        with contextlib.suppress(OSError):
+            return self.log_file.stat().st_size
+        return 0
+
+    # -- faults ----------------------------------------------------------------------------
+    def stop_app(self) -> None:
+        self.app_stopped = True
+        self.ctl.stop_app()
+
+    def start_app(self) -> None:
+        self.ctl.start_app()
+        self.app_stopped = False
+
+    def set_memory_watermark(self, fraction: float) -> None:
+        self.watermark_changed = True
+        self.ctl.set_memory_watermark(fraction)
+
+    def heal(self) -> None:
+        """Undo what a test did: app running, default watermark, no policies, no connections."""
+        if self.app_stopped:
+            self.start_app()
+        if self.watermark_changed:
+            self.ctl.set_memory_watermark(DEFAULT_WATERMARK)
+            self.watermark_changed = False
+        for policy in self.ctl.policies():
+            self.ctl.clear_policy(policy["name"])
+
+    def stop(self) -> None:
+        with contextlib.suppress(ControlError, subprocess.TimeoutExpired):
+            self.ctl.run("stop", timeout=30)
+        if self.process is not None:
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(10)
+        with contextlib.suppress(OSError):
+            os.kill(self.os_pid(), signal.SIGKILL)  # in case the node outlived its launcher
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _management_answers(port: int) -> bool:
@@ -76,71 +287,15 @@ def _management_answers(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def private_node(*, plugins: tuple[str, ...] = ("rabbitmq_management",)) -> Iterator[Node]:
-    """Boot a node with ``plugins``; stop it and delete its data afterwards."""
-    if shutil.which("rabbitmq-server") is None or shutil.which("rabbitmqctl") is None:
-        pytest.skip("rabbitmq-server is not installed: no private node for this test")
-    # Not under pytest's tmp_path: that is private to root, and the node runs as rabbitmq.
-    base = Path(tempfile.mkdtemp(prefix="eventworker-node-"))
-    base.chmod(0o755)
+def private_node(*, plugins: tuple[str, ...] = ("rabbitmq_management",)) -> Iterator[PrivateNode]:
+    """A node of one test with ``plugins``, stopped and deleted afterwards; skips, saying why,
+    where none can be started."""
+    reason = why_no_private_node()
+    if reason:
+        pytest.skip(reason)
+    node = PrivateNode(f"ewtest_{uuid.uuid4().hex[:8]}", plugins=plugins)
     try:
-        with _booted(base, plugins) as node:
-            yield node
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def _booted(base: Path, plugins: tuple[str, ...]) -> Iterator[Node]:
-    name = f"ewtest_{uuid.uuid4().hex[:8]}"
-    amqp, dist, management = free_port(), free_port(), free_port()
-    for sub in ("mnesia", "log"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    (base / "enabled_plugins").write_text(f"[{','.join(plugins)}].\n")
-    (base / "rabbitmq.conf").write_text(
-        f"listeners.tcp.default = {amqp}\nmanagement.tcp.port = {management}\n"
-        "loopback_users = none\n"
-    )
-    with contextlib.suppress(KeyError, PermissionError):
-        # As root, rabbitmq-server drops to the rabbitmq user: it must own the directories.
-        owner = pwd.getpwnam("rabbitmq")
-        for path in [base, *base.rglob("*")]:
-            os.chown(path, owner.pw_uid, owner.pw_gid)
-    env = {
-        **os.environ,
-        "RABBITMQ_NODENAME": name,
-        "RABBITMQ_NODE_PORT": str(amqp),
-        "RABBITMQ_DIST_PORT": str(dist),
-        "RABBITMQ_MNESIA_BASE": str(base / "mnesia"),
-        "RABBITMQ_LOG_BASE": str(base / "log"),
-        "RABBITMQ_CONFIG_FILE": str(base / "rabbitmq.conf"),
-        "RABBITMQ_ENABLED_PLUGINS_FILE": str(base / "enabled_plugins"),
-        "RABBITMQ_PID_FILE": str(base / "pid"),
-    }
-    node = Node(name, amqp, management, env)
-    with (base / "server.log").open("w") as log:
-        server = subprocess.Popen(
-            ["rabbitmq-server"],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + BOOT_TIMEOUT
-        while not _answers(amqp) or (
-            "rabbitmq_management" in plugins and not _management_answers(management)
-        ):
-            if server.poll() is not None or time.monotonic() > deadline:
-                tail = (base / "server.log").read_text()[-2000:]
-                pytest.fail(f"private node did not start:\n{tail}")
-            time.sleep(0.5)
+        node.start()
         yield node
     finally:
-        with contextlib.suppress(Exception):
-            node.ctl("stop")
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(10)
+        node.stop()

@@ -2,7 +2,7 @@
 
 The shared broker (the one every engineer's tests use) is only ever looked into, or has this
 test's own connections closed and queues deleted; anything that stops or reconfigures a node is
-refused unless the node is a private one a test started (:mod:`tests.faults.node`).
+refused unless the node is a private one a test started (:mod:`tests.support.private_node`).
 """
 
 from __future__ import annotations
