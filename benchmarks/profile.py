@@ -1,4 +1,4 @@
-"""How big each scenario is: the full profile (the issue's figures) and ``--quick``."""
+"""How big each scenario is: the full profile (the reference figures) and ``--quick``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
-    #: Messages pre-published for a drain (the issue: 20,000 persistent ~300-byte messages).
+    #: Messages pre-published for a drain (the reference: 20,000 persistent ~300-byte messages).
     drain: int = 20_000
     #: Events per publish measurement; ``publish_await`` for the slow one-confirm-at-a-time case.
     publish: int = 20_000
@@ -21,7 +21,7 @@ class Profile:
     backlog_large: int = 100_000
     #: Messages of the retry scenario (each fails once, then succeeds).
     retry: int = 5_000
-    #: Consumer prefetch everywhere (the issue's reference figures use 128).
+    #: Consumer prefetch everywhere (the reference figures use 128).
     prefetch: int = 128
     #: Repetitions of every scenario, interleaved.
     runs: int = 3

@@ -9,7 +9,7 @@ import json
 ROUTING_KEY = "bench.order.created"
 #: The header carrying ``time.monotonic_ns()`` at publish time, for the latency scenario.
 SENT_HEADER = "bench-sent-ns"
-#: Body size of every message, as in the issue's reference figures.
+#: Body size of every message, as in the reference figures.
 BODY_SIZE = 300
 
 
