@@ -9,48 +9,64 @@ the commands' own.
 from __future__ import annotations
 
 import importlib
+import re
 
 import click
 
-#: Each command: its module under ``eventworker.commands``, its object there, its short help.
+#: Each command: its module under ``eventworker.commands``, its object there, its short help
+#: (the first sentence of its help, whole: a summary cut with "..." tells nothing).
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "dlq": ("dlq", "dlq", "Dead letters: list, show, replay, purge and export them."),
+    "dlq": (
+        "dlq",
+        "dlq",
+        "Dead letters: list, show, replay, purge and export them.",
+    ),
     "handlers": (
         "handlers",
         "list_handlers",
-        "List every discovered handler: plugin, distribution,...",
+        "List every discovered handler: plugin, distribution, bindings, queues, retry policy, "
+        "idempotent or not.",
     ),
     "inbox": (
         "inbox",
         "inbox",
-        "Look into and clean the inbox of idempotent handlers (the...",
+        "Look into and clean the inbox of idempotent handlers (the inbox.url setting).",
     ),
     "outbox": (
         "outbox",
         "outbox_group",
-        "The transactional outbox: events written in the application's...",
+        "The transactional outbox: events written in the application's own transaction, then "
+        "published by a relay with confirms.",
     ),
     "plugins": (
         "plugins",
         "list_plugins",
-        "List the entry points of the eventworker.handlers group...",
+        "List the entry points of the eventworker.handlers group without importing them.",
     ),
     "publish": (
         "publish",
         "publish",
-        "Publish events to the topic exchange with ROUTING_KEY, each...",
+        "Publish events to the topic exchange with ROUTING_KEY, each confirmed by the broker.",
     ),
-    "run": ("run", "run", "Run the installed handlers until SIGTERM or SIGINT."),
-    "serve": ("serve", "serve", "Serve the HTTP ingress until SIGTERM/SIGINT."),
+    "run": (
+        "run",
+        "run",
+        "Run the installed handlers until SIGTERM or SIGINT.",
+    ),
+    "serve": (
+        "serve",
+        "serve",
+        "Serve the HTTP ingress until SIGTERM/SIGINT.",
+    ),
     "status": (
         "status",
         "status",
-        "Show each handler's queue depth, consumers, retry-tier depths...",
+        "Show each handler's queue depth, consumers, retry-tier depths and dead letters.",
     ),
     "topology": (
         "topology",
         "topology",
-        "Compare the topology the installed handlers need with the...",
+        "Compare the topology the installed handlers need with the broker, and fix what can be.",
     ),
 }
 #: Subcommands that live in a module of their own: (group, module, object).
@@ -72,12 +88,25 @@ class LazyGroup(click.Group):
             for group, module, name in SUBCOMMANDS:
                 if group == cmd_name and name not in command.commands:
                     command.add_command(getattr(_module(module), name))
+        _summarise(command)
         return command
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         # The stored short help: listing the commands must not import them.
         with formatter.section("Commands"):
             formatter.write_dl([(name, COMMANDS[name][2]) for name in self.list_commands(ctx)])
+
+
+def _summarise(command: click.Command) -> None:
+    """Give ``command`` and its subcommands their first sentence, whole, as short help (click
+    cuts a summary it makes itself to the terminal's width with "...")."""
+    if command.short_help is None and command.help:
+        paragraph = " ".join(command.help.split("\n\n")[0].split())
+        sentence = re.match(r"(.+?\.)(\s|$)", paragraph)
+        command.short_help = sentence.group(1) if sentence else paragraph
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            _summarise(sub)
 
 
 def _module(name: str) -> object:

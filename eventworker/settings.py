@@ -5,9 +5,11 @@ Read once by the CLI and passed down; nothing else in the package reads the envi
 
 from __future__ import annotations
 
+import difflib
 import os
 import random
 import re
+import sys
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -335,19 +337,85 @@ def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
             the setting and the source, never the value (it may be a secret).
     """
     toml = config_path(path)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    _warn_about_unknown_environment()
     token = _toml_file.set(toml)
     try:
-        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+        return Settings(**given)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            f"{_source(err['loc'], given, toml)}"
             for err in exc.errors(include_input=False, include_url=False)
         )
-        source = f" (file {toml}, environment or options)" if toml else ""
-        raise ConfigError(f"invalid settings{source}: {problems}") from None
+        raise ConfigError(f"invalid settings: {problems}") from None
     except SettingsError as exc:  # an environment variable that does not parse
         raise ConfigError(f"cannot read a setting from the environment: {exc}") from None
     except ValueError as exc:  # tomllib.TOMLDecodeError is a ValueError; it quotes no values
         raise ConfigError(f"cannot read config file {toml}: {exc}") from None
     finally:
         _toml_file.reset(token)
+
+
+#: Variables with the prefix that eventworker, its tests and its benchmarks read besides the
+#: settings themselves.
+_OTHER_VARIABLES = (CONFIG_ENV, "EVENTWORKER_SUPERVISOR_PID")
+_OTHER_PREFIXES = ("EVENTWORKER_TEST_", "EVENTWORKER_BENCH_")
+_warned_about_environment = False
+
+
+def _setting_variables(model: type[BaseModel], prefix: str) -> tuple[set[str], set[str]]:
+    """The environment variables that set a field of ``model``, and the prefixes of those that
+    set part of one (``__``: a nested model's field, a dict's key)."""
+    names, open_prefixes = set(), set()
+    for name, field in model.model_fields.items():
+        variable = f"{prefix}{name.upper()}"
+        names.add(variable)
+        kind = field.annotation
+        if isinstance(kind, type) and issubclass(kind, BaseModel):
+            # An unknown field under a nested model is already an error of its own.
+            open_prefixes.add(f"{variable}__")
+        elif getattr(kind, "__origin__", None) is dict:
+            open_prefixes.add(f"{variable}__")
+    return names, open_prefixes
+
+
+def unknown_environment() -> list[str]:
+    """A warning for each ``EVENTWORKER_*`` variable no setting reads (a typo is otherwise
+    ignored in silence, while the same typo in the TOML file is an error), with the closest
+    known name."""
+    names, open_prefixes = _setting_variables(Settings, "EVENTWORKER_")
+    names |= set(_OTHER_VARIABLES)
+    warnings = []
+    for variable in sorted(os.environ):
+        upper = variable.upper()
+        if not upper.startswith("EVENTWORKER_") or upper in names:
+            continue
+        if upper.startswith((*_OTHER_PREFIXES, *open_prefixes)):
+            continue
+        close = difflib.get_close_matches(upper, sorted(names), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(f"unknown environment variable {variable}{hint}: no setting reads it")
+    return warnings
+
+
+def _warn_about_unknown_environment() -> None:
+    global _warned_about_environment
+    if _warned_about_environment:
+        return
+    _warned_about_environment = True
+    for warning in unknown_environment():
+        sys.stderr.write(f"warning: {warning}\n")
+
+
+def _source(loc: tuple[int | str, ...], given: dict[str, Any], toml: Path | None) -> str:
+    """Where the bad value at ``loc`` came from: the environment variable that holds it, the
+    command-line option, or the file (the value itself is never shown: it may be a secret)."""
+    parts = [str(p).upper() for p in loc]
+    for n in range(len(parts), 0, -1):
+        variable = "EVENTWORKER_" + "__".join(parts[:n])
+        if any(v.upper() == variable for v in os.environ):
+            return f" (environment variable {variable})"
+    if loc and loc[0] in given:
+        return " (command-line option)"
+    return f" (file {toml})" if toml else ""

@@ -10,15 +10,17 @@ import sqlite3
 import uuid
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 from pydantic import SecretStr
 
+from eventworker import Context, Event, handler
 from eventworker.publishing.ingress import create_app
 from eventworker.settings import Settings
-from tests.support.broker import Broker
+from tests.support.broker import Broker, running, wait_for
 from tests.support.queues import sink
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -143,3 +145,25 @@ async def test_the_plain_aio_pika_example_produces_a_worker_readable_event(
     await example.publish_plain(settings.url.get_secret_value(), settings.exchange)
     [message] = await broker.take_all(queue, expect=1)
     assert message.message_id == "o-1-created" and message.content_type == "application/json"
+
+
+async def test_the_kombu_example_produces_an_event_a_worker_handles(
+    broker: Broker, settings: Settings
+) -> None:
+    seen: list[Event[Any]] = []
+
+    @handler("orders.#", name="kombu_example")
+    async def record(event: Event[Any], ctx: Context) -> None:
+        seen.append(event)
+
+    example = load(EXAMPLES / "kombu_producer.py")
+    async with running(broker, [record], settings):
+        url = settings.url.get_secret_value()
+        await asyncio.to_thread(example.publish_with_kombu, url, settings.exchange)
+        await wait_for(lambda: len(seen) == 1)
+    [event] = seen
+    assert (event.id, event.source, event.data) == (
+        "o-1-created",
+        "billing-api",
+        {"order_id": "o-1", "total": 12.5},
+    )

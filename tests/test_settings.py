@@ -287,6 +287,32 @@ def test_a_malformed_variable_is_reported_as_that_variable(
     assert "config file" not in str(error)
 
 
+def test_an_unknown_variable_warns_with_the_closest_name(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("EVENTWORKER_CONCURENCY", "4")
+    monkeypatch.setenv("EVENTWORKER_METRIC_PORT", "9100")
+    monkeypatch.setenv("EVENTWORKER_TEST_ANYTHING", "1")  # the test suite's own
+    monkeypatch.setattr("eventworker.settings._warned_about_environment", False)
+    load_settings()
+    err = capsys.readouterr().err
+    assert "EVENTWORKER_CONCURENCY (did you mean EVENTWORKER_CONCURRENCY?)" in err
+    assert "EVENTWORKER_METRIC_PORT (did you mean EVENTWORKER_METRICS_PORT?)" in err
+    assert "EVENTWORKER_TEST_ANYTHING" not in err and err.count("warning:") == 2
+
+
+def test_a_bad_value_names_the_variable_that_holds_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config = tmp_path / "eventworker.toml"
+    config.write_text("exchange = 'from-file'\n")
+    monkeypatch.setenv("EVENTWORKER_RETRY__MAX_ATTEMPTS", "many")
+    error = _config_error(config)
+    assert "retry.max_attempts: " in str(error)
+    assert "(environment variable EVENTWORKER_RETRY__MAX_ATTEMPTS)" in str(error)
+    assert str(config) not in str(error)
+
+
 @pytest.mark.parametrize("value", ["inf", "nan"])
 def test_a_non_finite_retry_delay_in_toml_is_a_config_error(tmp_path: Path, value: str) -> None:
     config = _write(tmp_path / "c.toml", f"[retry]\ndelays = [1, {value}]\n")

@@ -17,6 +17,18 @@ from eventworker.errors import EventworkerError
 
 F = TypeVar("F", bound=Callable[..., Any])
 T = TypeVar("T")
+C = TypeVar("C", bound=click.Command)
+
+
+def examples(*lines: str) -> Callable[[C], C]:
+    """Put an "Examples" section at the end of a command's ``--help``, each line as written
+    (click rewraps an epilog unless a paragraph starts with ``\\b``)."""
+
+    def add(command: C) -> C:
+        command.epilog = "Examples:\n\n\b\n" + "\n".join(f"  {line}" for line in lines)
+        return command
+
+    return add
 
 
 def config_option(func: F) -> F:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from eventworker.commands import config_option, errors, url_option
+from eventworker.commands import config_option, errors, examples, url_option
 from eventworker.commands._deadletters import age, dead_letter_queues, line, run
 from eventworker.errors import InvalidInputError
 from eventworker.settings import load_settings
@@ -47,6 +47,11 @@ def _row(p: Letter, now: datetime) -> dict[str, Any]:
     }
 
 
+@examples(
+    "eventworker dlq ls",
+    "eventworker dlq show send_welcome_mail",
+    "eventworker dlq replay send_welcome_mail --reason exception",
+)
 @click.group("dlq")
 def dlq() -> None:
     """Dead letters: list, show, replay, purge and export them.
@@ -56,6 +61,10 @@ def dlq() -> None:
     """
 
 
+@examples(
+    "eventworker dlq ls",
+    "eventworker dlq ls --json --sample 0",
+)
 @dlq.command("ls")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for scripts.")
 @click.option(
@@ -111,6 +120,10 @@ def _stats_row(s: DeadLetterStats) -> dict[str, Any]:
     }
 
 
+@examples(
+    "eventworker dlq show send_welcome_mail --limit 5",
+    "eventworker dlq show --json | jq '.[].reason'",
+)
 @dlq.command("show")
 @click.argument("handler", required=False)
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True)
@@ -191,6 +204,10 @@ def _echo_letter(m: Letter, now: datetime) -> None:
         click.echo(f"    body:     ({m.size} bytes) {m.preview}")
 
 
+@examples(
+    "eventworker dlq export send_welcome_mail --out dead.ndjson",
+    "eventworker publish --exported --file dead.ndjson",
+)
 @dlq.command("export")
 @click.argument("handler")
 @click.option(

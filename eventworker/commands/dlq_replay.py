@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from eventworker.commands import config_option, errors, url_option
+from eventworker.commands import config_option, errors, examples, url_option
 from eventworker.commands._deadletters import dead_letter_queues, line, parse_rate, run, selection
-from eventworker.errors import ExitCode, InvalidInputError
+from eventworker.commands.progress import bar_drawn, progress
+from eventworker.errors import ExitCode
 from eventworker.settings import load_settings
 
 if TYPE_CHECKING:
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
     from eventworker.deadletters.operations import Connection, DeadLetterQueue, ReplayOutcome
 
 
+@examples(
+    "eventworker dlq replay send_welcome_mail --dry-run",
+    "eventworker dlq replay send_welcome_mail --reason timeout --rate 50/s",
+    "eventworker dlq replay --all --limit 100",
+)
 @click.command("replay")
 @click.argument("handler", required=False)
 @click.option("--all", "every", is_flag=True, help="Replay every dead-letter queue.")
@@ -29,6 +35,7 @@ if TYPE_CHECKING:
     "--rate", callback=parse_rate, default=None, metavar="N/s", help="At most N per second."
 )
 @click.option("--dry-run", is_flag=True, help="Say what would move; move nothing.")
+@click.option("--quiet", "-q", is_flag=True, help="Print the summary only: no line per message.")
 @config_option
 @url_option
 def replay(
@@ -39,6 +46,7 @@ def replay(
     limit: int | None,
     rate: float | None,
     dry_run: bool,
+    quiet: bool,
     config: str | None,
     url: str | None,
 ) -> None:
@@ -47,44 +55,53 @@ def replay(
     Each copy is confirmed by the broker before its original leaves the dead-letter queue (a
     crash in between leaves a duplicate, never a loss). Copies reach that handler only, with
     x-eventworker-replays raised by one. Unrouted events go back to the exchange with their
-    routing key. Prints each message it moved. A message whose AMQP header cannot be decoded
-    is never replayed: it stays dead-lettered, in its place, named with the reason (exit 1).
+    routing key. Prints each message it moved, then a summary; at a terminal a progress bar
+    takes the place of the lines, and --quiet prints the summary only. A message whose AMQP
+    header cannot be decoded is never replayed: it stays dead-lettered, in its place, named
+    with the reason (exit 1).
     """
     from eventworker.deadletters import operations as ops
     from eventworker.deadletters import reader as queue_reader
 
     with errors():
         if (handler is None) == (not every):
-            raise InvalidInputError("name one HANDLER, or give --all")
+            raise click.UsageError("name one HANDLER, or give --all")
         settings = load_settings(config, url=url)
         dlqs = dead_letter_queues(settings, [handler] if handler else ())
         select = selection(ids, reason)
         verb = "would move" if dry_run else "moved"
 
-        def echo(m: Letter) -> None:
-            click.echo(f"{verb} {line(m)}")
-
         async def move(
             connection: Connection, stop: asyncio.Event
         ) -> list[tuple[DeadLetterQueue, ReplayOutcome]]:
+            counts = {p.queue: await queue_reader.count(connection, p.queue) for p in dlqs}
+            total = sum(n or 0 for n in counts.values())
             outcomes = []
-            for p in dlqs:
-                if every and await queue_reader.count(connection, p.queue) is None:
-                    continue
-                outcome = await ops.replay(
-                    connection,
-                    p,
-                    select=select,
-                    limit=limit,
-                    rate=rate,
-                    dry_run=dry_run,
-                    publish_timeout=settings.publish_timeout,
-                    on_move=echo,
-                    stop=stop,
-                )
-                outcomes.append((p, outcome))
-                if outcome.error:
-                    break
+            with progress(0 if quiet else total, label="reading") as advance:
+                lines = not quiet and not (bar_drawn(total) and sys.stdout.isatty())
+
+                def echo(m: Letter) -> None:
+                    if lines:
+                        click.echo(f"{verb} {line(m)}")
+
+                for p in dlqs:
+                    if every and counts[p.queue] is None:
+                        continue
+                    outcome = await ops.replay(
+                        connection,
+                        p,
+                        select=select,
+                        limit=limit,
+                        rate=rate,
+                        dry_run=dry_run,
+                        publish_timeout=settings.publish_timeout,
+                        on_move=echo,
+                        stop=stop,
+                        on_read=lambda: advance(1),
+                    )
+                    outcomes.append((p, outcome))
+                    if outcome.error:
+                        break
             return outcomes
 
         outcomes = run(settings, move)
@@ -111,11 +128,16 @@ def replay(
     sys.exit(int(ExitCode.FAILED if failed else ExitCode.OK))
 
 
+@examples(
+    "eventworker dlq purge send_welcome_mail --id o-17 --yes",
+    "eventworker dlq purge send_welcome_mail --reason schema_error --yes",
+)
 @click.command("purge")
 @click.argument("handler")
 @click.option("--id", "ids", multiple=True, metavar="ID", help="Only this event id (repeatable).")
 @click.option("--reason", default=None, help="Only messages dead-lettered for this reason.")
 @click.option("--yes", is_flag=True, help="Really delete them: there is no undo.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar, even at a terminal.")
 @config_option
 @url_option
 def purge(
@@ -123,15 +145,22 @@ def purge(
     ids: Sequence[str],
     reason: str | None,
     yes: bool,
+    quiet: bool,
     config: str | None,
     url: str | None,
 ) -> None:
-    """Delete dead letters of HANDLER for good (all, or those selected); needs --yes."""
+    """Delete dead letters of HANDLER for good (all, or those selected); needs --yes.
+
+    Selected by --id or --reason, each message is read and checked; at a terminal a progress
+    bar shows how far it has come (not with --quiet). Without a selection the queue is purged
+    at once.
+    """
     from eventworker.deadletters import operations as ops
+    from eventworker.deadletters import reader as queue_reader
 
     with errors():
         if not yes:
-            raise InvalidInputError(
+            raise click.UsageError(
                 "purge deletes messages for good: add --yes (and consider `eventworker dlq "
                 "export` first)"
             )
@@ -140,7 +169,11 @@ def purge(
         select = selection(ids, reason) if ids or reason else None
 
         async def delete(connection: Connection, stop: asyncio.Event) -> int:
-            return await ops.purge(connection, p, select=select, stop=stop)
+            total = 0 if quiet or select is None else await queue_reader.count(connection, p.queue)
+            with progress(total or 0, label="reading") as advance:
+                return await ops.purge(
+                    connection, p, select=select, stop=stop, on_read=lambda: advance(1)
+                )
 
         deleted = run(settings, delete)
     click.echo(f"purged {deleted} message(s) from {p.queue!r}")

@@ -7,10 +7,14 @@ from typing import Any
 
 import click
 
-from eventworker.commands import config_option, errors
+from eventworker.commands import config_option, errors, examples
 from eventworker.settings import load_settings
 
 
+@examples(
+    "eventworker handlers",
+    "eventworker handlers --json | jq '.[].queue'",
+)
 @click.command("handlers")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for scripts.")
 @config_option

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from eventworker.commands import F, config_option, errors
+from eventworker.commands import F, config_option, errors, examples
 from eventworker.settings import InboxSettings, load_settings
 
 T = TypeVar("T")
@@ -48,11 +48,19 @@ def _with_store(settings: InboxSettings, use: Callable[[Any], Awaitable[T]]) -> 
     return asyncio.run(main())
 
 
+@examples(
+    "eventworker inbox stats",
+    "eventworker inbox purge --older-than 86400",
+)
 @click.group("inbox")
 def inbox() -> None:
     """Look into and clean the inbox of idempotent handlers (the inbox.url setting)."""
 
 
+@examples(
+    "eventworker inbox stats",
+    "eventworker inbox stats --store sqlite:///var/lib/eventworker/inbox.db --json",
+)
 @inbox.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON object, for scripts.")
 @config_option
@@ -90,6 +98,10 @@ def stats(as_json: bool, config: str | None, store_url: str | None) -> None:
         )
 
 
+@examples(
+    "eventworker inbox purge",
+    "eventworker inbox purge --older-than 86400 --handler send_welcome_mail",
+)
 @inbox.command()
 @click.option(
     "--older-than",

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 from pydantic import SecretStr
 
-from eventworker.commands import config_option, errors, url_option
+from eventworker.commands import config_option, errors, examples, url_option
 from eventworker.errors import ConfigError
 from eventworker.settings import Settings, load_settings, redact_url
 
@@ -40,12 +40,20 @@ table_option = click.option(
 )
 
 
+@examples(
+    "eventworker outbox init --dsn postgresql://app@db/app",
+    "eventworker outbox relay --dsn postgresql://app@db/app",
+)
 @click.group("outbox")
 def outbox_group() -> None:
     """The transactional outbox: events written in the application's own transaction, then
     published by a relay with confirms."""
 
 
+@examples(
+    "eventworker outbox init --dsn postgresql://app@db/app",
+    "eventworker outbox init --dsn sqlite:///var/lib/app/app.db --table events_outbox",
+)
 @outbox_group.command("init")
 @config_option
 @dsn_option
@@ -91,6 +99,10 @@ async def _init_postgres(url: str, table: str) -> None:
         await conn.close()
 
 
+@examples(
+    "eventworker outbox relay --dsn postgresql://app@db/app",
+    "eventworker outbox relay --batch-size 500 --retention 86400",
+)
 @outbox_group.command("relay")
 @config_option
 @url_option

@@ -6,10 +6,14 @@ import json
 
 import click
 
-from eventworker.commands import config_option, errors
+from eventworker.commands import config_option, errors, examples
 from eventworker.settings import load_settings
 
 
+@examples(
+    "eventworker plugins",
+    "eventworker plugins --json",
+)
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for scripts.")
 @config_option

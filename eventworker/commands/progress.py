@@ -16,11 +16,16 @@ import click
 REDRAWS = 200
 
 
+def bar_drawn(total: int) -> bool:
+    """Whether :func:`progress` draws a bar for ``total`` steps (stderr a terminal)."""
+    return total >= 2 and sys.stderr.isatty()
+
+
 @contextmanager
 def progress(total: int, *, label: str) -> Iterator[Callable[[int], None]]:
     """Yields ``advance(n)``; draws a bar on stderr only when stderr is a terminal and there
     is more than one step."""
-    if total < 2 or not sys.stderr.isatty():
+    if not bar_drawn(total):
         yield lambda _: None
         return
     with click.progressbar(

@@ -12,7 +12,7 @@ from typing import Any
 import click
 import orjson
 
-from eventworker.commands import config_option, errors, run_async, url_option
+from eventworker.commands import config_option, errors, examples, run_async, url_option
 from eventworker.commands.progress import progress
 from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
@@ -89,6 +89,11 @@ def _shortstr(value: str | None, what: str) -> None:
         raise InvalidInputError(f"{what} must be 1 to 255 bytes")
 
 
+@examples(
+    'eventworker publish orders.created \'{"order_id": "o-1"}\'',
+    'echo \'{"name": "Ada"}\' | eventworker publish demo.greet --header tenant=acme',
+    "eventworker publish orders.created --file backfill.jsonl --failed-out failed.ndjson",
+)
 @click.command()
 @click.argument("routing_key", required=False)
 @click.argument("data", metavar="[JSON]", required=False)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from eventworker.commands import config_option, errors, run_async, url_option
+from eventworker.commands import config_option, errors, examples, run_async, url_option
 from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
 
@@ -19,6 +19,11 @@ if TYPE_CHECKING:
     from eventworker.worker.lifecycle import Worker
 
 
+@examples(
+    "eventworker run",
+    "eventworker run --handler send_welcome_mail --concurrency 8 --metrics-port 9100",
+    "EVENTWORKER_URL=amqp://app:secret@rabbit/ eventworker run --processes 2",
+)
 @click.command()
 @config_option
 @url_option
@@ -89,7 +94,7 @@ def run(
     queues; then consumes. On SIGTERM/SIGINT it stops consuming, lets running handlers finish
     within the grace period and exits 0; unfinished messages go back to the broker. A second
     signal stops at once (exit 130). With --metrics-port it serves Prometheus metrics and
-    health endpoints. Runs on uvloop when it is installed (the ``speed`` extra).
+    health endpoints. Runs on uvloop when it is installed (the "speed" extra).
 
     With --processes N it starts N such workers under a supervisor that forwards the signals,
     restarts a worker that died (with a growing pause) and exits 1 when one fails for good;

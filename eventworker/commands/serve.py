@@ -7,11 +7,15 @@ import signal
 
 import click
 
-from eventworker.commands import config_option, errors, url_option
+from eventworker.commands import config_option, errors, examples, url_option
 from eventworker.errors import ConfigError, EventworkerError
 from eventworker.settings import load_settings
 
 
+@examples(
+    "eventworker serve --port 8080",
+    'curl -X POST localhost:8080/events/orders.created -d \'{"order_id": "o-1"}\'',
+)
 @click.command()
 @config_option
 @url_option

@@ -8,13 +8,17 @@ from typing import Any
 
 import click
 
-from eventworker.commands import config_option, errors, url_option
+from eventworker.commands import config_option, errors, examples, url_option
 from eventworker.settings import Settings, load_settings
 
 #: Shown for a queue the broker does not have (no worker declared it yet).
 MISSING = "-"
 
 
+@examples(
+    "eventworker status",
+    "eventworker status --json | jq '.handlers'",
+)
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="A JSON object, for scripts.")
 @config_option

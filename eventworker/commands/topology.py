@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from eventworker.commands import config_option, errors, url_option
+from eventworker.commands import config_option, errors, examples, url_option
 from eventworker.errors import ExitCode, InvalidInputError
 from eventworker.settings import Settings, load_settings
 
@@ -101,11 +101,19 @@ def _row(f: Finding) -> dict[str, Any]:
     }
 
 
+@examples(
+    "eventworker topology plan",
+    "eventworker topology apply",
+)
 @click.group("topology")
 def topology() -> None:
     """Compare the topology the installed handlers need with the broker, and fix what can be."""
 
 
+@examples(
+    "eventworker topology plan",
+    "eventworker topology plan --handler send_welcome_mail --json",
+)
 @topology.command("plan")
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for scripts.")
 @_handler_option
@@ -129,6 +137,10 @@ def plan(as_json: bool, handler_names: Sequence[str], config: str | None, url: s
     sys.exit(int(ExitCode.DRIFT if drifted else ExitCode.OK))
 
 
+@examples(
+    "eventworker topology apply",
+    "eventworker topology apply --handler send_welcome_mail",
+)
 @topology.command("apply")
 @_handler_option
 @config_option

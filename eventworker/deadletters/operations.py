@@ -142,8 +142,10 @@ async def replay(
     publish_timeout: float,
     on_move: Callable[[Letter], None],
     stop: asyncio.Event | None = None,
+    on_read: Callable[[], None] | None = None,
 ) -> ReplayOutcome:
     """Send the selected dead letters back, each copy confirmed before its original is acked.
+    ``on_read`` hears each message read, selected or not (a progress bar).
 
     Stops at the first copy the broker does not confirm (returned in ``error``); that message
     and the rest stay in the dead-letter queue. ``rate`` bounds copies per second; ``limit``
@@ -170,6 +172,8 @@ async def replay(
     async with _reading(connection, dlq, stop=stop) as reader:
         async for message in reader.messages():
             scanned += 1
+            if on_read is not None:
+                on_read()
             described = letter.diagnose(message, preview_chars=0, default_reason=dlq.default_reason)
             if not select(described):
                 continue
@@ -209,8 +213,10 @@ async def purge(
     *,
     select: Selection | None,
     stop: asyncio.Event | None = None,
+    on_read: Callable[[], None] | None = None,
 ) -> int:
     """Delete the selected messages for good (``None``: all, with one ``queue.purge``).
+    ``on_read`` hears each message read when some are selected (a progress bar).
 
     Raises:
         BrokerError: the queue does not exist.
@@ -220,6 +226,8 @@ async def purge(
         taken = 0
         async with _reading(connection, dlq, stop=stop) as reader:
             async for message in reader.messages():
+                if on_read is not None:
+                    on_read()
                 described = letter.diagnose(
                     message, preview_chars=0, default_reason=dlq.default_reason
                 )

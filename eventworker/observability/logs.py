@@ -10,6 +10,7 @@ Every line written while a message is handled carries the fields of :func:`handl
 from __future__ import annotations
 
 import logging
+import os
 import re
 import sys
 import traceback
@@ -160,15 +161,19 @@ def configure(
     ``level``, as ``pretty`` lines or one JSON object per line.
 
     ``diagnose=False``: loguru would otherwise print variable values in tracebacks, which can
-    hold a message body or a password.
+    hold a message body or a password. Colours only on a terminal, and never when ``NO_COLOR``
+    is set to anything (no-color.org; loguru does not read it).
     """
     out = stream or sys.stderr
+    colorize = False if os.environ.get("NO_COLOR") else None
     logger.remove()
     logger.configure(patcher=_context)
     if format == "json":
         logger.add(_JsonSink(out), level=level, format="{message}", diagnose=False, catch=True)
     else:
-        logger.add(out, level=level, format=_FORMAT, diagnose=False, backtrace=False, colorize=None)
+        logger.add(
+            out, level=level, format=_FORMAT, diagnose=False, backtrace=False, colorize=colorize
+        )
     logger.enable("eventworker")
     number = logger.level(level).no
     logging.basicConfig(handlers=[_Intercept()], level=number, force=True)

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +163,7 @@ async def test_export_then_purge_then_publish_exported_brings_the_events_back(
     assert "exported 3 message(s)" in exported.stdout
     assert await broker.count(dlq.queue) == 3
     refused = cli(settings, "dlq", "purge", "target")
-    assert refused.returncode == ExitCode.INVALID_INPUT and "--yes" in refused.stderr
+    assert refused.returncode == ExitCode.USAGE and "--yes" in refused.stderr
     purged = cli(settings, "dlq", "purge", "target", "--yes")
     assert purged.returncode == 0 and "purged 3 message(s)" in purged.stdout
     assert await broker.count(dlq.queue) == 0
@@ -189,11 +192,11 @@ async def test_purge_by_id_deletes_only_those(broker: Broker, settings: Settings
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
-        (["dlq", "replay"], ExitCode.INVALID_INPUT, "name one HANDLER, or give --all"),
-        (["dlq", "replay", "x", "--all"], ExitCode.INVALID_INPUT, "name one HANDLER"),
+        (["dlq", "replay"], ExitCode.USAGE, "name one HANDLER, or give --all"),
+        (["dlq", "replay", "x", "--all"], ExitCode.USAGE, "name one HANDLER"),
         (["dlq", "replay", "x", "--rate", "fast"], ExitCode.USAGE, "messages per second"),
         (["dlq", "replay", "x", "--rate", "0/s"], ExitCode.USAGE, "messages per second"),
-        (["dlq", "purge", "x"], ExitCode.INVALID_INPUT, "--yes"),
+        (["dlq", "purge", "x"], ExitCode.USAGE, "--yes"),
         (["publish", "a.b", "--exported"], ExitCode.INVALID_INPUT, "--exported takes --file"),
     ],
 )
@@ -227,3 +230,60 @@ async def test_a_queue_that_does_not_exist_is_named(broker: Broker, settings: Se
     assert result.returncode == ExitCode.BROKER_REFUSED
     assert f"{settings.queue_prefix}nobody.dead" in result.stderr
     assert "does not exist" in result.stderr
+
+
+def _at_a_terminal(settings: Settings, *args: str) -> tuple[int, str]:
+    """Run the command with stdout and stderr on a pseudo-terminal, as an operator would."""
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(
+        [EVENTWORKER, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=follower,
+        stderr=follower,
+        env=env_for(settings, COLUMNS="100"),
+    )
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(leader)
+    return process.wait(60), b"".join(chunks).decode(errors="replace")
+
+
+async def test_at_a_terminal_replay_and_purge_draw_a_bar_not_a_line_per_message(
+    broker: Broker, settings: Settings
+) -> None:
+    dlq = await declare(broker, settings)
+    ids = [f"t{n:03}" for n in range(300)]
+    await fill_dead_letters(broker, dlq.queue, ids)
+    code, shown = await asyncio.to_thread(
+        _at_a_terminal, settings, "dlq", "replay", "target", "--dry-run"
+    )
+    assert code == 0, shown
+    assert "reading" in shown and "300/300" in shown  # the bar, at its end
+    assert "would move t" not in shown  # no line per message
+    assert "300 of 300 message(s)" in shown
+    code, shown = await asyncio.to_thread(
+        _at_a_terminal, settings, "dlq", "purge", "target", "--reason", "exception", "--yes"
+    )
+    assert code == 0, shown
+    assert "300/300" in shown and "purged 150 message(s)" in shown
+
+
+async def test_quiet_replay_prints_the_summary_only(broker: Broker, settings: Settings) -> None:
+    dlq = await declare(broker, settings)
+    await fill_dead_letters(broker, dlq.queue, IDS)
+    result = cli(settings, "dlq", "replay", "target", "--dry-run", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        f"target: 10 of 10 message(s) read from {dlq.queue!r} would be replayed to queue "
+        f"{dlq.return_to!r}"
+    ]
+    piped = cli(settings, "dlq", "replay", "target", "--dry-run")  # a pipe: a line each
+    assert len(piped.stdout.splitlines()) == 11 and "bar" not in piped.stderr

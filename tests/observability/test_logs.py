@@ -133,3 +133,28 @@ def test_a_library_record_with_a_traceback_stays_on_one_line() -> None:
     lines = stream.getvalue().splitlines()
     assert len(lines) == 1, lines
     assert "Cancelling cause reader exited: ConnectionResetError:" in lines[0]
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("no_color", [None, "1"])
+def test_colours_only_on_a_terminal_and_never_with_no_color(
+    monkeypatch: pytest.MonkeyPatch, no_color: str | None
+) -> None:
+    if no_color is None:
+        monkeypatch.delenv("NO_COLOR", raising=False)
+    else:
+        monkeypatch.setenv("NO_COLOR", no_color)
+    root = logging.getLogger()
+    saved: tuple[list[logging.Handler], int] = (root.handlers[:], root.level)
+    terminal = _Terminal()
+    logs.configure("INFO", stream=terminal)
+    try:
+        logger.info("coloured?")
+    finally:
+        _unconfigure(saved)
+    assert "coloured?" in terminal.getvalue()
+    assert ("\x1b[" in terminal.getvalue()) is (no_color is None)
