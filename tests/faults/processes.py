@@ -3,6 +3,7 @@ its log and memory, and check that it stayed healthy (INV-ALIVE)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -187,3 +188,17 @@ class WorkerProcess:
 def unhandled_errors(log: str) -> list[str]:
     """The lines of ``log`` that show an error escaping the worker's own handling."""
     return [line for line in log.splitlines() if any(u in line for u in UNHANDLED)]
+
+
+def supervise(worker: WorkerProcess, stop: asyncio.Event, max_starts: int) -> asyncio.Task[int]:
+    """Restart ``worker`` whenever it dies, like systemd would, until ``stop`` is set or it
+    was started ``max_starts`` times; the task's result is how many times it was started."""
+
+    async def loop() -> int:
+        while not stop.is_set() and len(worker.pids) < max_starts:
+            if not worker.alive():
+                worker.start()
+            await asyncio.sleep(0.2)
+        return len(worker.pids)
+
+    return asyncio.create_task(loop())

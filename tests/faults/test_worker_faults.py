@@ -12,7 +12,7 @@ import pytest
 
 from eventworker.errors import ExitCode
 from tests.faults.plugin import Spec
-from tests.faults.processes import WorkerProcess
+from tests.faults.processes import WorkerProcess, supervise
 from tests.faults.rig import LOAD_SLACK, Rig
 from tests.support.control import QueueState
 
@@ -150,20 +150,6 @@ async def test_c3_a_handler_outliving_the_drain_is_handed_back_without_spending_
     await rig.finish(workers=[worker], expected_starts=2)
     first, second = rig.ledger.invocations(event_id)
     assert second.redelivered and second.attempt == first.attempt == 1
-
-
-def supervise(worker: WorkerProcess, stop: asyncio.Event, max_starts: int) -> asyncio.Task[int]:
-    """Restart ``worker`` whenever it dies, like systemd would, until ``stop`` is set or it
-    was started ``max_starts`` times; the task's result is how many times it was started."""
-
-    async def loop() -> int:
-        while not stop.is_set() and len(worker.pids) < max_starts:
-            if not worker.alive():
-                worker.start()
-            await asyncio.sleep(0.2)
-        return len(worker.pids)
-
-    return asyncio.create_task(loop())
 
 
 async def crash_loop(rig: Rig) -> tuple[str, list[str], WorkerProcess, int]:
