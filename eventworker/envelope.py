@@ -21,7 +21,8 @@ import orjson
 
 from eventworker.errors import EnvelopeError
 
-#: Our headers. Attempt and routing key are trusted only on messages our retry tiers sent back.
+#: Our headers. Attempt and routing key are trusted only on messages our retry tiers sent back
+#: (the return exchange delivered them, and their ``x-death`` names one of our retry queues).
 ATTEMPT = "x-eventworker-attempt"
 #: Which work queue a retry copy returns to. No ``x-`` prefix: RabbitMQ's headers exchange
 #: ignores ``x-`` headers when matching, and this one is matched by the return exchange.
@@ -183,13 +184,23 @@ def _int(value: Any, default: int) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
+def last_death(headers: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(queue, reason)`` of the newest ``x-death`` entry (the broker puts it first): the
+    queue the broker last dead-lettered the message from, and why. None without one."""
+    deaths = headers.get("x-death")
+    if not isinstance(deaths, list) or not deaths or not isinstance(deaths[0], Mapping):
+        return None
+    queue, reason = _text(deaths[0].get("queue")), _text(deaths[0].get("reason"))
+    return (queue, reason) if queue and reason else None
+
+
 def decode(message: AmqpMessage, data: Any, *, trusted: bool, max_attempts: int) -> Event[Any]:
     """The :class:`Event` of a delivered message whose body decoded to ``data``.
 
-    ``trusted`` says the message came back from our own retry tiers (the broker sets the
-    delivery's exchange, a producer cannot): only then are the attempt counter and the original
-    routing key read from our headers. Anything else starts at attempt 1, so a forged attempt
-    header cannot dead-letter a message early.
+    ``trusted`` says the message came back from our own retry tiers (the delivery's exchange is
+    the return exchange and its newest ``x-death`` says a retry queue expired it): only then are
+    the attempt counter and the original routing key read from our headers. Anything else starts
+    at attempt 1, so a forged attempt header cannot dead-letter a message early.
     """
     headers = message.headers or {}
     routing_key = message.routing_key or ""

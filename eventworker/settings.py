@@ -13,6 +13,7 @@ import sys
 from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import (
@@ -31,32 +32,66 @@ CONFIG_ENV = "EVENTWORKER_CONFIG"
 #: The TOML file read from the working directory when neither option nor variable names one.
 DEFAULT_CONFIG_FILE = "eventworker.toml"
 
-#: The password runs to the *last* ``@``, as URL parsers read it: a password may hold an
-#: unencoded ``/`` or ``@``. A vhost with ``@`` in it is over-redacted, which is the safe side.
+#: Where a URL starts: a scheme and ``://``.
+_SCHEME = r"[a-z][a-z0-9+.-]*://"
+#: The password runs to the *last* ``@`` before the next URL (or the end of the text), as URL
+#: parsers read one URL: a password may hold an unencoded ``/``, ``@``, ``:``, ``,``, spaces or
+#: percent escapes. A next URL starts after a space, a comma, a quote or a bracket. Text after
+#: the URL that holds an ``@`` is over-redacted up to it (the safe side); a list of URLs,
+#: comma-separated or quoted in a sentence, is redacted URL by URL.
 _USERINFO = re.compile(
-    r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:@/]*):(?P<password>\S*)@", re.IGNORECASE
+    rf"(?P<scheme>{_SCHEME})(?P<user>[^:@/\s]*)"
+    rf":(?P<password>(?:(?!(?<=[\s,;'\"(<\[]){_SCHEME}).)*)@",
+    re.IGNORECASE | re.DOTALL,
 )
 
 
 def redact_url(url: str) -> str:
-    """``amqp://user:secret@host/vh`` -> ``amqp://user:***@host/vh``; works on malformed URLs too.
+    """``amqp://user:secret@host/vh`` -> ``amqp://user:***@host/vh``; works on malformed URLs,
+    lists of URLs and sentences that quote URLs too.
 
     A regular expression rather than ``urllib.parse``, because a parser error would be the place
-    where the unredacted URL leaks (its message may quote the input). A comma-separated list of
-    URLs (a cluster) is redacted URL by URL.
+    where the unredacted URL leaks (its message may quote the input).
     """
-    return ",".join(
-        _USERINFO.sub(r"\g<scheme>\g<user>:***@", part) for part in _URL_LIST.split(url)
-    )
+    return _USERINFO.sub(r"\g<scheme>\g<user>:***@", url)
 
 
 #: Where a comma-separated list of broker URLs splits: before each further scheme.
-_URL_LIST = re.compile(r",\s*(?=[a-z][a-z0-9+.-]*://)", re.IGNORECASE)
+_URL_LIST = re.compile(rf",\s*(?={_SCHEME})", re.IGNORECASE)
 
 
 def split_urls(urls: str) -> list[str]:
     """``"amqp://a/,amqp://b/"`` -> ``["amqp://a/", "amqp://b/"]`` (a single URL stays one)."""
     return [part.strip() for part in _URL_LIST.split(urls) if part.strip()]
+
+
+def check_database_url(url: str) -> str:
+    """``url`` unchanged when a database driver can read its host part: brackets in place, and
+    each port (a PostgreSQL URL may name several hosts) a number from 1 to 65535 or absent.
+
+    The drivers would raise on such a URL deep inside their parser, with a traceback and a
+    message that may quote the URL; checked with the settings, it is one ``error:`` line.
+
+    Raises:
+        ValueError: what is wrong; the message never quotes the URL.
+    """
+    try:
+        urlsplit(url)
+    except ValueError:
+        raise ValueError(
+            "it is not a URL a driver can read (a [ or ] out of place? percent-encode them "
+            "in a user name or password)"
+        ) from None
+    rest = url.partition("://")[2]
+    hosts = rest.rpartition("@")[2] if "@" in rest else rest
+    for host in re.split(r"[/?#]", hosts, maxsplit=1)[0].split(","):
+        port = host.rpartition("]")[2] if host.startswith("[") else host
+        if ":" not in port:
+            continue
+        digits = port.rpartition(":")[2]
+        if digits and not (digits.isascii() and digits.isdigit() and 1 <= int(digits) <= 65_535):
+            raise ValueError("its port is not a number from 1 to 65535")
+    return url
 
 
 class RetrySettings(BaseModel):
@@ -115,6 +150,8 @@ class InboxSettings(BaseModel):
                 "the inbox URL must start with sqlite:///, postgresql://, redis://, rediss:// "
                 "or memory://"
             )
+        if scheme not in ("sqlite", "memory"):
+            check_database_url(url.get_secret_value())
         return url
 
     def redacted_url(self) -> str:
@@ -194,6 +231,8 @@ class OutboxSettings(BaseModel):
             ("postgresql://", "postgres://", "sqlite:///")
         ):
             raise ValueError("expected postgresql://user:password@host/db or sqlite:///path")
+        if dsn is not None and not dsn.get_secret_value().startswith("sqlite:///"):
+            check_database_url(dsn.get_secret_value())
         return dsn
 
 

@@ -251,8 +251,14 @@ async def run_handler(
     [route] = resolve([Registration(spied, _PLUGIN)], settings)
     recorder, decisions = _Recorder(refuse_publish), _Decisions()
     delivered_headers = dict(headers or {})
-    if attempt > 1:  # as a copy that came back from a retry tier
-        delivered_headers |= {envelope.ATTEMPT: attempt, envelope.ROUTING_KEY: key}
+    if attempt > 1:  # as a copy that came back from a retry tier, which the broker expired
+        delays = route.policy.delays
+        tier = route.retry_queues[delays[min(attempt - 2, len(delays) - 1)]]
+        delivered_headers |= {
+            envelope.ATTEMPT: attempt,
+            envelope.ROUTING_KEY: key,
+            "x-death": [{"queue": tier, "reason": "expired", "count": 1, "exchange": ""}],
+        }
     delivery = _Delivery(
         body=envelope.encode_data(data) if body is None else body,
         routing_key=route.queue if attempt > 1 else key,
@@ -269,6 +275,7 @@ async def run_handler(
             moves=recorder,
             events=recorder.publish,
             return_exchange=_RETURN,
+            queue_prefix=settings.queue_prefix,
             max_body_bytes=settings.max_body_bytes,
             executor=executor,
             observers=[decisions],

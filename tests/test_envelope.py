@@ -433,3 +433,23 @@ def test_a_reserved_header_name_is_refused(name: str) -> None:
 def test_a_header_name_must_be_1_to_255_bytes(name: str) -> None:
     with pytest.raises(ValueError, match="1 to 255 bytes"):
         check_header(name)
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({}, None),
+        ({"x-death": "junk"}, None),
+        ({"x-death": []}, None),
+        ({"x-death": [{"junk": True}]}, None),
+        (
+            {"x-death": [{"queue": "q.retry.1s", "reason": "expired"}, {"queue": "q"}]},
+            ("q.retry.1s", "expired"),
+        ),
+        ({"x-death": [{"queue": b"q.retry.1s", "reason": b"expired"}]}, ("q.retry.1s", "expired")),
+    ],
+)
+def test_the_last_death_is_the_first_x_death_entry(
+    headers: dict[str, Any], expected: tuple[str, str] | None
+) -> None:
+    assert envelope.last_death(headers) == expected

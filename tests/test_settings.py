@@ -336,6 +336,9 @@ def test_a_non_finite_retry_delay_in_toml_is_a_config_error(tmp_path: Path, valu
             "cannot reach amqp://a:one@h1/ or amqp://b:two@h2/",
             "cannot reach amqp://a:***@h1/ or amqp://b:***@h2/",
         ),
+        ("amqp://guest:PW SECRET@host/", "amqp://guest:***@host/"),
+        ("amqp://u:a:b@c,d e@h1/,amqp://v:f, g@h2/", "amqp://u:***@h1/,amqp://v:***@h2/"),
+        ("at amqp://u:x://y@h/: refused", "at amqp://u:***@h/: refused"),
     ],
 )
 def test_redact_url_replaces_the_password(url: str, shown: str) -> None:

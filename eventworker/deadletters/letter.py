@@ -169,7 +169,9 @@ def replay_properties(message: envelope.AmqpMessage, *, return_to: str | None) -
     diagnosis dropped (a new failure writes a new one).
 
     With ``return_to`` the copy is for the return exchange, which routes it to that work queue
-    only; the worker trusts its attempt and routing-key headers because of where it came from.
+    only. The worker reads it as a first delivery (no retry queue expired it), so the copy is
+    sent with the producer's routing key; the routing-key header stays for the dead-letter
+    tools.
     """
     headers = message.headers or {}
     previous = headers.get(envelope.REPLAYS)

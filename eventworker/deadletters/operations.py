@@ -194,9 +194,11 @@ async def replay(
                     delivery_mode=PERSISTENT,
                     **letter.replay_properties(message, return_to=dlq.return_to),
                 )
-                key = "" if dlq.return_to is not None else described.routing_key
+                # The producer's routing key even through the return exchange (a headers
+                # exchange, which ignores it): the worker reads a copy that no retry queue
+                # expired as a first delivery, with the routing key it was sent with.
                 try:
-                    await publisher.send_copy(message.body, copy, key)
+                    await publisher.send_copy(message.body, copy, described.routing_key)
                 except PublishError as exc:
                     return ReplayOutcome(scanned, tuple(moved), exc, tuple(refused))
                 await reader.take(message)

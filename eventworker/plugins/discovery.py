@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import EntryPoint, entry_points
+from importlib.metadata import EntryPoint, distributions, entry_points
 from pathlib import Path
 from types import ModuleType
 
@@ -59,6 +59,21 @@ def _from_working_directory(ep: EntryPoint) -> bool:
     except (OSError, NotImplementedError):
         return False
     return location == Path.cwd().resolve() and str(location) not in _site_dirs()
+
+
+def _stray_entry_points(group: str) -> list[EntryPoint]:
+    """The entry points of distributions lying in the working directory when it is not on
+    ``sys.path`` (``python -m eventworker`` takes it off): listed as ignored all the same, so
+    that ``eventworker plugins`` shows the same whichever way it is run."""
+    cwd = Path.cwd().resolve()
+    if any(Path(p or ".").resolve() == cwd for p in sys.path):
+        return []  # entry_points() sees them already
+    return [
+        ep
+        for dist in distributions(path=[str(cwd)])
+        for ep in dist.entry_points
+        if ep.group == group
+    ]
 
 
 def _site_dirs() -> set[str]:
@@ -167,7 +182,7 @@ def survey(*, plugins: Sequence[str] = (), group: str = GROUP) -> list[Availabil
     (an allowlist is set and does not name it) or ``ignored (untrusted location)`` (metadata
     in the working directory). Imports no plugin code."""
     rows = []
-    for ep in entry_points(group=group):
+    for ep in [*entry_points(group=group), *_stray_entry_points(group)]:
         if _from_working_directory(ep):
             status = "ignored (untrusted location: the working directory)"
         elif plugins and ep.name not in plugins:

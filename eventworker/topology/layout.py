@@ -18,6 +18,7 @@ at-least-once dead-lettering: the TTL hop is RabbitMQ's one at-most-once hop oth
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -85,6 +86,16 @@ def delay_label(delay: float) -> str:
 def retry_queue(prefix: str, delay: float) -> str:
     """``<prefix>retry.30s`` (or ``.1500ms`` for a delay that is not whole seconds)."""
     return f"{prefix}retry.{delay_label(delay)}"
+
+
+#: What follows the prefix in a retry queue's name: ``retry.30s`` or ``retry.1500ms``.
+_RETRY_TIER = re.compile(r"retry\.[0-9]+m?s")
+
+
+def is_retry_queue(prefix: str, queue: str) -> bool:
+    """True for a name :func:`retry_queue` gives with ``prefix``, whatever the delay: a tier
+    that the retry policies no longer name (delays changed since) is still one of ours."""
+    return queue.startswith(prefix) and _RETRY_TIER.fullmatch(queue[len(prefix) :]) is not None
 
 
 def return_exchange(exchange: str) -> str:

@@ -40,6 +40,7 @@ from eventworker.inbox.protocol import CONFLICT_REASON, AlreadyHandled, Key, Not
 from eventworker.observability import logs, tracing
 from eventworker.observability.logs import OneLine
 from eventworker.plugins.resolved import ResolvedHandler
+from eventworker.topology import layout
 from eventworker.topology.topic import compile_bindings
 from eventworker.worker._copies import describe_error, failure_copy, short_traceback
 from eventworker.worker.decisions import (
@@ -115,6 +116,7 @@ class Dispatcher:
         moves: Moves,
         events: Publish,
         return_exchange: str,
+        queue_prefix: str,
         max_body_bytes: int,
         executor: Executor,
         observers: Sequence[Observer] = (),
@@ -124,6 +126,7 @@ class Dispatcher:
         self._moves = moves
         self._events = events
         self._return_exchange = return_exchange
+        self._queue_prefix = queue_prefix
         self._max_body_bytes = max_body_bytes
         self._executor = executor
         self._observers = tuple(observers)
@@ -134,7 +137,7 @@ class Dispatcher:
         """Handle ``message`` and settle it, once, through ``acks``."""
         route = self.route
         received = time.monotonic()
-        trusted = message.exchange == self._return_exchange
+        trusted = self._from_retry_tier(message)
         # The body first, so the event is built once (its refusal is settled below).
         invalid: EnvelopeError | None = None
         try:
@@ -178,6 +181,21 @@ class Dispatcher:
         seconds = time.monotonic() - received
         for observer in self._observers:
             observer.settled(route, event, decision, moved=moved, seconds=seconds)
+
+    def _from_retry_tier(self, message: Delivered) -> bool:
+        """True for a copy one of our retry queues sent back: the return exchange delivered it
+        and its newest ``x-death`` says a retry queue expired it. Only then do our headers
+        (attempt, routing key, first failure) count: a producer allowed to publish to the
+        return exchange could otherwise set a high attempt and have an event dead-lettered
+        early."""
+        if message.exchange != self._return_exchange:
+            return False
+        death = envelope.last_death(message.headers or {})
+        return (
+            death is not None
+            and death[1] == "expired"
+            and layout.is_retry_queue(self._queue_prefix, death[0])
+        )
 
     async def reject_undecodable(self, delivery: Delivery, acks: Settle) -> None:
         """Dead-letter a delivery whose header cannot be decoded, at once and as the broker holds
@@ -338,7 +356,7 @@ class Dispatcher:
         (the message went back to its queue instead)."""
         route = self.route
         name = route.handler.name
-        retried = message.exchange == self._return_exchange  # back from a retry tier
+        retried = self._from_retry_tier(message)
         match decision:
             case Ack():
                 logger.debug("{} handled {} [{}]", name, event.id, OneLine(event.type, 100))

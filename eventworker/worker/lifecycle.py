@@ -295,6 +295,7 @@ class Worker:
             moves=publisher,
             events=publisher.publish,
             return_exchange=layout.return_exchange(self.settings.exchange),
+            queue_prefix=self.settings.queue_prefix,
             max_body_bytes=self.settings.max_body_bytes,
             executor=self.executor,
             observers=self.observers,

@@ -335,3 +335,32 @@ async def test_log_lines_stay_single_lines_whatever_the_producer_sends(
     assert not any(line.startswith("FORGED") for line in lines)
     assert "\x1b[31m" not in worker.text()
     assert any("evil\\x0aFORGED" in line and "{secret}" in line for line in lines)
+
+
+def test_a_package_in_the_working_directory_does_not_shadow_an_installed_plugin(
+    settings: Settings, tmp_path: Path
+) -> None:
+    # `python -m` puts the working directory first on sys.path: a package there named like the
+    # example plugin's module would be imported in its place.
+    shadow = tmp_path / "eventworker_example"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text(
+        "from pathlib import Path\n"
+        "Path('SHADOW-IMPORTED').write_text('imported')\n"
+        "print('SHADOW-IMPORTED')\n"
+        "raise SystemExit('the shadowing package was imported')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "eventworker", "handlers", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env_for(settings, EVENTWORKER_PLUGINS="demo,audit"),
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "SHADOW-IMPORTED" not in result.stdout + result.stderr
+    assert not (tmp_path / "SHADOW-IMPORTED").exists()
+    rows = json.loads(result.stdout)
+    assert {row["plugin"] for row in rows} == {"demo", "audit"}
+    assert all(row["distribution"].startswith("eventworker-example ") for row in rows)

@@ -15,6 +15,7 @@ from eventworker.topology.layout import (
     Plan,
     dead_letter_queue,
     handler_queues,
+    is_retry_queue,
     plan,
     retry_queue,
     return_exchange,
@@ -230,3 +231,21 @@ def test_a_single_active_consumer_handler_gets_that_queue_argument() -> None:
     ordered = handler_queues("ordered", ["o.#"], prefix=PREFIX, single_active_consumer=True)
     assert _args(_plan(ordered), "ew.ordered")["x-single-active-consumer"] is True
     assert "x-single-active-consumer" not in _args(_plan(BILL), "ew.bill")
+
+
+@pytest.mark.parametrize(
+    ("queue", "expected"),
+    [
+        (retry_queue(PREFIX, 30), True),
+        (retry_queue(PREFIX, 1.5), True),
+        (retry_queue(PREFIX, 7200), True),
+        (retry_queue("other.", 30), False),
+        ("ew.retry.30s.dead", False),
+        ("ew.retry.", False),
+        ("ew.retry.xs", False),
+        ("ew.billing", False),
+        ("", False),
+    ],
+)
+def test_a_retry_queue_is_known_by_its_name_whatever_its_delay(queue: str, expected: bool) -> None:
+    assert is_retry_queue(PREFIX, queue) is expected

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import orjson
+import pytest
 from pydantic import BaseModel
 
 from eventworker import Context, Event, Reject, Retry, RetryPolicy, handler
@@ -423,3 +424,55 @@ async def test_observers_see_every_delivery_and_how_it_was_settled(
         ("dead_letter", "confirmed"),
         ("retry", "confirmed"),
     ]
+
+
+@pytest.mark.parametrize(
+    "deaths",
+    [
+        None,
+        [{"queue": "elsewhere", "reason": "expired", "count": 1, "exchange": ""}],
+        [{"queue": "{tier}", "reason": "rejected", "count": 1, "exchange": ""}],
+    ],
+    ids=["no-x-death", "x-death-of-another-queue", "x-death-not-expired"],
+)
+async def test_an_attempt_header_sent_straight_to_the_return_exchange_counts_for_nothing(
+    broker: Broker, settings: Settings, deaths: list[dict[str, Any]] | None
+) -> None:
+    # Only a copy our own retry tier dead-lettered (its x-death says so) keeps its attempt: a
+    # producer allowed to publish to <exchange>.return cannot dead-letter an event early.
+    calls = Calls()
+
+    @handler("returned.event", retry=RetryPolicy(max_attempts=3, delays=(1,)))
+    async def fails(event: Event[Any], ctx: Context) -> None:
+        calls.add(event)
+        if event.id == "genuine" or [e.id for _, _, e in calls.items].count(event.id) == 1:
+            raise RuntimeError("fails")
+
+    async with running(broker, [fails], settings) as worker:
+        route = worker.routes[0]
+        [tier] = route.retry_queues.values()
+        headers: dict[str, Any] = {
+            H + "attempt": 3,
+            H + "routing-key": "returned.event",
+            "eventworker-return-to": route.queue,
+        }
+        if deaths is not None:
+            headers["x-death"] = [{**d, "queue": d["queue"].format(tier=tier)} for d in deaths]
+        await broker.publish(
+            "returned.event",
+            b"{}",
+            exchange=f"{settings.exchange}.return",
+            message_id="forged",
+            headers=headers,
+        )
+        # A genuine retry still counts: three failed attempts, then the dead-letter queue.
+        await broker.publish("returned.event", b"{}", message_id="genuine")
+        dead_lettered = await broker.take_all(route.dead_letter_queue, expect=1, timeout=20)
+        await wait_for(lambda: [e.id for _, _, e in calls.items].count("forged") == 2)
+        assert await broker.count(route.dead_letter_queue) == 0
+    by_id: dict[str, list[int]] = {}
+    for attempt, _, event in calls.items:
+        by_id.setdefault(event.id, []).append(attempt)
+    assert by_id == {"forged": [1, 2], "genuine": [1, 2, 3]}
+    assert [m.message_id for m in dead_lettered] == ["genuine"]
+    assert dead_lettered[0].headers[H + "attempt"] == 3
