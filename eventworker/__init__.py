@@ -18,7 +18,7 @@ from eventworker.errors import (
 
 if typing.TYPE_CHECKING:  # the lazily imported names, for type checkers
     from eventworker.envelope import Event
-    from eventworker.handlers import Context, Handler, RetryPolicy, handler
+    from eventworker.handlers import Context, Handler, Resource, RetryPolicy, handler, resource
     from eventworker.publishing.blocking import BlockingPublisher
     from eventworker.publishing.channel import PublishResult
     from eventworker.publishing.publisher import NewEvent, Publisher
@@ -34,8 +34,10 @@ _LAZY = {
     "NewEvent": "eventworker.publishing.publisher",
     "PublishResult": "eventworker.publishing.channel",
     "Publisher": "eventworker.publishing.publisher",
+    "Resource": "eventworker.handlers",
     "RetryPolicy": "eventworker.handlers",
     "handler": "eventworker.handlers",
+    "resource": "eventworker.handlers",
 }
 
 __all__ = [
@@ -52,9 +54,11 @@ __all__ = [
     "PublishResult",
     "Publisher",
     "Reject",
+    "Resource",
     "Retry",
     "RetryPolicy",
     "handler",
+    "resource",
 ]
 
 

@@ -19,7 +19,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     #: The TOML file, an environment variable or an option holds a bad value.
     CONFIG = 3
-    #: A handler plugin failed to load or conflicts with another.
+    #: A handler plugin failed to load or conflicts with another, or its resource failed to start.
     PLUGIN = 4
     #: Input refused before anything was sent (bad JSON, bad routing key, too large).
     INVALID_INPUT = 5
@@ -64,6 +64,10 @@ class RegistryError(EventworkerError):
         super().__init__(f"{where}: {message}" if where else message)
         self.entry_point = entry_point
         self.distribution = distribution
+
+
+class ResourceError(RegistryError):
+    """A plugin's resource failed to start (its set-up raised): the worker does not consume."""
 
 
 class InvalidInputError(EventworkerError):

@@ -1,4 +1,5 @@
-"""The plugin API: ``@handler``, :class:`Handler`, :class:`RetryPolicy`, :class:`Context`.
+"""The plugin API: ``@handler``, :class:`Handler`, :class:`RetryPolicy`, :class:`Context`,
+``@resource`` and :class:`Resource`.
 
 No aio-pika here, so a plugin's handlers can be imported and unit-tested without a broker.
 """
@@ -6,13 +7,17 @@ No aio-pika here, so a plugin's handlers can be imported and unit-tested without
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import contextlib
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import MappingProxyType
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from loguru import logger as _root_logger
 from pydantic import BaseModel
@@ -22,6 +27,10 @@ from eventworker.observability import tracing
 
 #: AMQP short strings (routing keys, queue names) are at most 255 bytes.
 MAX_SHORTSTR = 255
+
+T = TypeVar("T")
+#: A context without resources: shared, so building a context costs no allocation for them.
+NO_RESOURCES: Mapping[type[Any], Any] = MappingProxyType({})
 
 
 def _positive(value: float) -> bool:
@@ -86,6 +95,25 @@ class Context:
     _transaction: Callable[[], AbstractAsyncContextManager[Any]] | None = field(
         default=None, repr=False
     )
+    _resources: Mapping[type[Any], Any] | None = field(default=None, repr=False)
+
+    def resource(self, key: type[T]) -> T:
+        """The object the resource declared for ``key`` (its type) holds, as entered when the
+        worker started: ``db = ctx.resource(Database)`` is a ``Database``.
+
+        Raises:
+            LookupError: no loaded plugin declares a resource for ``key``.
+        """
+        resources = self._resources or NO_RESOURCES
+        try:
+            value: T = resources[key]
+        except KeyError:
+            declared = ", ".join(sorted(k.__qualname__ for k in resources)) or "none"
+            raise LookupError(
+                f"handler {self.handler} asked for resource {key.__qualname__}, which no loaded "
+                f"plugin declares (declared: {declared})"
+            ) from None
+        return value
 
     @property
     def logger(self) -> Logger:
@@ -168,6 +196,130 @@ class Context:
 
 
 HandlerFunc = Callable[[Event[Any], Context], Awaitable[None] | None]
+
+#: What ``@resource`` decorates: an async or sync generator function yielding the object once
+#: (set-up before the ``yield``, tear-down after), or a function returning an async or sync
+#: context manager. It takes no arguments.
+ResourceFactory = Callable[[], Any]
+
+#: Return annotations whose first argument is the resource's type.
+_YIELDING = (
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncGenerator,
+    collections.abc.Iterator,
+    collections.abc.Generator,
+    contextlib.AbstractAsyncContextManager,
+    contextlib.AbstractContextManager,
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Resource(Generic[T]):
+    """A long-lived object a plugin's handlers share (a connection pool, a client), with a
+    lifespan: the worker enters it once per process before consuming and leaves it after the
+    drain. Handlers get it with ``ctx.resource(key)``."""
+
+    factory: ResourceFactory
+    key: type[T]
+    name: str
+
+    def open(self) -> AbstractAsyncContextManager[T] | AbstractContextManager[T]:
+        """A fresh context manager whose entering yields the resource's object.
+
+        Raises:
+            TypeError: the factory returned neither an async nor a sync context manager.
+        """
+        func = self.factory
+        if inspect.isasyncgenfunction(func):
+            return contextlib.asynccontextmanager(func)()
+        if inspect.isgeneratorfunction(func):
+            return contextlib.contextmanager(func)()
+        made = func()
+        if isinstance(made, AbstractAsyncContextManager | AbstractContextManager):
+            return made
+        if hasattr(made, "__aenter__") or hasattr(made, "__enter__"):
+            return made  # type: ignore[no-any-return]  # a context manager by duck typing
+        raise TypeError(
+            f"resource {self.name} returned a {type(made).__name__}, not a context manager"
+        )
+
+
+def _resource_key(func: ResourceFactory, name: str) -> type[Any]:
+    """The type a factory's return annotation names: ``AsyncIterator[Db]``, ``Iterator[Db]``,
+    ``AbstractAsyncContextManager[Db]``... give ``Db``; a class that is itself a context manager
+    (``-> Db``) gives ``Db``."""
+    try:
+        hint = typing.get_type_hints(func).get("return")
+    except Exception as exc:
+        raise ValueError(
+            f"@resource {name}: cannot resolve its return annotation ({type(exc).__name__}: "
+            f"{exc}); import the type at run time or give @resource(provides=...)"
+        ) from None
+    origin = typing.get_origin(hint)
+    if origin in _YIELDING:
+        hint = typing.get_args(hint)[0] if typing.get_args(hint) else None
+    elif isinstance(hint, type) and not (hasattr(hint, "__aenter__") or hasattr(hint, "__enter__")):
+        hint = None
+    key = typing.get_origin(hint) or hint
+    if not isinstance(key, type):
+        raise ValueError(
+            f"@resource {name}: annotate what it yields (-> AsyncIterator[Db], "
+            f"-> AbstractAsyncContextManager[Db], ...) or give @resource(provides=Db)"
+        )
+    return key
+
+
+@overload
+def resource(func: Callable[[], AsyncIterator[T]], /) -> Resource[T]: ...
+@overload
+def resource(func: Callable[[], Iterator[T]], /) -> Resource[T]: ...
+@overload
+def resource(func: Callable[[], AbstractAsyncContextManager[T]], /) -> Resource[T]: ...
+@overload
+def resource(func: Callable[[], AbstractContextManager[T]], /) -> Resource[T]: ...
+@overload
+def resource(
+    *, provides: type[T], name: str | None = None
+) -> Callable[[ResourceFactory], Resource[T]]: ...
+@overload
+def resource(*, name: str) -> Callable[[ResourceFactory], Resource[Any]]: ...
+def resource(
+    func: ResourceFactory | None = None,
+    /,
+    *,
+    provides: type[Any] | None = None,
+    name: str | None = None,
+) -> Resource[Any] | Callable[[ResourceFactory], Resource[Any]]:
+    """Declare a resource: ``@resource`` on an ``async def`` that yields the object once.
+
+    The code before ``yield`` runs when the worker starts, the code after it when the worker
+    stops (also when start-up fails later). A function returning an async or sync context
+    manager works too (``@asynccontextmanager`` functions, a client class's constructor), and so
+    does a sync generator. Handlers look it up by its type, ``ctx.resource(Db)``, which is taken
+    from the return annotation (``-> AsyncIterator[Db]``) or from ``provides=``. ``name``
+    (default: the function's name) names it in logs and errors.
+
+    Raises:
+        ValueError: it takes arguments, or its type is neither annotated nor given; when the
+            plugin module is imported.
+    """
+
+    def declare(factory: ResourceFactory) -> Resource[Any]:
+        if not callable(factory):
+            raise ValueError("@resource decorates a function")
+        label: str = name or getattr(factory, "__name__", None) or repr(factory)
+        try:
+            inspect.signature(factory).bind()
+        except TypeError:
+            raise ValueError(f"@resource {label}: the function must take no arguments") from None
+        except ValueError:
+            pass  # no signature to check (a builtin): calling it will tell
+        key = provides if provides is not None else _resource_key(factory, label)
+        if not isinstance(key, type):
+            raise ValueError(f"@resource {label}: provides= must be a type")
+        return Resource(factory=factory, key=key, name=label)
+
+    return declare(func) if func is not None else declare
 
 
 @dataclass(frozen=True, slots=True)

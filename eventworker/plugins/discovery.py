@@ -1,20 +1,22 @@
 """Handler discovery from the ``eventworker.handlers`` entry-point group, and its validation.
 
-A plugin's entry point names a module (every handler defined in it) or one handler object.
-Everything that can be wrong with a plugin is found here, before the worker connects.
+A plugin's entry point names a module (every handler and resource defined in it) or one handler
+object (with the resources of the module it lives in). Everything that can be wrong with a
+plugin is found here, before the worker connects.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from eventworker.errors import RegistryError
-from eventworker.handlers import Handler
+from eventworker.handlers import Handler, Resource
 
 #: The entry-point group plugins register their handlers under.
 GROUP = "eventworker.handlers"
@@ -22,12 +24,14 @@ GROUP = "eventworker.handlers"
 
 @dataclass(frozen=True, slots=True)
 class Plugin:
-    """Where handlers came from: the entry point and its installed distribution."""
+    """Where handlers came from: the entry point and its installed distribution, and the
+    resources its module declares (entered by the worker while one of its handlers runs)."""
 
     entry_point: str
     value: str
     distribution: str
     version: str
+    resources: tuple[Resource[Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +67,15 @@ def _from_working_directory(ep: EntryPoint) -> bool:
 
 def _site_dirs() -> set[str]:
     return {str(Path(p).resolve()) for p in sys.path if p and "-packages" in p}
+
+
+def resources_of(obj: object) -> tuple[Resource[Any], ...]:
+    """The resources a module declares (each once); for a handler, those of its module."""
+    if isinstance(obj, Handler):
+        obj = sys.modules.get(obj.module)
+    if not isinstance(obj, ModuleType):
+        return ()
+    return tuple({id(v): v for v in vars(obj).values() if isinstance(v, Resource)}.values())
 
 
 def handlers_of(obj: object, plugin: Plugin) -> list[Handler]:
@@ -105,7 +118,11 @@ def load(ep: EntryPoint) -> list[Registration]:
             entry_point=ep.name,
             distribution=plugin.distribution,
         ) from exc
-    return [Registration(h, plugin) for h in handlers_of(obj, plugin)]
+    handlers = handlers_of(obj, plugin)
+    found = resources_of(obj)
+    if found:
+        plugin = replace(plugin, resources=found)
+    return [Registration(h, plugin) for h in handlers]
 
 
 def discover(
@@ -128,6 +145,7 @@ def discover(
         )
     registrations = [r for ep in eps if not plugins or ep.name in plugins for r in load(ep)]
     check_unique(registrations)
+    check_resources(registrations)
     if names:
         missing = set(names) - {r.handler.name for r in registrations}
         if missing:
@@ -152,6 +170,31 @@ def check_unique(registrations: Iterable[Registration]) -> None:
                     entry_point=reg.plugin.entry_point,
                     distribution=reg.plugin.distribution,
                 )
+
+
+def declared_resources(registrations: Iterable[Registration]) -> list[tuple[Resource[Any], Plugin]]:
+    """The resources of the plugins these handlers come from, each once, in plugin order."""
+    seen: dict[int, tuple[Resource[Any], Plugin]] = {}
+    for reg in registrations:
+        for res in reg.plugin.resources:
+            seen.setdefault(id(res), (res, reg.plugin))
+    return list(seen.values())
+
+
+def check_resources(registrations: Iterable[Registration]) -> None:
+    """Raises RegistryError when two resources provide one type: ``ctx.resource(T)`` would
+    not know which to return."""
+    by_key: dict[type[Any], tuple[Resource[Any], Plugin]] = {}
+    for res, plugin in declared_resources(registrations):
+        other = by_key.setdefault(res.key, (res, plugin))
+        if other[0] is not res:
+            raise RegistryError(
+                f"resource type {res.key.__qualname__} is provided twice: by {other[0].name} "
+                f"(plugin {other[1].entry_point!r}) and by {res.name} (plugin "
+                f"{plugin.entry_point!r}); give one of them another type",
+                entry_point=plugin.entry_point,
+                distribution=plugin.distribution,
+            )
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -34,7 +34,7 @@ from eventworker.errors import (
     IdempotencyConflictError,
     PublishError,
 )
-from eventworker.handlers import Context, Publish
+from eventworker.handlers import NO_RESOURCES, Context, Publish
 from eventworker.inbox.claims import Inbox
 from eventworker.inbox.protocol import CONFLICT_REASON, AlreadyHandled, Key, NotAdmitted
 from eventworker.observability import logs, tracing
@@ -119,6 +119,7 @@ class Dispatcher:
         executor: Executor,
         observers: Sequence[Observer] = (),
         inbox: Inbox | None = None,
+        resources: Mapping[type[Any], Any] = NO_RESOURCES,
     ) -> None:
         self.route = route
         self._moves = moves
@@ -129,6 +130,7 @@ class Dispatcher:
         self._observers = tuple(observers)
         self._inbox = inbox if route.idempotent else None
         self._bindings = compile_bindings(route.handler.bindings)
+        self._resources = resources
 
     async def handle(self, message: Delivered, acks: Settle) -> None:
         """Handle ``message`` and settle it, once, through ``acks``."""
@@ -295,6 +297,7 @@ class Dispatcher:
             _publish=self._publish,
             _loop=loop,
             _transaction=transaction,
+            _resources=self._resources,
         )
         try:
             async with asyncio.timeout(self.route.timeout) as deadline:

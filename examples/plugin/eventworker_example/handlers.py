@@ -1,5 +1,6 @@
 """Example handlers: one succeeds, one fails twice then succeeds, one always fails, one is
-slow, one validates its payload with a model and publishes a follow-up event."""
+slow, one validates its payload with a model and publishes a follow-up event, one sends mail
+through a resource the worker opens once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import asyncio
 from pydantic import BaseModel
 
 from eventworker import Context, Event, Reject, RetryPolicy, handler
+from eventworker_example.mail import Mailer
+from eventworker_example.mail import mailer as mailer  # the module the entry point names
+
+# declares the plugin's resources: importing one here is enough
 
 
 class OrderCreated(BaseModel):
@@ -67,3 +72,14 @@ async def record_charge(event: Event[dict[str, object]], ctx: Context) -> None:
     ctx.logger.info(
         "charged order {} (caused by {})", event.data.get("order_id"), event.causation_id
     )
+
+
+class UserSignedUp(BaseModel):
+    email: str
+    name: str
+
+
+@handler("users.signed_up", model=UserSignedUp)
+async def send_welcome(event: Event[UserSignedUp], ctx: Context) -> None:
+    """Sends a welcome mail with the worker's one mail client (the ``mailer`` resource)."""
+    await ctx.resource(Mailer).send(event.data.email, f"Welcome, {event.data.name}")
