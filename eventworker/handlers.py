@@ -11,12 +11,13 @@ import collections.abc
 import contextlib
 import inspect
 import math
+import sys
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
-from types import MappingProxyType
+from types import MappingProxyType, SimpleNamespace
 from typing import Any, Generic, Protocol, TypeVar, overload
 
 from loguru import logger as _root_logger
@@ -378,6 +379,120 @@ def check_binding_key(key: str) -> None:
             )
 
 
+#: What a handler function looks like, for errors that say what was expected.
+EXPECTED_FORM = "(event: Event[Model], ctx: Context)"
+
+
+def _described(sig: inspect.Signature) -> str:
+    """The parameters as written, without annotations: ``(payload)``, ``(event, ctx, extra)``."""
+    return str(
+        sig.replace(
+            parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+            return_annotation=sig.empty,
+        )
+    )
+
+
+def check_signature(func: Callable[..., Any], label: str) -> None:
+    """Refuse a function the worker cannot call as ``func(event, ctx)``.
+
+    Raises:
+        ValueError: naming the handler, what it takes and the expected form.
+    """
+    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
+        raise ValueError(
+            f"@handler {label}: a generator function never runs its body when called; "
+            f"expected a function {EXPECTED_FORM} that returns (async def or def)"
+        )
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # no signature to read (a builtin): calling it will tell
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        raise ValueError(
+            f"@handler {label}: takes {_described(sig)}; expected {EXPECTED_FORM}"
+        ) from None
+
+
+def _first_parameter(func: Callable[..., Any]) -> inspect.Parameter | None:
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        return None
+    return params[0]
+
+
+def infer_model(
+    func: Callable[..., Any],
+    label: str,
+    *,
+    explicit: type[BaseModel] | None,
+    localns: Mapping[str, Any] | None = None,
+) -> type[BaseModel] | None:
+    """The handler's model: ``explicit`` (``model=``), else ``Model`` of an ``Event[Model]``
+    annotation on the first parameter (string annotations resolved), else None.
+
+    Raises:
+        ValueError: the annotation names another model than ``model=``, names a model without
+            ``Event[...]``, or cannot be resolved while no ``model=`` is given.
+    """
+    first = _first_parameter(func)
+    if first is None or first.annotation is inspect.Parameter.empty:
+        return explicit
+    try:
+        hint = _resolve(func, first, localns)
+    except Exception as exc:
+        if explicit is not None:
+            return explicit
+        raise ValueError(
+            f"@handler {label}: cannot resolve the annotation {first.annotation!r} of "
+            f"{first.name} ({type(exc).__name__}: {exc}); import what it names at run time "
+            f"(not under TYPE_CHECKING) or give model="
+        ) from None
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        raise ValueError(
+            f"@handler {label}: {first.name} is annotated {hint.__name__}, but a handler gets an "
+            f"Event; expected {EXPECTED_FORM} with Event[{hint.__name__}]"
+        )
+    if typing.get_origin(hint) is not Event:
+        return explicit
+    args = typing.get_args(hint)
+    annotated = args[0] if args else None
+    if not (isinstance(annotated, type) and issubclass(annotated, BaseModel)):
+        return explicit
+    if explicit is None:
+        return annotated
+    if not issubclass(explicit, annotated):
+        raise ValueError(
+            f"@handler {label}: model={explicit.__name__} contradicts the annotation "
+            f"Event[{annotated.__name__}] of {first.name}; drop model= (it is inferred) or make "
+            f"them agree"
+        )
+    return explicit
+
+
+def _resolve(
+    func: Callable[..., Any], first: inspect.Parameter, localns: Mapping[str, Any] | None
+) -> Any:
+    """The first parameter's annotation, a string one evaluated as ``typing.get_type_hints``
+    does; only that one, so an unresolvable annotation elsewhere does not matter."""
+    if not isinstance(first.annotation, str):
+        return first.annotation
+    target = inspect.unwrap(func)
+    shim = SimpleNamespace(
+        __annotations__={first.name: first.annotation},
+        __globals__=getattr(target, "__globals__", {}),
+    )
+    return typing.get_type_hints(shim, localns=dict(localns or {}))[first.name]
+
+
 def handler(
     *binding_keys: str,
     name: str | None = None,
@@ -403,8 +518,13 @@ def handler(
     to one consumer at a time and fails over to another; concurrency then defaults to 1.
     Retries still come back later than the messages behind them.
 
+    The function takes ``(event: Event[Model], ctx: Context)``; ``model`` is inferred from the
+    first parameter's annotation ``Event[Model]`` (a pydantic model), unless ``model=`` is given.
+
     Raises:
-        ValueError: a bad binding key or option, when the plugin module is imported.
+        ValueError: a bad binding key or option, a function that cannot be called with
+            ``(event, ctx)``, an ``Event[...]`` annotation that contradicts ``model=`` or cannot be
+            resolved; when the plugin module is imported.
     """
     if not binding_keys:
         raise ValueError("@handler needs at least one binding key")
@@ -420,12 +540,17 @@ def handler(
     def register(func: HandlerFunc) -> Handler:
         if not callable(func):
             raise ValueError("@handler decorates a function")
+        label = name or getattr(func, "__name__", None) or repr(func)
+        check_signature(func, label)
+        # The frame applying the decorator: a model defined next to a handler inside a
+        # function resolves from its locals.
+        caller = sys._getframe(1).f_locals
         return Handler(
             func=func,
-            name=name or func.__name__,
+            name=label,
             bindings=tuple(binding_keys),
             queue=queue,
-            model=model,
+            model=infer_model(func, label, explicit=model, localns=caller),
             retry=retry,
             concurrency=concurrency,
             timeout=timeout,

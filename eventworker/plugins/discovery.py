@@ -7,7 +7,9 @@ plugin is found here, before the worker connects.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, entry_points
@@ -17,6 +19,7 @@ from typing import Any
 
 from eventworker.errors import RegistryError
 from eventworker.handlers import Handler, Resource
+from eventworker.observability.logs import one_line
 
 #: The entry-point group plugins register their handlers under.
 GROUP = "eventworker.handlers"
@@ -102,19 +105,63 @@ def handlers_of(obj: object, plugin: Plugin) -> list[Handler]:
     )
 
 
+def _plugin_root(module: str) -> tuple[Path, Path] | None:
+    """(the plugin's top-level package directory or single module file, the directory that
+    holds it), found without importing anything; None when it cannot be found."""
+    try:
+        spec = importlib.util.find_spec(module.partition(".")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        root = Path(next(iter(spec.submodule_search_locations))).resolve()
+    elif spec.origin:
+        root = Path(spec.origin).resolve()
+    else:
+        return None
+    return root, root.parent
+
+
+def failure_location(exc: BaseException, module: str) -> str:
+    """``file:line`` of the last frame inside the plugin when importing ``module`` raised
+    ``exc`` (a syntax error: where it is), the file relative to the directory holding the
+    plugin's top-level package; empty when no frame lies inside the plugin."""
+    found = _plugin_root(module)
+    if found is None:
+        return ""
+    root, base = found
+
+    def inside(filename: str | None) -> Path | None:
+        if not filename:
+            return None
+        path = Path(filename).resolve()
+        return path if path == root or root in path.parents else None
+
+    if isinstance(exc, SyntaxError) and (path := inside(exc.filename)) and exc.lineno:
+        return f"{path.relative_to(base)}:{exc.lineno}"
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if (path := inside(frame.filename)) is not None:
+            return f"{path.relative_to(base)}:{frame.lineno}"
+    return ""
+
+
 def load(ep: EntryPoint) -> list[Registration]:
     """Import one entry point and return its handlers.
 
     Raises:
-        RegistryError: the import failed (a bad binding key raises while importing, too) or
-            it names no handler; the message names the entry point and its distribution.
+        RegistryError: the import failed (a bad binding key or handler signature raises while
+            importing, too) or it names no handler; the message names the entry point, its
+            distribution and the plugin's file and line where the import failed.
     """
     plugin = _plugin(ep)
     try:
         obj = ep.load()
     except Exception as exc:
+        where = failure_location(exc, ep.module)
         raise RegistryError(
-            f"cannot load {ep.value}: {type(exc).__name__}: {exc}",
+            f"cannot load {ep.value}{f', at {where}' if where else ''}: "
+            f"{type(exc).__name__}: {one_line(exc, 500)}",
             entry_point=ep.name,
             distribution=plugin.distribution,
         ) from exc

@@ -79,7 +79,8 @@ class UserSignedUp(BaseModel):
     name: str
 
 
-@handler("users.signed_up", model=UserSignedUp)
+@handler("users.signed_up")
 async def send_welcome(event: Event[UserSignedUp], ctx: Context) -> None:
-    """Sends a welcome mail with the worker's one mail client (the ``mailer`` resource)."""
+    """Sends a welcome mail with the worker's one mail client (the ``mailer`` resource). Its
+    model, UserSignedUp, is inferred from the annotation: a bad payload is dead-lettered."""
     await ctx.resource(Mailer).send(event.data.email, f"Welcome, {event.data.name}")

@@ -6,7 +6,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from eventworker_example.handlers import bill_order, broken, flaky, greet, send_welcome
+from eventworker_example.handlers import (
+    UserSignedUp,
+    bill_order,
+    broken,
+    flaky,
+    greet,
+    send_welcome,
+)
 from eventworker_example.mail import Mailer, mailer
 
 from eventworker.testing import Published, TestWorker, run_handler, run_handler_sync
@@ -84,6 +91,14 @@ async def test_send_welcome_mails_through_the_mailer_resource_faked() -> None:
     )
     assert outcome.acked
     assert fake.sent == [("ada@example.org", "Welcome, Ada")]
+
+
+async def test_send_welcome_validates_its_inferred_model() -> None:
+    outcome = await run_handler(
+        send_welcome, {"email": "x@example.org"}, resources={Mailer: Mailer()}
+    )
+    assert send_welcome.model is UserSignedUp
+    assert outcome.dead_letter_reason == "schema_error"
 
 
 async def test_with_a_real_worker_the_mailer_is_opened_once_and_closed_after_the_drain(
