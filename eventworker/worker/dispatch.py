@@ -41,7 +41,7 @@ from eventworker.observability import logs, tracing
 from eventworker.observability.logs import OneLine
 from eventworker.plugins.resolved import ResolvedHandler
 from eventworker.topology.topic import compile_bindings
-from eventworker.worker._copies import describe_error, failure_copy, short_traceback
+from eventworker.worker._copies import describe_error, failure_copy, short_traceback, where
 from eventworker.worker.decisions import (
     Ack,
     DeadLetter,
@@ -389,12 +389,13 @@ class Dispatcher:
                 if not await self._move(message, acks, copy, queue, "dead_letter"):
                     return False
                 logger.error(
-                    "{} dead-lettered {} after attempt {} ({}): {}",
+                    "{} dead-lettered {} after attempt {} ({}): {}{}",
                     name,
                     event.id,
                     event.attempt,
                     reason,
                     describe_error(error),
+                    where(error),
                 )
         # Coalesced; a dead channel's acks are dropped there, never sent on another one.
         acks.ack(message.delivery_tag)
