@@ -18,7 +18,15 @@ from eventworker.errors import (
 
 if typing.TYPE_CHECKING:  # the lazily imported names, for type checkers
     from eventworker.envelope import Event
-    from eventworker.handlers import Context, Handler, Resource, RetryPolicy, handler, resource
+    from eventworker.handlers import (
+        Context,
+        Handler,
+        Middleware,
+        Resource,
+        RetryPolicy,
+        handler,
+        resource,
+    )
     from eventworker.publishing.blocking import BlockingPublisher
     from eventworker.publishing.channel import PublishResult
     from eventworker.publishing.publisher import NewEvent, Publisher
@@ -31,6 +39,7 @@ _LAZY = {
     "Context": "eventworker.handlers",
     "Event": "eventworker.envelope",
     "Handler": "eventworker.handlers",
+    "Middleware": "eventworker.handlers",
     "NewEvent": "eventworker.publishing.publisher",
     "PublishResult": "eventworker.publishing.channel",
     "Publisher": "eventworker.publishing.publisher",
@@ -49,6 +58,7 @@ __all__ = [
     "Handler",
     "HandlerTimeoutError",
     "InvalidInputError",
+    "Middleware",
     "NewEvent",
     "PublishError",
     "PublishResult",

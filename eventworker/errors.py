@@ -197,3 +197,13 @@ class Reject(HandlerSignal):
     def __init__(self, reason: str = "rejected by handler") -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class RejectedByMiddleware(HandlerSignal):
+    """A middleware refused the event (it raised ``Reject`` outside the handler): dead-lettered at
+    once with reason ``rejected_by_middleware``, its diagnosis naming the middleware."""
+
+    def __init__(self, middleware: str, reason: str) -> None:
+        super().__init__(f"rejected by middleware {middleware}: {reason}")
+        self.middleware = middleware
+        self.reason = reason

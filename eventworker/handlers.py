@@ -1,5 +1,5 @@
 """The plugin API: ``@handler``, :class:`Handler`, :class:`RetryPolicy`, :class:`Context`,
-``@resource`` and :class:`Resource`.
+``@resource`` and :class:`Resource`, and :class:`Middleware`.
 
 No aio-pika here, so a plugin's handlers can be imported and unit-tested without a broker.
 """
@@ -561,3 +561,47 @@ def handler(
         )
 
     return register
+
+
+class Middleware:
+    """Code around every handling of a worker's handlers: subclass it and override the hooks
+    you need (the others cost nothing). Registered in the ``eventworker.middleware``
+    entry-point group and enabled, in order, by the ``middleware`` setting.
+
+    One instance serves every handler and every concurrent handling of a worker process: keep
+    what belongs to one event in local variables (of :meth:`around`), not in attributes.
+    The first middleware listed is the outermost: its ``before`` runs first, its ``around``
+    wraps all the others, and its ``after``, ``on_failure`` and ``on_outcome`` run last.
+    """
+
+    async def before(self, event: Event[Any], ctx: Context) -> None:
+        """Before the handler runs (within its timeout). ``raise Reject(diagnosis)``
+        dead-letters the event at once without running the handler, reason
+        ``rejected_by_middleware``; any other exception fails the attempt as a handler's
+        would (retried per policy)."""
+
+    async def around(
+        self, call: Callable[[], Awaitable[None]], event: Event[Any], ctx: Context
+    ) -> None:
+        """Wrap the handler: ``await call()`` runs the rest of the chain and the handler, and
+        raises what it raised. Raising ``Reject`` here, outside ``call()``, is a rejection as in
+        :meth:`before`; returning without calling it counts as the handler's success."""
+        await call()
+
+    async def after(self, event: Event[Any], ctx: Context) -> None:
+        """The handler returned. An exception here is logged and changes nothing."""
+
+    async def on_failure(self, event: Event[Any], ctx: Context, error: BaseException) -> None:
+        """The attempt failed with ``error``: the handler (or a middleware's ``before`` or
+        ``around``) raised, or it timed out (``HandlerTimeoutError``). Logged if it raises."""
+
+    async def on_outcome(self, event: Event[Any], ctx: Context, outcome: object) -> None:
+        """The delivery was settled: ``outcome`` is the decision from
+        ``eventworker.worker.decisions`` (``Ack()``, ``RetryIn(delay)``,
+        ``DeadLetter(reason)``, ``Duplicate()``, ``Requeue(reason)``). Also for events refused
+        before the handler (``DeadLetter("schema_error")``...). Logged if it raises."""
+
+    @property
+    def name(self) -> str:
+        """How logs and diagnoses name it: its class name."""
+        return type(self).__name__

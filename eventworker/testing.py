@@ -37,7 +37,7 @@ from eventworker import envelope
 from eventworker.amqp.properties import Properties
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
-from eventworker.handlers import Handler, HandlerFunc, Resource
+from eventworker.handlers import Handler, HandlerFunc, Middleware, Resource
 from eventworker.plugins import lifespan
 from eventworker.plugins.discovery import Plugin, Registration
 from eventworker.plugins.resolved import ResolvedHandler, resolve
@@ -255,6 +255,7 @@ async def run_handler(
     settings: Settings | None = None,
     refuse_publish: Sequence[str] = (),
     resources: Resources | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> Outcome:
     """Run ``handler`` on one event, as the worker would, without a broker.
 
@@ -264,7 +265,8 @@ async def run_handler(
     give the retry policy, overrides, timeout and size limit. ``ctx.publish`` to a routing key
     in ``refuse_publish`` raises ``PublishError`` (unroutable). ``resources`` are what
     ``ctx.resource`` returns: fakes by type (``{Database: FakeDatabase()}``), or ``@resource``
-    declarations, entered before the handling and left after it.
+    declarations, entered before the handling and left after it. ``middleware`` runs around
+    the handling as in a worker, the first outermost.
 
     Raises:
         ValueError: no routing key given and the first binding key has a wildcard.
@@ -304,6 +306,7 @@ async def run_handler(
                 executor=executor,
                 observers=[decisions],
                 resources=objects,
+                middleware=middleware,
             )
             await dispatcher.handle(delivery, _Settled())
     [(_, event, decision)] = decisions.records
@@ -368,13 +371,15 @@ async def running_worker(
     *handlers: Handler,
     url: str | None = None,
     resources: Resources | None = None,
+    middleware: Sequence[Middleware] = (),
     **settings: Any,
 ) -> AsyncIterator[TestWorker]:
     """A worker running ``handlers`` against the broker at ``url`` (default
     $EVENTWORKER_TEST_URL, else localhost) on a fresh exchange and queue prefix, with
     ``settings`` as overrides (e.g. ``concurrency=2``). Its queues and exchanges are deleted on
     exit, after a graceful drain. ``resources``: fakes by type, or ``@resource`` declarations
-    the worker enters when it starts and leaves after its drain, as in production.
+    the worker enters when it starts and leaves after its drain, as in production;
+    ``middleware`` runs around every handling, the first outermost.
     """
     name = f"eventworker-test.{uuid.uuid4().hex[:10]}"
     values = {
@@ -393,6 +398,7 @@ async def running_worker(
         config,
         observers=[decisions],
         resources=fakes,
+        middleware=middleware,
     )
     task = asyncio.create_task(worker.run())
     try:

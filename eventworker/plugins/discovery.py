@@ -18,11 +18,13 @@ from types import ModuleType
 from typing import Any
 
 from eventworker.errors import RegistryError
-from eventworker.handlers import Handler, Resource
+from eventworker.handlers import Handler, Middleware, Resource
 from eventworker.observability.logs import one_line
 
 #: The entry-point group plugins register their handlers under.
 GROUP = "eventworker.handlers"
+#: The entry-point group of middleware; the ``middleware`` setting enables them, in order.
+MIDDLEWARE_GROUP = "eventworker.middleware"
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,6 +244,59 @@ def check_resources(registrations: Iterable[Registration]) -> None:
                 entry_point=plugin.entry_point,
                 distribution=plugin.distribution,
             )
+
+
+def load_middleware(names: Sequence[str], *, group: str = MIDDLEWARE_GROUP) -> list[Middleware]:
+    """The middleware ``names`` enable, in that order (the first is the outermost): each entry
+    point names a ``Middleware`` subclass (made with no arguments) or instance.
+
+    Raises:
+        RegistryError: a name twice, one that is not installed, one that fails to import (with
+            its file and line) or names something else.
+    """
+    if not names:
+        return []
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise RegistryError(f"middleware {', '.join(twice)} named twice in the middleware setting")
+    eps = {ep.name: ep for ep in entry_points(group=group) if not _from_working_directory(ep)}
+    unknown = [n for n in names if n not in eps]
+    if unknown:
+        raise RegistryError(
+            f"no installed middleware named {', '.join(unknown)} in entry-point group {group!r}"
+        )
+    chain = []
+    for name in names:
+        ep = eps[name]
+        plugin = _plugin(ep)
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            where = failure_location(exc, ep.module)
+            raise RegistryError(
+                f"cannot load middleware {ep.value}{f', at {where}' if where else ''}: "
+                f"{type(exc).__name__}: {one_line(exc, 500)}",
+                entry_point=ep.name,
+                distribution=plugin.distribution,
+            ) from exc
+        if isinstance(obj, type) and issubclass(obj, Middleware):
+            try:
+                obj = obj()
+            except Exception as exc:
+                raise RegistryError(
+                    f"middleware {ep.value} cannot be made without arguments: "
+                    f"{type(exc).__name__}: {one_line(exc, 300)}",
+                    entry_point=ep.name,
+                    distribution=plugin.distribution,
+                ) from exc
+        if not isinstance(obj, Middleware):
+            raise RegistryError(
+                f"{ep.value} is a {type(obj).__name__}, not a Middleware subclass or instance",
+                entry_point=ep.name,
+                distribution=plugin.distribution,
+            )
+        chain.append(obj)
+    return chain
 
 
 @dataclass(frozen=True, slots=True)

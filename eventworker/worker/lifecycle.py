@@ -25,6 +25,7 @@ from eventworker.amqp.connection import CHANNEL_GONE, connect
 from eventworker.amqp.delivery import Delivery
 from eventworker.backoff import Backoff
 from eventworker.errors import BrokerUnreachableError
+from eventworker.handlers import Middleware
 from eventworker.inbox.claims import Inbox
 from eventworker.inbox.protocol import InboxStore
 from eventworker.inbox.stores import build_inbox
@@ -61,7 +62,8 @@ class Worker:
     reached at start or stays away longer than ``reconnect_timeout``, InboxError when the
     inbox of idempotent handlers cannot be opened, ResourceError when a plugin's resource fails
     to start. ``inbox_store`` replaces the store the settings name (tests, embedding);
-    ``resources`` maps resource types to stand-ins used instead of entering the plugins' own.
+    ``resources`` maps resource types to stand-ins used instead of entering the plugins' own;
+    ``middleware`` runs around every handling, the first outermost.
 
     Raises from the constructor: ConfigError for an inbox URL that names no usable store.
     """
@@ -75,6 +77,7 @@ class Worker:
         observers: Sequence[Observer] = (),
         inbox_store: InboxStore | None = None,
         resources: Mapping[type[Any], Any] | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if not registrations:
             raise ValueError("a worker needs at least one handler")
@@ -109,6 +112,7 @@ class Worker:
         self._waiting: set[asyncio.Task[Any]] = set()
         self._running: set[asyncio.Task[Any]] = set()
         self._stand_ins = dict(resources or {})
+        self.middleware = tuple(middleware)
         #: The entered resources by type, what ``ctx.resource`` reads (filled by :meth:`run`).
         self.resources: dict[type[Any], Any] = {}
 
@@ -254,7 +258,7 @@ class Worker:
                 await self._subscribe(consuming, route, publisher, lost) for route in self.routes
             ]
             if self.state is State.STARTING:
-                _banner.log_start(self.settings, self.routes, self.registrations)
+                _banner.log_start(self.settings, self.routes, self.registrations, self.middleware)
             else:
                 self.reconnects += 1
                 logger.info("reconnected: {} queue(s) consuming again", len(consumers))
@@ -317,6 +321,7 @@ class Worker:
             observers=self.observers,
             inbox=self.inbox,
             resources=self.resources,
+            middleware=self.middleware,
         )
         slots = asyncio.Semaphore(route.concurrency)
 
