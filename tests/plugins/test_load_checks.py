@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterator
-from importlib.metadata import EntryPoint, PathDistribution
+from importlib.metadata import EntryPoint
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +20,7 @@ from eventworker.plugins.discovery import GROUP, load
 from eventworker.settings import Settings
 from tests.support.broker import Broker, running, wait_for
 from tests.support.cli import EVENTWORKER, env_for
+from tests.support.distributions import entry_point, install
 
 if TYPE_CHECKING:
     from decimal import Decimal  # never imported at run time: unresolvable on purpose
@@ -190,19 +191,15 @@ def plugin_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 
 
 def _install(site: Path, module: str, source: str) -> EntryPoint:
-    """``acme_*`` package file ``module`` with ``source``, and an entry point ``billing`` naming
-    it, in a distribution ``acme-dist`` whose metadata lies in ``site``."""
-    path = site.joinpath(*module.split(".")).with_suffix(".py")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for parent in path.relative_to(site).parents:
-        if parent != Path("."):
-            (site / parent / "__init__.py").touch()
-    path.write_text(source)
-    info = site / "acme_dist-1.0.dist-info"
-    info.mkdir(exist_ok=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-dist\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[{GROUP}]\nbilling = {module}\n")
-    return PathDistribution(info).entry_points.select(group=GROUP)["billing"]
+    """Module ``module`` with ``source`` in distribution ``acme-dist``, whose entry point
+    ``billing`` names it."""
+    dist = install(
+        site,
+        distribution="acme-dist",
+        entry_points={GROUP: f"billing = {module}"},
+        files={module.replace(".", "/") + ".py": source},
+    )
+    return entry_point(dist, GROUP, "billing")
 
 
 def test_an_import_failure_names_the_plugins_file_and_line(plugin_dir: Path) -> None:

@@ -20,6 +20,7 @@ from eventworker.testing import run_handler
 from eventworker.worker.decisions import Ack, DeadLetter, RetryIn
 from tests.support.broker import Broker, running, wait_for
 from tests.support.cli import EVENTWORKER, env_for
+from tests.support.distributions import install
 
 ONCE = RetryPolicy(max_attempts=1, delays=(1,))
 
@@ -196,11 +197,12 @@ async def test_a_rejection_is_reported_by_the_test_kit() -> None:
 
 def _middleware_dist(root: Path, source: str, entry_points: str) -> Path:
     site = root / "mwsite"
-    info = site / "acme_mw-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-mw\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[eventworker.middleware]\n{entry_points}\n")
-    (site / "acme_mw.py").write_text(source)
+    install(
+        site,
+        distribution="acme-mw",
+        entry_points={"eventworker.middleware": entry_points},
+        files={"acme_mw.py": source},
+    )
     return site
 
 

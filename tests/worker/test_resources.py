@@ -21,6 +21,7 @@ from eventworker.settings import Settings
 from eventworker.worker.lifecycle import Worker
 from tests.support.broker import TEST_PLUGIN, Broker, wait_for
 from tests.support.cli import EVENTWORKER, env_for
+from tests.support.distributions import install
 
 
 class Pool:
@@ -158,23 +159,11 @@ async def test_a_stand_in_replaces_the_plugins_resource_which_is_not_entered(
     assert seen == [fake] and log == []
 
 
-def _plugin_on_disk(root: Path, source: str) -> Path:
-    """A distribution ``acme-res`` with the entry point ``res`` = module ``acme_res_plugin``,
-    installed in a directory of its own (put on PYTHONPATH)."""
-    site = root / "site"
-    info = site / "acme_res-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-res\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[eventworker.handlers]\nres = acme_res_plugin\n")
-    (site / "acme_res_plugin.py").write_text(source)
-    return site
-
-
 def test_run_exits_4_with_one_error_line_naming_plugin_resource_and_error(
     settings: Settings, tmp_path: Path
 ) -> None:
-    site = _plugin_on_disk(
-        tmp_path,
+    site = tmp_path / "site"
+    source = (
         "from collections.abc import AsyncIterator\n"
         "from eventworker import Context, Event, handler\n"
         "from eventworker import resource\n\n"
@@ -185,7 +174,13 @@ def test_run_exits_4_with_one_error_line_naming_plugin_resource_and_error(
         "    yield Database()\n\n"
         "@handler('res.cli')\n"
         "async def uses(event: Event[object], ctx: Context) -> None:\n"
-        "    ctx.resource(Database)\n",
+        "    ctx.resource(Database)\n"
+    )
+    install(
+        site,
+        distribution="acme-res",
+        entry_points={"eventworker.handlers": "res = acme_res_plugin"},
+        files={"acme_res_plugin.py": source},
     )
     env = env_for(settings, EVENTWORKER_PLUGINS="res", PYTHONPATH=str(site))
     result = subprocess.run(

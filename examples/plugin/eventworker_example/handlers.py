@@ -10,9 +10,9 @@ from pydantic import BaseModel
 
 from eventworker import Context, Event, Reject, RetryPolicy, handler
 from eventworker_example.mail import Mailer
-from eventworker_example.mail import mailer as mailer  # the module the entry point names
 
-# declares the plugin's resources: importing one here is enough
+# The plugin's resources are those of the module its entry point names: importing one declares it.
+from eventworker_example.mail import mailer as mailer
 
 
 class OrderCreated(BaseModel):
