@@ -599,7 +599,8 @@ class Middleware:
         """The delivery was settled: ``outcome`` is the decision from
         ``eventworker.worker.decisions`` (``Ack()``, ``RetryIn(delay)``,
         ``DeadLetter(reason)``, ``Duplicate()``, ``Requeue(reason)``). Also for events refused
-        before the handler (``DeadLetter("schema_error")``...). Logged if it raises."""
+        before the handler (``DeadLetter("schema_error")``...), not for a message whose AMQP header
+        cannot be decoded (it never becomes an event). Logged if it raises."""
 
     @property
     def name(self) -> str:
