@@ -18,7 +18,15 @@ from eventworker.errors import (
 
 if typing.TYPE_CHECKING:  # the lazily imported names, for type checkers
     from eventworker.envelope import Event
-    from eventworker.handlers import Context, Handler, RetryPolicy, handler
+    from eventworker.handlers import (
+        Context,
+        Handler,
+        Middleware,
+        Resource,
+        RetryPolicy,
+        handler,
+        resource,
+    )
     from eventworker.publishing.blocking import BlockingPublisher
     from eventworker.publishing.channel import PublishResult
     from eventworker.publishing.publisher import NewEvent, Publisher
@@ -31,11 +39,14 @@ _LAZY = {
     "Context": "eventworker.handlers",
     "Event": "eventworker.envelope",
     "Handler": "eventworker.handlers",
+    "Middleware": "eventworker.handlers",
     "NewEvent": "eventworker.publishing.publisher",
     "PublishResult": "eventworker.publishing.channel",
     "Publisher": "eventworker.publishing.publisher",
+    "Resource": "eventworker.handlers",
     "RetryPolicy": "eventworker.handlers",
     "handler": "eventworker.handlers",
+    "resource": "eventworker.handlers",
 }
 
 __all__ = [
@@ -47,14 +58,17 @@ __all__ = [
     "Handler",
     "HandlerTimeoutError",
     "InvalidInputError",
+    "Middleware",
     "NewEvent",
     "PublishError",
     "PublishResult",
     "Publisher",
     "Reject",
+    "Resource",
     "Retry",
     "RetryPolicy",
     "handler",
+    "resource",
 ]
 
 

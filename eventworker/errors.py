@@ -19,7 +19,7 @@ class ExitCode(IntEnum):
     USAGE = 2
     #: The TOML file, an environment variable or an option holds a bad value.
     CONFIG = 3
-    #: A handler plugin failed to load or conflicts with another.
+    #: A handler plugin failed to load or conflicts with another, or its resource failed to start.
     PLUGIN = 4
     #: Input refused before anything was sent (bad JSON, bad routing key, too large).
     INVALID_INPUT = 5
@@ -64,6 +64,10 @@ class RegistryError(EventworkerError):
         super().__init__(f"{where}: {message}" if where else message)
         self.entry_point = entry_point
         self.distribution = distribution
+
+
+class ResourceError(RegistryError):
+    """A plugin's resource failed to start (its set-up raised): the worker does not consume."""
 
 
 class InvalidInputError(EventworkerError):
@@ -192,4 +196,14 @@ class Reject(HandlerSignal):
 
     def __init__(self, reason: str = "rejected by handler") -> None:
         super().__init__(reason)
+        self.reason = reason
+
+
+class RejectedByMiddleware(HandlerSignal):
+    """A middleware refused the event (it raised ``Reject`` outside the handler): dead-lettered at
+    once with reason ``rejected_by_middleware``, its diagnosis naming the middleware."""
+
+    def __init__(self, middleware: str, reason: str) -> None:
+        super().__init__(f"rejected by middleware {middleware}: {reason}")
+        self.middleware = middleware
         self.reason = reason

@@ -1,4 +1,5 @@
-"""The plugin API: ``@handler``, :class:`Handler`, :class:`RetryPolicy`, :class:`Context`.
+"""The plugin API: ``@handler``, :class:`Handler`, :class:`RetryPolicy`, :class:`Context`,
+``@resource`` and :class:`Resource`, and :class:`Middleware`.
 
 No aio-pika here, so a plugin's handlers can be imported and unit-tested without a broker.
 """
@@ -6,13 +7,18 @@ No aio-pika here, so a plugin's handlers can be imported and unit-tested without
 from __future__ import annotations
 
 import asyncio
+import collections.abc
+import contextlib
 import inspect
 import math
-from collections.abc import Awaitable, Callable, Mapping
+import sys
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import Future
-from contextlib import AbstractAsyncContextManager
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from types import MappingProxyType, SimpleNamespace
+from typing import Any, Generic, Protocol, TypeVar, overload
 
 from loguru import logger as _root_logger
 from pydantic import BaseModel
@@ -22,6 +28,10 @@ from eventworker.observability import tracing
 
 #: AMQP short strings (routing keys, queue names) are at most 255 bytes.
 MAX_SHORTSTR = 255
+
+T = TypeVar("T")
+#: A context without resources: shared, so building a context costs no allocation for them.
+NO_RESOURCES: Mapping[type[Any], Any] = MappingProxyType({})
 
 
 def _positive(value: float) -> bool:
@@ -86,6 +96,25 @@ class Context:
     _transaction: Callable[[], AbstractAsyncContextManager[Any]] | None = field(
         default=None, repr=False
     )
+    _resources: Mapping[type[Any], Any] | None = field(default=None, repr=False)
+
+    def resource(self, key: type[T]) -> T:
+        """The object the resource declared for ``key`` (its type) holds, as entered when the
+        worker started: ``db = ctx.resource(Database)`` is a ``Database``.
+
+        Raises:
+            LookupError: no loaded plugin declares a resource for ``key``.
+        """
+        resources = self._resources or NO_RESOURCES
+        try:
+            value: T = resources[key]
+        except KeyError:
+            declared = ", ".join(sorted(k.__qualname__ for k in resources)) or "none"
+            raise LookupError(
+                f"handler {self.handler} asked for resource {key.__qualname__}, which no loaded "
+                f"plugin declares (declared: {declared})"
+            ) from None
+        return value
 
     @property
     def logger(self) -> Logger:
@@ -169,6 +198,130 @@ class Context:
 
 HandlerFunc = Callable[[Event[Any], Context], Awaitable[None] | None]
 
+#: What ``@resource`` decorates: an async or sync generator function yielding the object once
+#: (set-up before the ``yield``, tear-down after), or a function returning an async or sync
+#: context manager. It takes no arguments.
+ResourceFactory = Callable[[], Any]
+
+#: Return annotations whose first argument is the resource's type.
+_YIELDING = (
+    collections.abc.AsyncIterator,
+    collections.abc.AsyncGenerator,
+    collections.abc.Iterator,
+    collections.abc.Generator,
+    contextlib.AbstractAsyncContextManager,
+    contextlib.AbstractContextManager,
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Resource(Generic[T]):
+    """A long-lived object a plugin's handlers share (a connection pool, a client), with a
+    lifespan: the worker enters it once per process before consuming and leaves it after the
+    drain. Handlers get it with ``ctx.resource(key)``."""
+
+    factory: ResourceFactory
+    key: type[T]
+    name: str
+
+    def open(self) -> AbstractAsyncContextManager[T] | AbstractContextManager[T]:
+        """A fresh context manager whose entering yields the resource's object.
+
+        Raises:
+            TypeError: the factory returned neither an async nor a sync context manager.
+        """
+        func = self.factory
+        if inspect.isasyncgenfunction(func):
+            return contextlib.asynccontextmanager(func)()
+        if inspect.isgeneratorfunction(func):
+            return contextlib.contextmanager(func)()
+        made = func()
+        if isinstance(made, AbstractAsyncContextManager | AbstractContextManager):
+            return made
+        if hasattr(made, "__aenter__") or hasattr(made, "__enter__"):
+            return made  # type: ignore[no-any-return]  # a context manager by duck typing
+        raise TypeError(
+            f"resource {self.name} returned a {type(made).__name__}, not a context manager"
+        )
+
+
+def _resource_key(func: ResourceFactory, name: str) -> type[Any]:
+    """The type a factory's return annotation names: ``AsyncIterator[Db]``, ``Iterator[Db]``,
+    ``AbstractAsyncContextManager[Db]``... give ``Db``; a class that is itself a context manager
+    (``-> Db``) gives ``Db``."""
+    try:
+        hint = typing.get_type_hints(func).get("return")
+    except Exception as exc:
+        raise ValueError(
+            f"@resource {name}: cannot resolve its return annotation ({type(exc).__name__}: "
+            f"{exc}); import the type at run time or give @resource(provides=...)"
+        ) from None
+    origin = typing.get_origin(hint)
+    if origin in _YIELDING:
+        hint = typing.get_args(hint)[0] if typing.get_args(hint) else None
+    elif isinstance(hint, type) and not (hasattr(hint, "__aenter__") or hasattr(hint, "__enter__")):
+        hint = None
+    key = typing.get_origin(hint) or hint
+    if not isinstance(key, type):
+        raise ValueError(
+            f"@resource {name}: annotate what it yields (-> AsyncIterator[Db], "
+            f"-> AbstractAsyncContextManager[Db], ...) or give @resource(provides=Db)"
+        )
+    return key
+
+
+@overload
+def resource(func: Callable[[], AsyncIterator[T]], /) -> Resource[T]: ...
+@overload
+def resource(func: Callable[[], Iterator[T]], /) -> Resource[T]: ...
+@overload
+def resource(func: Callable[[], AbstractAsyncContextManager[T]], /) -> Resource[T]: ...
+@overload
+def resource(func: Callable[[], AbstractContextManager[T]], /) -> Resource[T]: ...
+@overload
+def resource(
+    *, provides: type[T], name: str | None = None
+) -> Callable[[ResourceFactory], Resource[T]]: ...
+@overload
+def resource(*, name: str) -> Callable[[ResourceFactory], Resource[Any]]: ...
+def resource(
+    func: ResourceFactory | None = None,
+    /,
+    *,
+    provides: type[Any] | None = None,
+    name: str | None = None,
+) -> Resource[Any] | Callable[[ResourceFactory], Resource[Any]]:
+    """Declare a resource: ``@resource`` on an ``async def`` that yields the object once.
+
+    The code before ``yield`` runs when the worker starts, the code after it when the worker
+    stops (also when start-up fails later). A function returning an async or sync context
+    manager works too (``@asynccontextmanager`` functions, a client class's constructor), and so
+    does a sync generator. Handlers look it up by its type, ``ctx.resource(Db)``, which is taken
+    from the return annotation (``-> AsyncIterator[Db]``) or from ``provides=``. ``name``
+    (default: the function's name) names it in logs and errors.
+
+    Raises:
+        ValueError: it takes arguments, or its type is neither annotated nor given; when the
+            plugin module is imported.
+    """
+
+    def declare(factory: ResourceFactory) -> Resource[Any]:
+        if not callable(factory):
+            raise ValueError("@resource decorates a function")
+        label: str = name or getattr(factory, "__name__", None) or repr(factory)
+        try:
+            inspect.signature(factory).bind()
+        except TypeError:
+            raise ValueError(f"@resource {label}: the function must take no arguments") from None
+        except ValueError:
+            pass  # no signature to check (a builtin): calling it will tell
+        key = provides if provides is not None else _resource_key(factory, label)
+        if not isinstance(key, type):
+            raise ValueError(f"@resource {label}: provides= must be a type")
+        return Resource(factory=factory, key=key, name=label)
+
+    return declare(func) if func is not None else declare
+
 
 @dataclass(frozen=True, slots=True)
 class Handler:
@@ -226,6 +379,120 @@ def check_binding_key(key: str) -> None:
             )
 
 
+#: What a handler function looks like, for errors that say what was expected.
+EXPECTED_FORM = "(event: Event[Model], ctx: Context)"
+
+
+def _described(sig: inspect.Signature) -> str:
+    """The parameters as written, without annotations: ``(payload)``, ``(event, ctx, extra)``."""
+    return str(
+        sig.replace(
+            parameters=[p.replace(annotation=p.empty) for p in sig.parameters.values()],
+            return_annotation=sig.empty,
+        )
+    )
+
+
+def check_signature(func: Callable[..., Any], label: str) -> None:
+    """Refuse a function the worker cannot call as ``func(event, ctx)``.
+
+    Raises:
+        ValueError: naming the handler, what it takes and the expected form.
+    """
+    if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
+        raise ValueError(
+            f"@handler {label}: a generator function never runs its body when called; "
+            f"expected a function {EXPECTED_FORM} that returns (async def or def)"
+        )
+    try:
+        sig = inspect.signature(func)
+    except (TypeError, ValueError):
+        return  # no signature to read (a builtin): calling it will tell
+    try:
+        sig.bind(None, None)
+    except TypeError:
+        raise ValueError(
+            f"@handler {label}: takes {_described(sig)}; expected {EXPECTED_FORM}"
+        ) from None
+
+
+def _first_parameter(func: Callable[..., Any]) -> inspect.Parameter | None:
+    try:
+        params = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    if not params or params[0].kind not in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    ):
+        return None
+    return params[0]
+
+
+def infer_model(
+    func: Callable[..., Any],
+    label: str,
+    *,
+    explicit: type[BaseModel] | None,
+    localns: Mapping[str, Any] | None = None,
+) -> type[BaseModel] | None:
+    """The handler's model: ``explicit`` (``model=``), else ``Model`` of an ``Event[Model]``
+    annotation on the first parameter (string annotations resolved), else None.
+
+    Raises:
+        ValueError: the annotation names another model than ``model=``, names a model without
+            ``Event[...]``, or cannot be resolved while no ``model=`` is given.
+    """
+    first = _first_parameter(func)
+    if first is None or first.annotation is inspect.Parameter.empty:
+        return explicit
+    try:
+        hint = _resolve(func, first, localns)
+    except Exception as exc:
+        if explicit is not None:
+            return explicit
+        raise ValueError(
+            f"@handler {label}: cannot resolve the annotation {first.annotation!r} of "
+            f"{first.name} ({type(exc).__name__}: {exc}); import what it names at run time "
+            f"(not under TYPE_CHECKING) or give model="
+        ) from None
+    if isinstance(hint, type) and issubclass(hint, BaseModel):
+        raise ValueError(
+            f"@handler {label}: {first.name} is annotated {hint.__name__}, but a handler gets an "
+            f"Event; expected {EXPECTED_FORM} with Event[{hint.__name__}]"
+        )
+    if typing.get_origin(hint) is not Event:
+        return explicit
+    args = typing.get_args(hint)
+    annotated = args[0] if args else None
+    if not (isinstance(annotated, type) and issubclass(annotated, BaseModel)):
+        return explicit
+    if explicit is None:
+        return annotated
+    if not issubclass(explicit, annotated):
+        raise ValueError(
+            f"@handler {label}: model={explicit.__name__} contradicts the annotation "
+            f"Event[{annotated.__name__}] of {first.name}; drop model= (it is inferred) or make "
+            f"them agree"
+        )
+    return explicit
+
+
+def _resolve(
+    func: Callable[..., Any], first: inspect.Parameter, localns: Mapping[str, Any] | None
+) -> Any:
+    """The first parameter's annotation, a string one evaluated as ``typing.get_type_hints``
+    does; only that one, so an unresolvable annotation elsewhere does not matter."""
+    if not isinstance(first.annotation, str):
+        return first.annotation
+    target = inspect.unwrap(func)
+    shim = SimpleNamespace(
+        __annotations__={first.name: first.annotation},
+        __globals__=getattr(target, "__globals__", {}),
+    )
+    return typing.get_type_hints(shim, localns=dict(localns or {}))[first.name]
+
+
 def handler(
     *binding_keys: str,
     name: str | None = None,
@@ -251,8 +518,13 @@ def handler(
     to one consumer at a time and fails over to another; concurrency then defaults to 1.
     Retries still come back later than the messages behind them.
 
+    The function takes ``(event: Event[Model], ctx: Context)``; ``model`` is inferred from the
+    first parameter's annotation ``Event[Model]`` (a pydantic model), unless ``model=`` is given.
+
     Raises:
-        ValueError: a bad binding key or option, when the plugin module is imported.
+        ValueError: a bad binding key or option, a function that cannot be called with
+            ``(event, ctx)``, an ``Event[...]`` annotation that contradicts ``model=`` or cannot be
+            resolved; when the plugin module is imported.
     """
     if not binding_keys:
         raise ValueError("@handler needs at least one binding key")
@@ -268,12 +540,17 @@ def handler(
     def register(func: HandlerFunc) -> Handler:
         if not callable(func):
             raise ValueError("@handler decorates a function")
+        label = name or getattr(func, "__name__", None) or repr(func)
+        check_signature(func, label)
+        # The frame applying the decorator: a model defined next to a handler inside a
+        # function resolves from its locals.
+        caller = sys._getframe(1).f_locals
         return Handler(
             func=func,
-            name=name or func.__name__,
+            name=label,
             bindings=tuple(binding_keys),
             queue=queue,
-            model=model,
+            model=infer_model(func, label, explicit=model, localns=caller),
             retry=retry,
             concurrency=concurrency,
             timeout=timeout,
@@ -284,3 +561,48 @@ def handler(
         )
 
     return register
+
+
+class Middleware:
+    """Code around every handling of a worker's handlers: subclass it and override the hooks
+    you need (the others cost nothing). Registered in the ``eventworker.middleware``
+    entry-point group and enabled, in order, by the ``middleware`` setting.
+
+    One instance serves every handler and every concurrent handling of a worker process: keep
+    what belongs to one event in local variables (of :meth:`around`), not in attributes.
+    The first middleware listed is the outermost: its ``before`` runs first, its ``around``
+    wraps all the others, and its ``after``, ``on_failure`` and ``on_outcome`` run last.
+    """
+
+    async def before(self, event: Event[Any], ctx: Context) -> None:
+        """Before the handler runs (within its timeout). ``raise Reject(diagnosis)``
+        dead-letters the event at once without running the handler, reason
+        ``rejected_by_middleware``; any other exception fails the attempt as a handler's
+        would (retried per policy)."""
+
+    async def around(
+        self, call: Callable[[], Awaitable[None]], event: Event[Any], ctx: Context
+    ) -> None:
+        """Wrap the handler: ``await call()`` runs the rest of the chain and the handler, and
+        raises what it raised. Raising ``Reject`` here, outside ``call()``, is a rejection as in
+        :meth:`before`; returning without calling it counts as the handler's success."""
+        await call()
+
+    async def after(self, event: Event[Any], ctx: Context) -> None:
+        """The handler returned. An exception here is logged and changes nothing."""
+
+    async def on_failure(self, event: Event[Any], ctx: Context, error: BaseException) -> None:
+        """The attempt failed with ``error``: the handler (or a middleware's ``before`` or
+        ``around``) raised, or it timed out (``HandlerTimeoutError``). Logged if it raises."""
+
+    async def on_outcome(self, event: Event[Any], ctx: Context, outcome: object) -> None:
+        """The delivery was settled: ``outcome`` is the decision from
+        ``eventworker.worker.decisions`` (``Ack()``, ``RetryIn(delay)``,
+        ``DeadLetter(reason)``, ``Duplicate()``, ``Requeue(reason)``). Also for events refused
+        before the handler (``DeadLetter("schema_error")``...), not for a message whose AMQP header
+        cannot be decoded (it never becomes an event). Logged if it raises."""
+
+    @property
+    def name(self) -> str:
+        """How logs and diagnoses name it: its class name."""
+        return type(self).__name__

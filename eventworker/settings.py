@@ -268,6 +268,7 @@ class Settings(BaseSettings):
     tls: TlsSettings = Field(default_factory=TlsSettings)
     plugins: Annotated[tuple[str, ...], NoDecode] = ()
     handlers: Annotated[tuple[str, ...], NoDecode] = ()
+    middleware: Annotated[tuple[str, ...], NoDecode] = ()
     retry: RetrySettings = Field(default_factory=RetrySettings)
     retry_overrides: dict[str, RetrySettings] = Field(default_factory=dict)
     inbox: InboxSettings = Field(default_factory=InboxSettings)
@@ -285,7 +286,7 @@ class Settings(BaseSettings):
     #: The management API (http://user:password@host:15672), for ``topology`` to read bindings.
     management_url: SecretStr = SecretStr("")
 
-    @field_validator("plugins", "handlers", mode="before")
+    @field_validator("plugins", "handlers", "middleware", mode="before")
     @classmethod
     def _comma_list(cls, value: Any) -> Any:
         """``EVENTWORKER_HANDLERS=greet,flaky`` as well as a TOML array."""

@@ -9,6 +9,10 @@ dead-letter with a reason), what the handler raised and what it published.
 ``pytest_plugins = ["eventworker.testing"]`` to the top-level ``conftest.py``) runs a real
 worker with chosen handlers against a test broker, on an exchange and queues of its own, and
 waits for outcomes.
+
+Both take ``resources``: a mapping of resource types to fakes (``{Database: FakeDatabase()}``),
+handed to ``ctx.resource`` as they are, or ``@resource`` declarations, entered and left as the
+worker does.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import dataclasses
 import inspect
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,7 +37,8 @@ from eventworker import envelope
 from eventworker.amqp.properties import Properties
 from eventworker.envelope import Event
 from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
-from eventworker.handlers import Handler, HandlerFunc
+from eventworker.handlers import Handler, HandlerFunc, Middleware, Resource
+from eventworker.plugins import lifespan
 from eventworker.plugins.discovery import Plugin, Registration
 from eventworker.plugins.resolved import ResolvedHandler, resolve
 from eventworker.publishing.publisher import Publisher
@@ -46,6 +51,25 @@ from eventworker.worker.lifecycle import Worker
 TEST_URL_ENV = "EVENTWORKER_TEST_URL"
 _PLUGIN = Plugin(entry_point="test", value="test", distribution="test", version="0")
 _EXCHANGE, _RETURN = "eventworker.test", "eventworker.test.return"
+
+#: What ``resources=`` takes: fakes by type, or resource declarations to enter.
+Resources = Mapping[type[Any], Any] | Iterable[Resource[Any]]
+
+
+def _resources(given: Resources | None) -> tuple[dict[type[Any], Any], tuple[Resource[Any], ...]]:
+    """(fakes by type, declarations to enter) of a ``resources=`` argument."""
+    if given is None:
+        return {}, ()
+    if isinstance(given, Mapping):
+        return dict(given), ()
+    declared = tuple(given)
+    for item in declared:
+        if not isinstance(item, Resource):
+            raise TypeError(
+                f"resources= takes a mapping of types to fakes or @resource declarations, "
+                f"not a {type(item).__name__}"
+            )
+    return {}, declared
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,6 +254,8 @@ async def run_handler(
     content_type: str | None = envelope.JSON,
     settings: Settings | None = None,
     refuse_publish: Sequence[str] = (),
+    resources: Resources | None = None,
+    middleware: Sequence[Middleware] = (),
 ) -> Outcome:
     """Run ``handler`` on one event, as the worker would, without a broker.
 
@@ -237,10 +263,14 @@ async def run_handler(
     defaults to the handler's first binding key when it has no wildcard. ``attempt`` > 1
     simulates a retried delivery. ``settings`` (default: the built-in defaults, no environment)
     give the retry policy, overrides, timeout and size limit. ``ctx.publish`` to a routing key
-    in ``refuse_publish`` raises ``PublishError`` (unroutable).
+    in ``refuse_publish`` raises ``PublishError`` (unroutable). ``resources`` are what
+    ``ctx.resource`` returns: fakes by type (``{Database: FakeDatabase()}``), or ``@resource``
+    declarations, entered before the handling and left after it. ``middleware`` runs around
+    the handling as in a worker, the first outermost.
 
     Raises:
         ValueError: no routing key given and the first binding key has a wildcard.
+        eventworker.errors.ResourceError: a declared resource failed to start.
     """
     settings = settings or Settings.model_construct()
     key = routing_key or handler.bindings[0]
@@ -269,18 +299,23 @@ async def run_handler(
         content_type=content_type,
         type=key,
     )
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventworker-test") as executor:
-        dispatcher = Dispatcher(
-            route,
-            moves=recorder,
-            events=recorder.publish,
-            return_exchange=_RETURN,
-            queue_prefix=settings.queue_prefix,
-            max_body_bytes=settings.max_body_bytes,
-            executor=executor,
-            observers=[decisions],
-        )
-        await dispatcher.handle(delivery, _Settled())
+    fakes, declared = _resources(resources)
+    async with contextlib.AsyncExitStack() as stack:
+        objects = await lifespan.enter(stack, [(r, _PLUGIN) for r in declared], stand_ins=fakes)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventworker-test") as executor:
+            dispatcher = Dispatcher(
+                route,
+                moves=recorder,
+                events=recorder.publish,
+                return_exchange=_RETURN,
+                queue_prefix=settings.queue_prefix,
+                max_body_bytes=settings.max_body_bytes,
+                executor=executor,
+                observers=[decisions],
+                resources=objects,
+                middleware=middleware,
+            )
+            await dispatcher.handle(delivery, _Settled())
     [(_, event, decision)] = decisions.records
     moved_to, copy = recorder.moved[-1] if recorder.moved else (None, None)
     copy_headers: Mapping[str, Any] = dict(copy.headers or {}) if copy is not None else {}
@@ -340,12 +375,18 @@ class TestWorker:
 
 @contextlib.asynccontextmanager
 async def running_worker(
-    *handlers: Handler, url: str | None = None, **settings: Any
+    *handlers: Handler,
+    url: str | None = None,
+    resources: Resources | None = None,
+    middleware: Sequence[Middleware] = (),
+    **settings: Any,
 ) -> AsyncIterator[TestWorker]:
     """A worker running ``handlers`` against the broker at ``url`` (default
     $EVENTWORKER_TEST_URL, else localhost) on a fresh exchange and queue prefix, with
     ``settings`` as overrides (e.g. ``concurrency=2``). Its queues and exchanges are deleted on
-    exit, after a graceful drain.
+    exit, after a graceful drain. ``resources``: fakes by type, or ``@resource`` declarations
+    the worker enters when it starts and leaves after its drain, as in production;
+    ``middleware`` runs around every handling, the first outermost.
     """
     name = f"eventworker-test.{uuid.uuid4().hex[:10]}"
     values = {
@@ -357,7 +398,15 @@ async def running_worker(
     }
     config = Settings(**values)
     decisions = _Decisions()
-    worker = Worker([Registration(h, _PLUGIN) for h in handlers], config, observers=[decisions])
+    fakes, declared = _resources(resources)
+    plugin = dataclasses.replace(_PLUGIN, resources=declared)
+    worker = Worker(
+        [Registration(h, plugin) for h in handlers],
+        config,
+        observers=[decisions],
+        resources=fakes,
+        middleware=middleware,
+    )
     task = asyncio.create_task(worker.run())
     try:
         ready = asyncio.ensure_future(worker.wait_ready(30))

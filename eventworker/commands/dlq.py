@@ -44,6 +44,7 @@ def _row(p: Letter, now: datetime) -> dict[str, Any]:
         "size": p.size,
         "preview": p.preview,
         "header_base64": p.header_base64,
+        "traceback": p.traceback or None,
     }
 
 
@@ -134,6 +135,12 @@ def _stats_row(s: DeadLetterStats) -> dict[str, Any]:
     show_default=True,
     help="Characters of each body shown, control characters escaped (0: none).",
 )
+@click.option(
+    "--traceback",
+    "with_traceback",
+    is_flag=True,
+    help="Print each one's whole traceback (the x-eventworker-traceback header).",
+)
 @click.option("--json", "as_json", is_flag=True, help="A JSON list, for scripts.")
 @config_option
 @url_option
@@ -141,11 +148,16 @@ def show(
     handler: str | None,
     limit: int,
     preview: int,
+    with_traceback: bool,
     as_json: bool,
     config: str | None,
     url: str | None,
 ) -> None:
-    """The first dead letters of HANDLER (of every queue when omitted), left in place."""
+    """The first dead letters of HANDLER (of every queue when omitted), left in place.
+
+    With --traceback, each one's traceback as the worker recorded it (its last frames, no local
+    variables); the JSON always has it, as "traceback".
+    """
     from eventworker.deadletters import operations as ops
     from eventworker.deadletters import reader as queue_reader
 
@@ -179,10 +191,10 @@ def show(
     for p, messages in shown:
         click.echo(f"== {p.label}: {p.queue} ({len(messages)} shown)")
         for m in messages:
-            _echo_letter(m, now)
+            _echo_letter(m, now, with_traceback=with_traceback)
 
 
-def _echo_letter(m: Letter, now: datetime) -> None:
+def _echo_letter(m: Letter, now: datetime, *, with_traceback: bool = False) -> None:
     from eventworker.observability.logs import one_line
 
     attempts = "-" if m.attempts is None else str(m.attempts)
@@ -202,6 +214,12 @@ def _echo_letter(m: Letter, now: datetime) -> None:
         click.echo(f"    handler:  {m.handler} on {m.host or '?'}")
     if m.preview:
         click.echo(f"    body:     ({m.size} bytes) {m.preview}")
+    if with_traceback:
+        # Line by line, each escaped: the header is text anyone who can publish could forge.
+        lines = m.traceback.rstrip("\n").splitlines() or ["(none recorded)"]
+        click.echo("    traceback:")
+        for text in lines:
+            click.echo(f"      {one_line(text, 10_000)}")
 
 
 @examples(

@@ -123,6 +123,7 @@ def run(
                 f"no handlers installed: no package registers any in the entry-point group "
                 f"{discovery.GROUP!r}"
             )
+        middleware = discovery.load_middleware(settings.middleware)
         if settings.processes > 1:
             # Plugins were checked above, once, so a broken one fails here and not N times.
             sys.exit(_supervise(settings, config=config, url=url))
@@ -134,14 +135,14 @@ def run(
             from eventworker.worker.metrics import Metrics
 
             metrics = Metrics()
-            worker = Worker(registrations, settings, observers=[metrics])
+            worker = Worker(registrations, settings, observers=[metrics], middleware=middleware)
             run_async(
                 _serve(
                     worker, health.run_worker(worker, metrics, settings, port=settings.metrics_port)
                 )
             )
         else:
-            worker = Worker(registrations, settings)
+            worker = Worker(registrations, settings, middleware=middleware)
             run_async(_serve(worker, worker.run(handle_signals=True)))
     code = ExitCode.INTERRUPTED if worker.interrupted else ExitCode.OK
     if any(t.name.startswith("eventworker-handler") for t in threading.enumerate()):

@@ -60,6 +60,8 @@ class Letter:
     preview: str
     #: The property bytes as received (base64) of a message whose header cannot be decoded.
     header_base64: str | None = None
+    #: The handler's traceback as the worker recorded it (``x-eventworker-traceback``).
+    traceback: str = ""
 
     def age(self, now: datetime) -> float | None:
         """Seconds since it was dead-lettered, when known."""
@@ -144,6 +146,7 @@ def diagnose(
         size=len(message.body),
         preview=preview(message.body, preview_chars),
         header_base64=base64.b64encode(bad.raw).decode("ascii") if bad is not None else None,
+        traceback=_text(headers.get(envelope.TRACEBACK)),
     )
 
 

@@ -1,33 +1,42 @@
 """Handler discovery from the ``eventworker.handlers`` entry-point group, and its validation.
 
-A plugin's entry point names a module (every handler defined in it) or one handler object.
-Everything that can be wrong with a plugin is found here, before the worker connects.
+A plugin's entry point names a module (every handler and resource defined in it) or one handler
+object (with the resources of the module it lives in). Everything that can be wrong with a
+plugin is found here, before the worker connects.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import sys
+import traceback
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import EntryPoint, distributions, entry_points
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from eventworker.errors import RegistryError
-from eventworker.handlers import Handler
+from eventworker.handlers import Handler, Middleware, Resource
+from eventworker.observability.logs import one_line
 
 #: The entry-point group plugins register their handlers under.
 GROUP = "eventworker.handlers"
+#: The entry-point group of middleware; the ``middleware`` setting enables them, in order.
+MIDDLEWARE_GROUP = "eventworker.middleware"
 
 
 @dataclass(frozen=True, slots=True)
 class Plugin:
-    """Where handlers came from: the entry point and its installed distribution."""
+    """Where handlers came from: the entry point and its installed distribution, and the
+    resources its module declares (entered by the worker while one of its handlers runs)."""
 
     entry_point: str
     value: str
     distribution: str
     version: str
+    resources: tuple[Resource[Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +89,15 @@ def _site_dirs() -> set[str]:
     return {str(Path(p).resolve()) for p in sys.path if p and "-packages" in p}
 
 
+def resources_of(obj: object) -> tuple[Resource[Any], ...]:
+    """The resources a module declares (each once); for a handler, those of its module."""
+    if isinstance(obj, Handler):
+        obj = sys.modules.get(obj.module)
+    if not isinstance(obj, ModuleType):
+        return ()
+    return tuple({id(v): v for v in vars(obj).values() if isinstance(v, Resource)}.values())
+
+
 def handlers_of(obj: object, plugin: Plugin) -> list[Handler]:
     """The handlers an entry point's object stands for.
 
@@ -104,23 +122,71 @@ def handlers_of(obj: object, plugin: Plugin) -> list[Handler]:
     )
 
 
+def _plugin_root(module: str) -> tuple[Path, Path] | None:
+    """(the plugin's top-level package directory or single module file, the directory that
+    holds it), found without importing anything; None when it cannot be found."""
+    try:
+        spec = importlib.util.find_spec(module.partition(".")[0])
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.submodule_search_locations:
+        root = Path(next(iter(spec.submodule_search_locations))).resolve()
+    elif spec.origin:
+        root = Path(spec.origin).resolve()
+    else:
+        return None
+    return root, root.parent
+
+
+def failure_location(exc: BaseException, module: str) -> str:
+    """``file:line`` of the last frame inside the plugin when importing ``module`` raised
+    ``exc`` (a syntax error: where it is), the file relative to the directory holding the
+    plugin's top-level package; empty when no frame lies inside the plugin."""
+    found = _plugin_root(module)
+    if found is None:
+        return ""
+    root, base = found
+
+    def inside(filename: str | None) -> Path | None:
+        if not filename:
+            return None
+        path = Path(filename).resolve()
+        return path if path == root or root in path.parents else None
+
+    if isinstance(exc, SyntaxError) and (path := inside(exc.filename)) and exc.lineno:
+        return f"{path.relative_to(base)}:{exc.lineno}"
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if (path := inside(frame.filename)) is not None:
+            return f"{path.relative_to(base)}:{frame.lineno}"
+    return ""
+
+
 def load(ep: EntryPoint) -> list[Registration]:
     """Import one entry point and return its handlers.
 
     Raises:
-        RegistryError: the import failed (a bad binding key raises while importing, too) or
-            it names no handler; the message names the entry point and its distribution.
+        RegistryError: the import failed (a bad binding key or handler signature raises while
+            importing, too) or it names no handler; the message names the entry point, its
+            distribution and the plugin's file and line where the import failed.
     """
     plugin = _plugin(ep)
     try:
         obj = ep.load()
     except Exception as exc:
+        where = failure_location(exc, ep.module)
         raise RegistryError(
-            f"cannot load {ep.value}: {type(exc).__name__}: {exc}",
+            f"cannot load {ep.value}{f', at {where}' if where else ''}: "
+            f"{type(exc).__name__}: {one_line(exc, 500)}",
             entry_point=ep.name,
             distribution=plugin.distribution,
         ) from exc
-    return [Registration(h, plugin) for h in handlers_of(obj, plugin)]
+    handlers = handlers_of(obj, plugin)
+    found = resources_of(obj)
+    if found:
+        plugin = replace(plugin, resources=found)
+    return [Registration(h, plugin) for h in handlers]
 
 
 def discover(
@@ -143,6 +209,7 @@ def discover(
         )
     registrations = [r for ep in eps if not plugins or ep.name in plugins for r in load(ep)]
     check_unique(registrations)
+    check_resources(registrations)
     if names:
         missing = set(names) - {r.handler.name for r in registrations}
         if missing:
@@ -167,6 +234,84 @@ def check_unique(registrations: Iterable[Registration]) -> None:
                     entry_point=reg.plugin.entry_point,
                     distribution=reg.plugin.distribution,
                 )
+
+
+def declared_resources(registrations: Iterable[Registration]) -> list[tuple[Resource[Any], Plugin]]:
+    """The resources of the plugins these handlers come from, each once, in plugin order."""
+    seen: dict[int, tuple[Resource[Any], Plugin]] = {}
+    for reg in registrations:
+        for res in reg.plugin.resources:
+            seen.setdefault(id(res), (res, reg.plugin))
+    return list(seen.values())
+
+
+def check_resources(registrations: Iterable[Registration]) -> None:
+    """Raises RegistryError when two resources provide one type: ``ctx.resource(T)`` would
+    not know which to return."""
+    by_key: dict[type[Any], tuple[Resource[Any], Plugin]] = {}
+    for res, plugin in declared_resources(registrations):
+        other = by_key.setdefault(res.key, (res, plugin))
+        if other[0] is not res:
+            raise RegistryError(
+                f"resource type {res.key.__qualname__} is provided twice: by {other[0].name} "
+                f"(plugin {other[1].entry_point!r}) and by {res.name} (plugin "
+                f"{plugin.entry_point!r}); give one of them another type",
+                entry_point=plugin.entry_point,
+                distribution=plugin.distribution,
+            )
+
+
+def load_middleware(names: Sequence[str], *, group: str = MIDDLEWARE_GROUP) -> list[Middleware]:
+    """The middleware ``names`` enable, in that order (the first is the outermost): each entry
+    point names a ``Middleware`` subclass (made with no arguments) or instance.
+
+    Raises:
+        RegistryError: a name twice, one that is not installed, one that fails to import (with
+            its file and line) or names something else.
+    """
+    if not names:
+        return []
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise RegistryError(f"middleware {', '.join(twice)} named twice in the middleware setting")
+    eps = {ep.name: ep for ep in entry_points(group=group) if not _from_working_directory(ep)}
+    unknown = [n for n in names if n not in eps]
+    if unknown:
+        raise RegistryError(
+            f"no installed middleware named {', '.join(unknown)} in entry-point group {group!r}"
+        )
+    chain = []
+    for name in names:
+        ep = eps[name]
+        plugin = _plugin(ep)
+        try:
+            obj = ep.load()
+        except Exception as exc:
+            where = failure_location(exc, ep.module)
+            raise RegistryError(
+                f"cannot load middleware {ep.value}{f', at {where}' if where else ''}: "
+                f"{type(exc).__name__}: {one_line(exc, 500)}",
+                entry_point=ep.name,
+                distribution=plugin.distribution,
+            ) from exc
+        if isinstance(obj, type) and issubclass(obj, Middleware):
+            try:
+                obj = obj()
+            except Exception as exc:
+                raise RegistryError(
+                    f"middleware {ep.value} cannot be made without arguments: "
+                    f"{type(exc).__name__}: {one_line(exc, 300)}",
+                    entry_point=ep.name,
+                    distribution=plugin.distribution,
+                ) from exc
+        if not isinstance(obj, Middleware):
+            raise RegistryError(
+                f"{ep.value} is a {type(obj).__name__}, not a Middleware subclass or instance",
+                entry_point=ep.name,
+                distribution=plugin.distribution,
+            )
+        chain.append(obj)
+    return chain
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,5 +1,6 @@
-"""What a worker logs once it consumes: where it is connected, and each handler with its
-queue, bindings, limits and retry policy; warnings for settings that cannot work as meant."""
+"""What a worker logs once it consumes: where it is connected, its middleware, and each handler
+with its queue, bindings, limits and retry policy; warnings for settings that cannot work as
+meant."""
 
 from __future__ import annotations
 
@@ -7,13 +8,17 @@ from collections.abc import Sequence
 
 from loguru import logger
 
+from eventworker.handlers import Middleware
 from eventworker.plugins.discovery import Registration
 from eventworker.plugins.resolved import ResolvedHandler
 from eventworker.settings import Settings
 
 
 def log_start(
-    s: Settings, routes: Sequence[ResolvedHandler], registrations: Sequence[Registration]
+    s: Settings,
+    routes: Sequence[ResolvedHandler],
+    registrations: Sequence[Registration],
+    middleware: Sequence[Middleware] = (),
 ) -> None:
     logger.info(
         "worker connected to {}: exchange {!r}, {} handler(s), {} queue type, grace {:g}s",
@@ -23,6 +28,8 @@ def log_start(
         s.queue_type,
         s.grace,
     )
+    if middleware:
+        logger.info("middleware, outermost first: {}", ", ".join(m.name for m in middleware))
     by_name = {r.handler.name: r.plugin for r in registrations}
     for unknown in sorted(set(s.retry_overrides) - set(by_name)):
         logger.warning("retry_overrides names {!r}, which is no handler of this worker", unknown)

@@ -3,17 +3,22 @@
 The copy keeps the body byte for byte and the producer's properties and headers, minus the
 broker's bookkeeping (``envelope.carried_headers``), and adds what an operator needs to act on
 it: handler, routing key, first and last failure, exception and message, attempt; the
-dead-letter copy also a short traceback and the host. The producer's header entries go out as
+dead-letter copy also a short traceback and the host. ``where`` puts the last frames of the
+handler's traceback on the dead-letter log line. The producer's header entries go out as
 the bytes they came in (``amqp.properties``): exact in type as well as value, names of up to
 255 bytes whole.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import traceback
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import eventworker
 from eventworker import envelope
 from eventworker.amqp.delivery import Delivered
 from eventworker.amqp.properties import PERSISTENT, Properties
@@ -85,3 +90,32 @@ def short_traceback(error: BaseException | None) -> str:
         return ""
     text = "".join(traceback.format_exception(error, limit=-4, chain=False))
     return text[-2048:]
+
+
+#: Where the frames that run a handler live (the worker's, asyncio's, the thread pool's):
+#: leading frames from these are not the handler's and are left out of ``where``.
+_RUNNERS = tuple(
+    str(Path(module.__file__).resolve().parent) + "/"
+    for module in (eventworker, asyncio, concurrent.futures)
+    if module.__file__
+)
+
+
+def _runner(filename: str) -> bool:
+    return str(Path(filename).resolve()).startswith(_RUNNERS)
+
+
+def where(error: BaseException | None, frames: int = 3) -> str:
+    """The innermost ``frames`` frames of the handler's traceback on one line, innermost first:
+    `` | at mailer.py:17 in deliver < handlers.py:42 in send_mail``. The frames that ran the
+    handler (the worker's, asyncio's) are left out; empty for an error raised outside the
+    handler (a timeout, input refused before it ran)."""
+    if error is None or error.__traceback__ is None:
+        return ""
+    summary = traceback.extract_tb(error.__traceback__)
+    start = next((i for i, f in enumerate(summary) if not _runner(f.filename)), len(summary))
+    own = summary[start:][-frames:]
+    if not own:
+        return ""
+    shown = " < ".join(f"{Path(f.filename).name}:{f.lineno} in {f.name}" for f in reversed(own))
+    return f" | at {one_line(shown, 300)}"

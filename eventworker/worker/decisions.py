@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from eventworker.errors import HandlerTimeoutError, Reject, Retry
+from eventworker.errors import HandlerTimeoutError, Reject, RejectedByMiddleware, Retry
 from eventworker.handlers import RetryPolicy
 
 
@@ -25,10 +25,11 @@ class RetryIn:
 class DeadLetter:
     """Put a copy in the handler's dead-letter queue with ``reason``, then ack the original.
 
-    Reasons: ``rejected``, ``timeout``, ``exception`` and ``retry_requested`` (attempts spent),
-    ``give_up`` (a ``give_up_on`` type, or one not in ``retry_on``), plus the envelope's
-    ``too_large``, ``unsupported_content_type``, ``decode_error``, ``schema_error`` and
-    ``no_handler``, and the inbox's ``idempotency_key_conflict``.
+    Reasons: ``rejected``, ``rejected_by_middleware``, ``timeout``, ``exception`` and
+    ``retry_requested`` (attempts spent), ``give_up`` (a ``give_up_on`` type, or one not in
+    ``retry_on``), plus the envelope's ``too_large``, ``unsupported_content_type``,
+    ``decode_error``, ``schema_error`` and ``no_handler``, and the inbox's
+    ``idempotency_key_conflict``.
     """
 
     reason: str
@@ -70,6 +71,8 @@ def decide(
             return Ack()
         case Reject():
             return DeadLetter("rejected")
+        case RejectedByMiddleware():
+            return DeadLetter("rejected_by_middleware")
         case Retry(delay=delay):
             if attempt >= policy.max_attempts:
                 return DeadLetter("retry_requested")

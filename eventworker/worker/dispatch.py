@@ -14,7 +14,7 @@ import contextlib
 import contextvars
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from contextlib import AbstractAsyncContextManager
 from functools import partial
@@ -34,7 +34,7 @@ from eventworker.errors import (
     IdempotencyConflictError,
     PublishError,
 )
-from eventworker.handlers import Context, Publish
+from eventworker.handlers import NO_RESOURCES, Context, Middleware, Publish
 from eventworker.inbox.claims import Inbox
 from eventworker.inbox.protocol import CONFLICT_REASON, AlreadyHandled, Key, NotAdmitted
 from eventworker.observability import logs, tracing
@@ -42,7 +42,8 @@ from eventworker.observability.logs import OneLine
 from eventworker.plugins.resolved import ResolvedHandler
 from eventworker.topology import layout
 from eventworker.topology.topic import compile_bindings
-from eventworker.worker._copies import describe_error, failure_copy, short_traceback
+from eventworker.worker._copies import describe_error, failure_copy, short_traceback, where
+from eventworker.worker._middleware import Chain
 from eventworker.worker.decisions import (
     Ack,
     DeadLetter,
@@ -121,6 +122,8 @@ class Dispatcher:
         executor: Executor,
         observers: Sequence[Observer] = (),
         inbox: Inbox | None = None,
+        resources: Mapping[type[Any], Any] = NO_RESOURCES,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.route = route
         self._moves = moves
@@ -132,6 +135,9 @@ class Dispatcher:
         self._observers = tuple(observers)
         self._inbox = inbox if route.idempotent else None
         self._bindings = compile_bindings(route.handler.bindings)
+        self._resources = resources
+        #: None without middleware: the handling then takes no step of the chain at all.
+        self._chain = Chain(middleware) if middleware else None
 
     async def handle(self, message: Delivered, acks: Settle) -> None:
         """Handle ``message`` and settle it, once, through ``acks``."""
@@ -178,6 +184,8 @@ class Dispatcher:
                     decision = self._decide(event, error)
             moved = await self._settle(message, acks, event, error, decision)
             span.record(outcome=type(decision).__name__, error=error)
+            if self._chain is not None:
+                await self._chain.outcome(event, self._context(event), decision)
         seconds = time.monotonic() - received
         for observer in self._observers:
             observer.settled(route, event, decision, moved=moved, seconds=seconds)
@@ -307,13 +315,9 @@ class Dispatcher:
         """Run the handler; return what it raised (None on success). Cancellation propagates."""
         handler = self.route.handler
         loop = asyncio.get_running_loop()
-        ctx = Context(
-            handler=handler.name,
-            event=event,
-            _publish=self._publish,
-            _loop=loop,
-            _transaction=transaction,
-        )
+        ctx = self._context(event, transaction, loop)
+        if self._chain is not None:
+            return await self._run_chained(self._chain, event, ctx, loop)
         try:
             async with asyncio.timeout(self.route.timeout) as deadline:
                 if handler.is_async:
@@ -330,6 +334,51 @@ class Dispatcher:
         except Exception as exc:
             return exc
         return None
+
+    def _context(
+        self,
+        event: Event[Any],
+        transaction: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> Context:
+        return Context(
+            handler=self.route.handler.name,
+            event=event,
+            _publish=self._publish,
+            _loop=loop or asyncio.get_running_loop(),
+            _transaction=transaction,
+            _resources=self._resources,
+        )
+
+    async def _run_chained(
+        self, chain: Chain, event: Event[Any], ctx: Context, loop: asyncio.AbstractEventLoop
+    ) -> BaseException | None:
+        """``_run`` through the middleware: their ``before`` and ``around`` count toward the
+        handler's timeout; ``after`` or ``on_failure`` follow it."""
+        handler = self.route.handler
+
+        async def call() -> None:
+            if handler.is_async:
+                await handler(event, ctx)  # type: ignore[misc]  # is_async checked
+            else:
+                run = partial(contextvars.copy_context().run, handler.func, event, ctx)
+                await loop.run_in_executor(self._executor, run)
+
+        error: BaseException | None = None
+        try:
+            async with asyncio.timeout(self.route.timeout) as deadline:
+                await chain.run(event, ctx, call)
+        except TimeoutError as exc:
+            error = exc
+            if deadline.expired():
+                error = HandlerTimeoutError(f"handler ran longer than {self.route.timeout:g}s")
+        except Exception as exc:
+            error = exc
+        if error is None:
+            await chain.after(event, ctx)
+        else:
+            await chain.failed(event, ctx, error)
+        return error
 
     async def _publish(self, routing_key: str, data: Any, **options: Any) -> None:
         """``Context.publish``: a follow-up event, its outcome told to the observers."""
@@ -404,12 +453,13 @@ class Dispatcher:
                 if not await self._move(message, acks, copy, queue, "dead_letter"):
                     return False
                 logger.error(
-                    "{} dead-lettered {} after attempt {} ({}): {}",
+                    "{} dead-lettered {} after attempt {} ({}): {}{}",
                     name,
                     event.id,
                     event.attempt,
                     reason,
                     describe_error(error),
+                    where(error),
                 )
         # Coalesced; a dead channel's acks are dropped there, never sent on another one.
         acks.ack(message.delivery_tag)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any
@@ -25,10 +25,12 @@ from eventworker.amqp.connection import CHANNEL_GONE, connect
 from eventworker.amqp.delivery import Delivery
 from eventworker.backoff import Backoff
 from eventworker.errors import BrokerUnreachableError
+from eventworker.handlers import Middleware
 from eventworker.inbox.claims import Inbox
 from eventworker.inbox.protocol import InboxStore
 from eventworker.inbox.stores import build_inbox
-from eventworker.plugins.discovery import Registration
+from eventworker.plugins import lifespan
+from eventworker.plugins.discovery import Registration, declared_resources
 from eventworker.plugins.resolved import ResolvedHandler, resolve, topology_plan
 from eventworker.publishing.channel import ConfirmChannel
 from eventworker.settings import Settings
@@ -58,8 +60,10 @@ class Worker:
     Raises from :meth:`run`: BrokerAuthError, TopologyConflictError and other BrokerErrors
     (fatal: reconnecting would not help), BrokerUnreachableError when the broker cannot be
     reached at start or stays away longer than ``reconnect_timeout``, InboxError when the
-    inbox of idempotent handlers cannot be opened. ``inbox_store`` replaces the store the
-    settings name (tests, embedding).
+    inbox of idempotent handlers cannot be opened, ResourceError when a plugin's resource fails
+    to start. ``inbox_store`` replaces the store the settings name (tests, embedding);
+    ``resources`` maps resource types to stand-ins used instead of entering the plugins' own;
+    ``middleware`` runs around every handling, the first outermost.
 
     Raises from the constructor: ConfigError for an inbox URL that names no usable store.
     """
@@ -72,6 +76,8 @@ class Worker:
         reconnect_timeout: float = 300.0,
         observers: Sequence[Observer] = (),
         inbox_store: InboxStore | None = None,
+        resources: Mapping[type[Any], Any] | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         if not registrations:
             raise ValueError("a worker needs at least one handler")
@@ -105,6 +111,10 @@ class Worker:
         self.reconnects = 0
         self._waiting: set[asyncio.Task[Any]] = set()
         self._running: set[asyncio.Task[Any]] = set()
+        self._stand_ins = dict(resources or {})
+        self.middleware = tuple(middleware)
+        #: The entered resources by type, what ``ctx.resource`` reads (filled by :meth:`run`).
+        self.resources: dict[type[Any], Any] = {}
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -131,7 +141,13 @@ class Worker:
         worker gracefully and a second one cancels the drain at once."""
         if handle_signals:
             self._install_signals(asyncio.current_task())
+        resources = contextlib.AsyncExitStack()
         try:
+            self.resources.update(
+                await lifespan.enter(
+                    resources, declared_resources(self.registrations), stand_ins=self._stand_ins
+                )
+            )
             if self.inbox is not None:
                 await self.inbox.start()
             lost_since: float | None = None
@@ -167,8 +183,13 @@ class Worker:
         finally:
             self.state = State.STOPPED
             self.executor.shutdown(wait=False, cancel_futures=True)
-            if self.inbox is not None:
-                await self.inbox.close()
+            try:
+                if self.inbox is not None:
+                    await self.inbox.close()
+            finally:
+                # After the drain, in reverse order; also after a failed start.
+                await resources.aclose()
+                self.resources.clear()
 
     async def _sleep_unless_stopped(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -237,7 +258,7 @@ class Worker:
                 await self._subscribe(consuming, route, publisher, lost) for route in self.routes
             ]
             if self.state is State.STARTING:
-                _banner.log_start(self.settings, self.routes, self.registrations)
+                _banner.log_start(self.settings, self.routes, self.registrations, self.middleware)
             else:
                 self.reconnects += 1
                 logger.info("reconnected: {} queue(s) consuming again", len(consumers))
@@ -300,6 +321,8 @@ class Worker:
             executor=self.executor,
             observers=self.observers,
             inbox=self.inbox,
+            resources=self.resources,
+            middleware=self.middleware,
         )
         slots = asyncio.Semaphore(route.concurrency)
 

@@ -1,5 +1,6 @@
 """Example handlers: one succeeds, one fails twice then succeeds, one always fails, one is
-slow, one validates its payload with a model and publishes a follow-up event."""
+slow, one validates its payload with a model and publishes a follow-up event, one sends mail
+through a resource the worker opens once."""
 
 from __future__ import annotations
 
@@ -8,6 +9,10 @@ import asyncio
 from pydantic import BaseModel
 
 from eventworker import Context, Event, Reject, RetryPolicy, handler
+from eventworker_example.mail import Mailer
+
+# The plugin's resources are those of the module its entry point names: importing one declares it.
+from eventworker_example.mail import mailer as mailer
 
 
 class OrderCreated(BaseModel):
@@ -67,3 +72,15 @@ async def record_charge(event: Event[dict[str, object]], ctx: Context) -> None:
     ctx.logger.info(
         "charged order {} (caused by {})", event.data.get("order_id"), event.causation_id
     )
+
+
+class UserSignedUp(BaseModel):
+    email: str
+    name: str
+
+
+@handler("users.signed_up")
+async def send_welcome(event: Event[UserSignedUp], ctx: Context) -> None:
+    """Sends a welcome mail with the worker's one mail client (the ``mailer`` resource). Its
+    model, UserSignedUp, is inferred from the annotation: a bad payload is dead-lettered."""
+    await ctx.resource(Mailer).send(event.data.email, f"Welcome, {event.data.name}")

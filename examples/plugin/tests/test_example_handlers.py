@@ -6,7 +6,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
-from eventworker_example.handlers import bill_order, broken, flaky, greet
+from eventworker_example.handlers import (
+    UserSignedUp,
+    bill_order,
+    broken,
+    flaky,
+    greet,
+    send_welcome,
+)
+from eventworker_example.mail import Mailer, mailer
 
 from eventworker.testing import Published, TestWorker, run_handler, run_handler_sync
 from eventworker.worker.decisions import Ack, DeadLetter, RetryIn
@@ -74,3 +82,33 @@ async def test_with_a_real_worker_flaky_succeeds_on_its_third_attempt(
         decisions = await worker.outcome(event_id, handler="flaky", timeout=30)
     assert decisions == [RetryIn(1), RetryIn(2), Ack()]
     assert not any(isinstance(d, DeadLetter) for d in decisions)
+
+
+async def test_send_welcome_mails_through_the_mailer_resource_faked() -> None:
+    fake = Mailer()
+    outcome = await run_handler(
+        send_welcome, {"email": "ada@example.org", "name": "Ada"}, resources={Mailer: fake}
+    )
+    assert outcome.acked
+    assert fake.sent == [("ada@example.org", "Welcome, Ada")]
+
+
+async def test_send_welcome_validates_its_inferred_model() -> None:
+    outcome = await run_handler(
+        send_welcome, {"email": "x@example.org"}, resources={Mailer: Mailer()}
+    )
+    assert send_welcome.model is UserSignedUp
+    assert outcome.dead_letter_reason == "schema_error"
+
+
+async def test_with_a_real_worker_the_mailer_is_opened_once_and_closed_after_the_drain(
+    eventworker_worker: Running,
+) -> None:
+    async with eventworker_worker(send_welcome, resources=[mailer]) as worker:
+        client = worker.worker.resources[Mailer]
+        first = await worker.publish("users.signed_up", {"email": "a@example.org", "name": "A"})
+        second = await worker.publish("users.signed_up", {"email": "b@example.org", "name": "B"})
+        assert await worker.outcome(first) == [Ack()]
+        assert await worker.outcome(second) == [Ack()]
+    assert client.sent == [("a@example.org", "Welcome, A"), ("b@example.org", "Welcome, B")]
+    assert client.closed
