@@ -40,6 +40,9 @@ HOST = "x-eventworker-host"
 #: How often ``eventworker dlq replay`` sent this message back; kept by retry and dead-letter
 #: copies.
 REPLAYS = "x-eventworker-replays"
+#: On a classic queue, how often a worker stopped while holding this message (crash, kill,
+#: lost connection): the count a quorum queue keeps itself as its delivery count.
+REDELIVERIES = "x-eventworker-redeliveries"
 #: Headers never copied into a retry or dead-letter copy: broker bookkeeping that would make
 #: RabbitMQ drop the copy as a dead-letter cycle (x-death), fan it out to other queues
 #: (CC/BCC, sender-selected distribution) or expire it (handled by not copying ``expiration``).
@@ -194,16 +197,27 @@ def last_death(headers: Mapping[str, Any]) -> tuple[str, str] | None:
     return (queue, reason) if queue and reason else None
 
 
-def decode(message: AmqpMessage, data: Any, *, trusted: bool, max_attempts: int) -> Event[Any]:
+def decode(
+    message: AmqpMessage,
+    data: Any,
+    *,
+    trusted: bool,
+    max_attempts: int,
+    moved: bool = False,
+) -> Event[Any]:
     """The :class:`Event` of a delivered message whose body decoded to ``data``.
 
     ``trusted`` says the message came back from our own retry tiers (the delivery's exchange is
     the return exchange and its newest ``x-death`` says a retry queue expired it): only then are
     the attempt counter and the original routing key read from our headers. Anything else starts
-    at attempt 1, so a forged attempt header cannot dead-letter a message early.
+    at attempt 1, so a forged attempt header cannot dead-letter a message early. ``moved``: the
+    worker itself put it straight into a queue (its probation queue), so the delivery's routing
+    key is that queue's name and the event's is in our header.
     """
     headers = message.headers or {}
     routing_key = message.routing_key or ""
+    if moved:
+        routing_key = _text(headers.get(ROUTING_KEY)) or routing_key
     attempt = 1
     if trusted:
         routing_key = _text(headers.get(ROUTING_KEY)) or routing_key

@@ -27,6 +27,10 @@ class ResolvedHandler:
     concurrency: int
     prefetch: int
     idempotent: bool = False
+    #: Classic queues: where redelivered messages run alone, counted (see topology.layout),
+    #: and how many redeliveries a message may have before it is dead-lettered (0: no limit).
+    probation_queue: str | None = None
+    delivery_limit: int = 0
     #: The retry delays, shortest first: computed once here, read on every failed delivery.
     tiers: tuple[float, ...] = field(init=False)
 
@@ -66,6 +70,12 @@ def resolve(registrations: Sequence[Registration], settings: Settings) -> list[R
                 concurrency=concurrency,
                 prefetch=prefetch,
                 idempotent=idempotent,
+                probation_queue=(
+                    layout.probation_queue(queues.queue)
+                    if settings.queue_type == "classic"
+                    else None
+                ),
+                delivery_limit=settings.delivery_limit,
             )
         )
     return result

@@ -8,6 +8,13 @@ Shape (RabbitMQ 3.10+, no plugins)::
     dead-letter copy --> <work queue>.dead                                 dead-letter queue
     unroutable --> <exchange>.unrouted (fanout, the alternate exchange) --> unrouted queue
                    (only with the unrouted_queue setting)
+    redelivered (classic queues) --> <work queue>.probation             run one at a time
+
+A classic queue keeps no delivery count, so a message that kills its worker would come back for
+ever. On classic queues each handler also has a probation queue: a message its work queue
+redelivers (a worker stopped while holding it) is moved there with a count of its own, and runs
+alone (prefetch 1), so that a crash takes only it back; past ``delivery_limit`` it is
+dead-lettered. Quorum queues count deliveries themselves (``x-delivery-limit``).
 
 Retry queues hold one delay each: RabbitMQ expires messages only at the head of a queue, so
 mixed delays in one queue would block each other. Expired copies go back through a headers
@@ -75,6 +82,11 @@ def work_queue(prefix: str, handler_name: str, explicit: str | None = None) -> s
 def dead_letter_queue(queue: str) -> str:
     """``<work queue>.dead``: durable, no TTL, no length limit; dead-letter copies wait there."""
     return f"{queue}.dead"
+
+
+def probation_queue(queue: str) -> str:
+    """``<work queue>.probation`` (classic queues): redelivered messages run there alone."""
+    return f"{queue}.probation"
 
 
 def delay_label(delay: float) -> str:
@@ -183,6 +195,11 @@ def plan(
                 quorum if queue_type == "quorum" else {"x-queue-type": queue_type},
             )
         )
+        if queue_type == "classic":
+            # No delivery limit on a classic queue: the worker counts redeliveries itself.
+            dead_letter = {k: v for k, v in args.items() if k.startswith("x-dead-letter")}
+            probation = {"x-queue-type": "classic", **dead_letter}
+            queues.append(QueueDecl(probation_queue(h.queue), probation))
         bindings += [BindingDecl(h.queue, exchange, key) for key in h.bindings]
         bindings.append(BindingDecl(h.queue, back, "", {"x-match": "all", RETURN_TO: h.queue}))
     retry_queues = {}

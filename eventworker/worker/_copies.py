@@ -70,6 +70,27 @@ def failure_copy(
     )
 
 
+def probation_copy(message: Delivered, event: Event[Any], extra: dict[str, Any]) -> Properties:
+    """The properties of ``message`` moved as it is to its handler's probation queue: every
+    header kept (``x-death`` too, which says whether it came back from a retry tier), but
+    sender-selected routing, plus ``extra`` (where it returns, its redelivery count)."""
+    headers = {k: v for k, v in (message.headers or {}).items() if k.lower() not in ("cc", "bcc")}
+    headers.update(extra)
+    return Properties.build(
+        origin=message.properties,
+        headers=headers,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        message_id=event.id,
+        message_type=message.type,
+        timestamp=message.timestamp,
+        app_id=message.app_id,
+        correlation_id=message.correlation_id,
+        priority=message.priority or 0,
+        delivery_mode=PERSISTENT,
+    )
+
+
 def message_of(error: BaseException | None) -> str:
     """The error's message; for an envelope error its detail (the reason is a header)."""
     if error is None:

@@ -45,7 +45,9 @@ class Requeue:
     """Handed back to the queue unrun, no attempt consumed: the inbox did not admit the event.
 
     Reasons: ``claim_held`` (another worker held the event for longer than the inbox's
-    ``wait``) and ``inbox_unavailable`` (the store failed for that long).
+    ``wait``) and ``inbox_unavailable`` (the store failed for that long); on a classic queue,
+    ``redelivered``: a worker stopped while holding it, so it was moved, counted, to the
+    handler's probation queue to run alone.
     """
 
     reason: str
@@ -99,3 +101,8 @@ def tier_for(delay: float, tiers: tuple[float, ...]) -> float:
         if tier >= delay:
             return tier
     return tiers[-1]
+
+
+class DeliveryLimitExceeded(Exception):
+    """The diagnosis of a message dead-lettered because a worker stopped while handling it
+    more often than ``delivery_limit`` allows (on a classic queue, counted by the worker)."""

@@ -42,18 +42,28 @@ from eventworker.observability.logs import OneLine
 from eventworker.plugins.resolved import ResolvedHandler
 from eventworker.topology import layout
 from eventworker.topology.topic import compile_bindings
-from eventworker.worker._copies import describe_error, failure_copy, short_traceback, where
+from eventworker.worker._copies import (
+    describe_error,
+    failure_copy,
+    probation_copy,
+    short_traceback,
+    where,
+)
 from eventworker.worker._middleware import Chain
 from eventworker.worker.decisions import (
     Ack,
     DeadLetter,
     Decision,
+    DeliveryLimitExceeded,
     Duplicate,
     Requeue,
     RetryIn,
     decide,
 )
 
+#: The dead-letter reason of a message redelivered more often than ``delivery_limit`` allows: the
+#: broker's own for a quorum queue (its ``x-death``), the worker's for a classic one.
+DELIVERY_LIMIT = "delivery_limit"
 #: Pause before handing a message back to the broker when its retry or dead-letter copy could not
 #: be published, so a broker that refuses publishes does not become a hot loop.
 REQUEUE_PAUSE = 1.0
@@ -83,11 +93,12 @@ class Observer(Protocol):
         message went back to its queue instead; ``seconds`` is the time since receipt."""
 
     def published(self, route: ResolvedHandler, *, kind: PublishKind, status: str) -> None:
-        """A publish by this handling ended: a follow-up ``event``, a ``retry`` copy or a
-        ``dead_letter`` copy, ``confirmed`` or why not (``nacked``, ``unroutable``, ...)."""
+        """A publish by this handling ended: a follow-up ``event``, a ``retry`` copy, a
+        ``dead_letter`` copy or a ``probation`` move, ``confirmed`` or why not (``nacked``,
+        ``unroutable``, ...)."""
 
 
-PublishKind = Literal["event", "retry", "dead_letter"]
+PublishKind = Literal["event", "retry", "dead_letter", "probation"]
 
 
 class Settle(Protocol):
@@ -142,6 +153,9 @@ class Dispatcher:
     async def handle(self, message: Delivered, acks: Settle) -> None:
         """Handle ``message`` and settle it, once, through ``acks``."""
         route = self.route
+        if message.redelivered and route.probation_queue is not None:
+            await self._count_redelivery(message, acks, route.probation_queue)
+            return
         received = time.monotonic()
         trusted = self._from_retry_tier(message)
         # The body first, so the event is built once (its refusal is settled below).
@@ -151,7 +165,11 @@ class Dispatcher:
         except EnvelopeError as exc:
             data, invalid = None, exc
         event: Event[Any] = envelope.decode(
-            message, data, trusted=trusted, max_attempts=route.policy.max_attempts
+            message,
+            data,
+            trusted=trusted,
+            max_attempts=route.policy.max_attempts,
+            moved=self._on_probation(message),
         )
         for observer in self._observers:
             observer.received(route, event)
@@ -196,7 +214,7 @@ class Dispatcher:
         (attempt, routing key, first failure) count: a producer allowed to publish to the
         return exchange could otherwise set a high attempt and have an event dead-lettered
         early."""
-        if message.exchange != self._return_exchange:
+        if message.exchange != self._return_exchange and not self._on_probation(message):
             return False
         death = envelope.last_death(message.headers or {})
         return (
@@ -204,6 +222,83 @@ class Dispatcher:
             and death[1] == "expired"
             and layout.is_retry_queue(self._queue_prefix, death[0])
         )
+
+    def _on_probation(self, message: Delivered) -> bool:
+        """Whether ``message`` is a copy this worker moved to the handler's probation queue
+        (straight into it, naming it as where it returns)."""
+        return (
+            self.route.probation_queue is not None
+            and message.exchange == ""
+            and (message.headers or {}).get(envelope.RETURN_TO) == self.route.probation_queue
+        )
+
+    async def _count_redelivery(self, message: Delivered, acks: Settle, probation: str) -> None:
+        """A classic queue keeps no delivery count, so a message that kills its worker would
+        come back for ever. A redelivered one is counted here instead: moved, with its count,
+        to the probation queue, where messages run one at a time (a crash then takes only that
+        one back); past ``delivery_limit`` it is dead-lettered with reason ``delivery_limit``.
+        It does not run now: what ran it last may be what stopped the worker."""
+        route, name = self.route, self.route.handler.name
+        received = time.monotonic()
+        earlier = (message.headers or {}).get(envelope.REDELIVERIES)
+        if not self._on_probation(message) or not isinstance(earlier, int) or earlier < 0:
+            earlier = 0
+        count = int(earlier) + 1
+        trusted = self._from_retry_tier(message)
+        event: Event[Any] = envelope.decode(
+            message,
+            None,
+            trusted=trusted,
+            max_attempts=route.policy.max_attempts,
+            moved=self._on_probation(message),
+        )
+        for observer in self._observers:
+            observer.received(route, event)
+        decision: Decision
+        if route.delivery_limit and count > route.delivery_limit:
+            decision = DeadLetter(DELIVERY_LIMIT)
+            error = DeliveryLimitExceeded(
+                f"redelivered {count} times (delivery_limit {route.delivery_limit}): a worker "
+                f"stopped while holding it each time (a crash, a kill or a lost connection)"
+            )
+            copy = failure_copy(
+                message,
+                event,
+                error,
+                {
+                    envelope.ATTEMPT: event.attempt,
+                    envelope.REASON: DELIVERY_LIMIT,
+                    envelope.HOST: _HOST,
+                },
+                handler=name,
+                retried=trusted,
+            )
+            if not await self._move(message, acks, copy, route.dead_letter_queue, "dead_letter"):
+                return
+            logger.error("{} dead-lettered {}: {}", name, event.id, error)
+        else:
+            decision = Requeue("redelivered")
+            extra = {
+                envelope.RETURN_TO: probation,
+                envelope.ROUTING_KEY: event.type,
+                envelope.REDELIVERIES: count,
+            }
+            copy = probation_copy(message, event, extra)
+            if not await self._move(message, acks, copy, probation, "probation"):
+                return
+            logger.warning(
+                "{}: {} was redelivered (a worker stopped while holding it), {} of at most {}; "
+                "moved to {} to run alone",
+                name,
+                event.id,
+                count,
+                route.delivery_limit or "unlimited",
+                probation,
+            )
+        acks.ack(message.delivery_tag)
+        seconds = time.monotonic() - received
+        for observer in self._observers:
+            observer.settled(route, event, decision, moved=True, seconds=seconds)
 
     async def reject_undecodable(self, delivery: Delivery, acks: Settle) -> None:
         """Dead-letter a delivery whose header cannot be decoded, at once and as the broker holds

@@ -255,7 +255,10 @@ class Worker:
             # failing message would go round unacked: a new session opens a new one.
             publisher.on_close(lambda *_: lost.set())
             consumers = self.consumers = [
-                await self._subscribe(consuming, route, publisher, lost) for route in self.routes
+                await self._subscribe(consuming, route, publisher, lost, queue_name)
+                for route in self.routes
+                for queue_name in (route.queue, route.probation_queue)
+                if queue_name is not None
             ]
             if self.state is State.STARTING:
                 _banner.log_start(self.settings, self.routes, self.registrations, self.middleware)
@@ -294,7 +297,11 @@ class Worker:
         route: ResolvedHandler,
         publisher: ConfirmChannel,
         lost: asyncio.Event,
+        queue_name: str,
     ) -> Consumer:
+        """A consumer of ``queue_name``, the route's work queue or (classic queues) its
+        probation queue, on a channel of its own (delivery tags and coalesced acks are per
+        channel)."""
         channel = await connection.channel()
         # The broker cancels a consumer when its queue is deleted, and closes a channel on a
         # consumer timeout: either way this session is broken; a new one re-declares all.
@@ -350,19 +357,22 @@ class Worker:
             finally:
                 slots.release()
 
-        queue = await channel.get_queue(route.queue, ensure=False)
-        # Starts on probation (prefetch 1 while redelivered messages come): see consumer.py.
-        # Not with a single active consumer: ending probation re-subscribes, and the broker
-        # would hand the queue to another worker while this one still runs a message.
+        queue = await channel.get_queue(queue_name, ensure=False)
+        alone = queue_name == route.probation_queue
+        # The work queue starts on probation (prefetch 1 while redelivered messages come): see
+        # consumer.py. Not with a single active consumer: ending probation re-subscribes, and
+        # the broker would hand the queue to another worker while this one still runs a
+        # message. Not on a classic queue either: there a redelivered message is moved to the
+        # probation queue, whose messages always run one at a time (see topology.layout).
         consumer = Consumer(
             channel,
             underlay,
             queue,
-            prefetch=route.prefetch,
+            prefetch=1 if alone else route.prefetch,
             on_message=on_message,
             on_undecodable=dispatcher.reject_undecodable,
-            name=route.handler.name,
-            probation=not route.handler.single_active_consumer,
+            name=f"{route.handler.name} (probation)" if alone else route.handler.name,
+            probation=not route.handler.single_active_consumer and route.probation_queue is None,
         )
         await consumer.start()
         return consumer

@@ -54,7 +54,7 @@ DEAD_LETTER_REASONS = (
     "schema_error",
     "undecodable",
 )
-PUBLISH_KINDS = ("event", "retry", "dead_letter")
+PUBLISH_KINDS = ("event", "retry", "dead_letter", "probation")
 PUBLISH_STATUSES = ("confirmed", "nacked", "unroutable", "timeout", "connection_lost")
 #: Handler durations: from a few milliseconds to the default 300 s handler timeout.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -114,8 +114,8 @@ class Metrics:
         )
         self.requeued_total = Counter(
             "eventworker_messages_requeued",
-            "Deliveries handed back to their queue because their retry or dead-letter copy "
-            "was not confirmed.",
+            "Deliveries handed back unrun: their retry or dead-letter copy was not confirmed or "
+            "the inbox did not admit them, or (classic queues) moved to the probation queue.",
             h,
             registry=r,
         )

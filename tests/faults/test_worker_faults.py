@@ -193,3 +193,23 @@ async def test_c4_only_the_crash_looping_message_is_dead_lettered(shared_rig: Ri
     assert len(crashes) >= 3, f"dead-lettered after {len(crashes)} deliveries"
     assert starts <= 1 + 4, f"{starts} starts"
     assert "on probation: running redelivered message" in worker.all_logs()
+
+
+async def test_c4_on_a_classic_queue_the_worker_counts_redeliveries_itself(
+    shared_rig: Rig,
+) -> None:
+    """A classic queue has no delivery limit: the worker moves each redelivered message, with a
+    count of its own, to the handler's probation queue, where messages run one at a time; the
+    crash-looping one is dead-lettered past the limit, with a diagnosis, and alone."""
+    rig = shared_rig.with_settings(delivery_limit=3, queue_type="classic")
+    poison, innocents, worker, starts = await crash_loop(rig)
+    await rig.finish(workers=[worker], expected_starts=starts)
+    assert rig.ledger.dead_lettered_ids() == {poison}, "an innocent message was dead-lettered"
+    assert set(innocents) <= rig.ledger.processed()
+    [dead_lettered] = rig.ledger.dead_lettered_rows()
+    assert dead_lettered["reason"] == "delivery_limit", dead_lettered["headers"]
+    assert dead_lettered["headers"]["x-eventworker-exception"] == "DeliveryLimitExceeded"
+    crashes = [c for c in rig.ledger.invocations(poison) if c.finished is None]
+    assert len(crashes) == 1 + 3, f"dead-lettered after {len(crashes)} deliveries"
+    assert starts <= 1 + 4, f"{starts} starts"
+    assert "moved to " in worker.all_logs() and ".probation to run alone" in worker.all_logs()

@@ -132,6 +132,16 @@ def test_a_classic_work_queue_has_no_delivery_limit() -> None:
     assert args["x-dead-letter-routing-key"] == "ew.bill.dead"
 
 
+def test_a_classic_work_queue_has_a_probation_queue_dead_lettering_like_it() -> None:
+    plan = _plan(BILL, queue_type="classic")
+    assert _args(plan, "ew.bill.probation") == {
+        "x-queue-type": "classic",
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": "ew.bill.dead",
+    }
+    assert "ew.bill.probation" not in {q.name for q in _plan(BILL).queues}  # quorum: none
+
+
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 def test_the_dead_letter_queue_has_no_ttl_and_no_length_limit(queue_type: str) -> None:
     assert _args(_plan(BILL, queue_type=queue_type), "ew.bill.dead") == {"x-queue-type": queue_type}
