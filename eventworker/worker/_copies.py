@@ -55,19 +55,7 @@ def failure_copy(
             **extra,
         }
     )
-    return Properties.build(
-        origin=message.properties,
-        headers=headers,
-        content_type=message.content_type,
-        content_encoding=message.content_encoding,
-        message_id=event.id,
-        message_type=message.type,
-        timestamp=message.timestamp,
-        app_id=message.app_id,
-        correlation_id=message.correlation_id,
-        priority=message.priority or 0,
-        delivery_mode=PERSISTENT,
-    )
+    return _copy(message, event, headers)
 
 
 def probation_copy(message: Delivered, event: Event[Any], extra: dict[str, Any]) -> Properties:
@@ -76,6 +64,13 @@ def probation_copy(message: Delivered, event: Event[Any], extra: dict[str, Any])
     sender-selected routing, plus ``extra`` (where it returns, its redelivery count)."""
     headers = {k: v for k, v in (message.headers or {}).items() if k.lower() not in ("cc", "bcc")}
     headers.update(extra)
+    return _copy(message, event, headers)
+
+
+def _copy(message: Delivered, event: Event[Any], headers: dict[str, Any]) -> Properties:
+    """The properties of a persistent copy of ``message`` with ``headers``: the producer's own
+    properties kept (not ``expiration``, ``reply_to`` or ``user_id``), the event's id as its
+    ``message_id`` (a derived one included)."""
     return Properties.build(
         origin=message.properties,
         headers=headers,
