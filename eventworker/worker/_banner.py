@@ -16,12 +16,14 @@ def log_start(
     s: Settings, routes: Sequence[ResolvedHandler], registrations: Sequence[Registration]
 ) -> None:
     logger.info(
-        "worker connected to {}: exchange {!r}, {} handler(s), {} queue type, grace {:g}s",
+        "worker connected to {}: exchange {!r}, {} handler(s), {} queue type, grace {:g}s, "
+        "max_inflight_bytes {}",
         s.redacted_url(),
         s.exchange,
         len(routes),
         s.queue_type,
         s.grace,
+        f"{s.max_inflight_bytes:,}" if s.max_inflight_bytes else "0 (no bound)",
     )
     by_name = {r.handler.name: r.plugin for r in registrations}
     for unknown in sorted(set(s.retry_overrides) - set(by_name)):
