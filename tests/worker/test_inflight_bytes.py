@@ -121,6 +121,28 @@ async def test_a_body_larger_than_the_budget_runs_alone_and_is_not_overtaken(
     assert inside.most == 1
 
 
+async def test_a_delivery_waiting_for_room_at_drain_goes_back_to_the_queue_unrun(
+    broker: Broker, settings: Settings
+) -> None:
+    inside = Inside()
+    held = inside.handler()
+    async with running(broker, [held], _bounded(settings, 1_500_000)) as worker:
+        assert worker.budget is not None
+        queue = worker.routes[0].queue
+        await broker.publish("held.event", padded(1_000_000), message_id="running")
+        await broker.publish("held.event", padded(1_000_000), message_id="waiting")
+        await wait_for(lambda: inside.entered == ["running"] and worker.budget.waiting == 1)
+        worker.stop()
+        await wait_for(lambda: worker.budget.waiting == 0)  # the drain cancelled its wait
+        inside.release("running")
+        inside.release("waiting")
+    assert inside.entered == ["running"] and inside.finished == ["running"]
+    assert worker.budget.held == 0
+    await broker.wait_count(queue, 1)
+    [back] = await broker.take_all(queue, expect=1)
+    assert back.message_id == "waiting" and back.redelivered
+
+
 def _kib(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
