@@ -214,6 +214,7 @@ async def test_large_bodies_pass_in_bounded_memory_and_leave_nothing_behind(
         await _logged(log, set(handled))
         peak = _kib(process.pid, "VmHWM")
         bound = baseline + (prefetch + 1) * body // 1024 + margin
+        print(f"baseline {baseline // 1024} MiB, peak {peak // 1024} MiB, bound {bound // 1024}")
         assert peak < bound, (
             f"peak {peak // 1024} MiB over {bound // 1024} MiB (baseline {baseline // 1024})"
         )
