@@ -331,7 +331,8 @@ class ConfirmChannel:
     def _let_go(self) -> None:
         """aiormq's writer keeps the last frame it wrote in a local until the next one comes,
         so an idle connection would hold a large publish (its whole body, marshalled) until its
-        next heartbeat, 15 s or more later. A heartbeat frame, which a client may send at any
-        time, takes its place at once. A full frame queue has frames coming anyway."""
+        next heartbeat: 15 s later with the default heartbeat of 30 s, never with heartbeats
+        off. A heartbeat frame, which a client may send at any time, takes its place at once.
+        A full frame queue has frames coming anyway."""
         with contextlib.suppress(asyncio.QueueFull):
             self._underlay.connection.write_queue.put_nowait(_HEARTBEAT)
