@@ -260,6 +260,7 @@ class Settings(BaseSettings):
     handler_timeout: float = Field(300.0, ge=0)
     grace: float = Field(30.0, ge=0)
     max_body_bytes: int = Field(1_048_576, ge=1)
+    max_inflight_bytes: int = Field(67_108_864, ge=0)
     publish_timeout: float = Field(10.0, gt=0)
     connect_timeout: float = Field(10.0, gt=0)
     heartbeat: int = Field(30, ge=0, le=3600)

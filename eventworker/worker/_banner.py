@@ -21,12 +21,14 @@ def log_start(
     middleware: Sequence[Middleware] = (),
 ) -> None:
     logger.info(
-        "worker connected to {}: exchange {!r}, {} handler(s), {} queue type, grace {:g}s",
+        "worker connected to {}: exchange {!r}, {} handler(s), {} queue type, grace {:g}s, "
+        "max_inflight_bytes {}",
         s.redacted_url(),
         s.exchange,
         len(routes),
         s.queue_type,
         s.grace,
+        f"{s.max_inflight_bytes:,}" if s.max_inflight_bytes else "0 (no bound)",
     )
     if middleware:
         logger.info("middleware, outermost first: {}", ", ".join(m.name for m in middleware))

@@ -156,57 +156,65 @@ class Dispatcher:
         if message.redelivered and route.probation_queue is not None:
             await self._count_redelivery(message, acks, route.probation_queue)
             return
-        received = time.monotonic()
-        trusted = self._from_retry_tier(message)
-        # The body first, so the event is built once (its refusal is settled below).
+        # The exceptions kept in this frame's locals (``invalid``, ``error``) hold their
+        # tracebacks, whose frames link back to this one: a reference cycle. It keeps the
+        # message, its body and the decoded event alive until the garbage collector's next full
+        # collection, minutes later or more (hundreds of megabytes after a few large bodies);
+        # dropping the exceptions when the handling ends frees them at once.
         invalid: EnvelopeError | None = None
+        error: BaseException | None = None
         try:
-            data = self._data(message)
-        except EnvelopeError as exc:
-            data, invalid = None, exc
-        event: Event[Any] = envelope.decode(
-            message,
-            data,
-            trusted=trusted,
-            max_attempts=route.policy.max_attempts,
-            moved=self._on_probation(message),
-        )
-        for observer in self._observers:
-            observer.received(route, event)
-        error: BaseException | None
-        decision: Decision
-        # The span and the log fields cover the whole handling, the settle's lines included.
-        with (
-            tracing.consuming(
-                handler=route.handler.name,
-                queue=route.queue,
-                event_id=event.id,
-                event_type=event.type,
-                attempt=event.attempt,
-                headers=event.headers,
-            ) as span,
-            logs.handling(route.handler.name, event, trace_id=span.trace_id),
-        ):
+            received = time.monotonic()
+            trusted = self._from_retry_tier(message)
+            # The body first, so the event is built once (its refusal is settled below).
             try:
-                self._check_routing_key(event.type)  # before the body's refusal, as it decides
-                if invalid is not None:
-                    raise invalid
+                data = self._data(message)
             except EnvelopeError as exc:
-                # Input that can never succeed: dead-lettered at once, attempts = 1.
-                error, decision = exc, DeadLetter(exc.reason)
-            else:
-                if self._inbox is not None:
-                    error, decision = await self._run_once(self._inbox, event, message.body)
+                data, invalid = None, exc
+            event: Event[Any] = envelope.decode(
+                message,
+                data,
+                trusted=trusted,
+                max_attempts=route.policy.max_attempts,
+                moved=self._on_probation(message),
+            )
+            for observer in self._observers:
+                observer.received(route, event)
+            decision: Decision
+            # The span and the log fields cover the whole handling, the settle's lines included.
+            with (
+                tracing.consuming(
+                    handler=route.handler.name,
+                    queue=route.queue,
+                    event_id=event.id,
+                    event_type=event.type,
+                    attempt=event.attempt,
+                    headers=event.headers,
+                ) as span,
+                logs.handling(route.handler.name, event, trace_id=span.trace_id),
+            ):
+                try:
+                    self._check_routing_key(event.type)  # before the body's refusal, as it decides
+                    if invalid is not None:
+                        raise invalid
+                except EnvelopeError as exc:
+                    # Input that can never succeed: dead-lettered at once, attempts = 1.
+                    error, decision = exc, DeadLetter(exc.reason)
                 else:
-                    error = await self._run(event)
-                    decision = self._decide(event, error)
-            moved = await self._settle(message, acks, event, error, decision)
-            span.record(outcome=type(decision).__name__, error=error)
-            if self._chain is not None:
-                await self._chain.outcome(event, self._context(event), decision)
-        seconds = time.monotonic() - received
-        for observer in self._observers:
-            observer.settled(route, event, decision, moved=moved, seconds=seconds)
+                    if self._inbox is not None:
+                        error, decision = await self._run_once(self._inbox, event, message.body)
+                    else:
+                        error = await self._run(event)
+                        decision = self._decide(event, error)
+                moved = await self._settle(message, acks, event, error, decision)
+                span.record(outcome=type(decision).__name__, error=error)
+                if self._chain is not None:
+                    await self._chain.outcome(event, self._context(event), decision)
+            seconds = time.monotonic() - received
+            for observer in self._observers:
+                observer.settled(route, event, decision, moved=moved, seconds=seconds)
+        finally:
+            invalid = error = None
 
     def _from_retry_tier(self, message: Delivered) -> bool:
         """True for a copy one of our retry queues sent back: the return exchange delivered it
@@ -394,12 +402,15 @@ class Dispatcher:
                 return None, Requeue(reason)
         async with inbox.holding(admission):
             error = await self._run(event, transaction=partial(inbox.transaction, admission))
-        decision = self._decide(event, error)
-        if isinstance(decision, Ack):
-            await inbox.complete(admission)
-        else:
-            await inbox.release(admission)
-        return error, decision
+        try:
+            decision = self._decide(event, error)
+            if isinstance(decision, Ack):
+                await inbox.complete(admission)
+            else:
+                await inbox.release(admission)
+            return error, decision
+        finally:
+            error = None  # the traceback's frames link back to this one: see handle
 
     async def _run(
         self,

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 from typing import Any
@@ -37,6 +37,7 @@ from eventworker.settings import Settings
 from eventworker.topology import declare, layout
 from eventworker.worker import _banner
 from eventworker.worker._acks import Acks
+from eventworker.worker._budget import ByteBudget
 from eventworker.worker._consumer import Consumer, unserved
 from eventworker.worker.dispatch import Dispatcher, Observer
 
@@ -115,6 +116,11 @@ class Worker:
         self.middleware = tuple(middleware)
         #: The entered resources by type, what ``ctx.resource`` reads (filled by :meth:`run`).
         self.resources: dict[type[Any], Any] = {}
+        #: Bytes of bodies the handlings hold, shared by every handler and kept across
+        #: sessions (a handling of a lost session still holds its body); None = no bound.
+        self.budget = (
+            ByteBudget(settings.max_inflight_bytes) if settings.max_inflight_bytes else None
+        )
 
     # -- control ------------------------------------------------------------------------
     def stop(self) -> None:
@@ -332,28 +338,34 @@ class Worker:
             middleware=self.middleware,
         )
         slots = asyncio.Semaphore(route.concurrency)
+        budget = self.budget
 
         async def on_message(message: Delivery, acks: Acks) -> None:
             # aiormq runs each delivery in a task of its own; the semaphore bounds how many
-            # run the handler at once (prefetch only bounds how many are delivered).
+            # run the handler at once (prefetch only bounds how many are delivered), the
+            # budget how many bytes of bodies they hold. A slot first: a delivery waiting for
+            # its handler's slot holds no bytes another handler could use.
             task = asyncio.current_task()
             assert task is not None
             if slots.locked():
-                self._waiting.add(task)  # the drain cancels the waiting ones
-                try:
-                    await slots.acquire()
-                finally:
-                    self._waiting.discard(task)
+                await self._wait(task, slots.acquire())
             else:
                 await slots.acquire()  # a free slot: returns at once
             try:
-                if self.state is State.DRAINING:
-                    return  # unstarted: left unacked, the broker redelivers it
-                self._running.add(task)
+                size = len(message.body)
+                if budget is not None and not budget.try_take(size):
+                    await self._wait(task, budget.take(size))
                 try:
-                    await dispatcher.handle(message, acks)
+                    if self.state is State.DRAINING:
+                        return  # unstarted: left unacked, the broker redelivers it
+                    self._running.add(task)
+                    try:
+                        await dispatcher.handle(message, acks)
+                    finally:
+                        self._running.discard(task)
                 finally:
-                    self._running.discard(task)
+                    if budget is not None:
+                        budget.give(size)
             finally:
                 slots.release()
 
@@ -376,6 +388,15 @@ class Worker:
         )
         await consumer.start()
         return consumer
+
+    async def _wait(self, task: asyncio.Task[Any], waiting: Awaitable[Any]) -> None:
+        """Await ``waiting`` (a slot, room in the budget) as one of the deliveries the drain
+        cancels: they have not started, so the broker redelivers them."""
+        self._waiting.add(task)
+        try:
+            await waiting
+        finally:
+            self._waiting.discard(task)
 
     async def _watchdog(
         self, connection: AbstractConnection, consumers: list[Consumer], lost: asyncio.Event
