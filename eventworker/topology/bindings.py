@@ -127,11 +127,12 @@ async def from_management(settings: Settings, *, timeout: float) -> list[LiveBin
     virtual_host = vhost(settings.url.get_secret_value())
     endpoint = parts._replace(netloc=netloc).geturl().rstrip("/")
     endpoint += f"/api/bindings/{quote(virtual_host, safe='')}"
-    auth = aiohttp.BasicAuth(unquote(user), unquote(password or ""))
+    # The header, not ClientSession(auth=BasicAuth(...)): aiohttp deprecates both.
+    auth = {"Authorization": aiohttp.encode_basic_auth(unquote(user), unquote(password or ""))}
     try:
         async with (
-            aiohttp.ClientSession(auth=auth, timeout=aiohttp.ClientTimeout(total=timeout)) as http,
-            http.get(endpoint) as response,
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
+            http.get(endpoint, headers=auth) as response,
         ):
             if response.status != 200:
                 raise BrokerError(
