@@ -1,7 +1,8 @@
-"""B: broker and connection faults — restarts, forced closes, deleted queues, resource
-alarms (reliability guide §7 B1, B3, B6, B7). Faults that stop or reconfigure a broker run
-on the private node; closing this test's own connections and deleting its own queues is
-done on the shared broker."""
+"""B: broker and connection faults — restarts, kill -9, forced closes, deleted queues,
+resource alarms (reliability guide §7 B1-B3, B6, B7; the network path's B4 and B5 are in
+test_network_faults.py). Faults that stop, kill or reconfigure a broker run on the private
+node; closing this test's own connections and deleting its own queues is done on the shared
+broker."""
 
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from eventworker.errors import ExitCode
-from eventworker.publishing.channel import Outgoing, PublishResult
 from tests.faults import traffic
 from tests.faults.plugin import Spec
 from tests.faults.processes import settings_env
@@ -77,22 +77,6 @@ async def test_b1_broker_restarted_twice_mid_stream_loses_nothing(
     )
 
 
-async def paced(
-    rig: Rig, events: list[Outgoing], *, per_second: int, url: str | None = None
-) -> list[PublishResult]:
-    """``events`` published a chunk every 0.2 s (a producer still sending when the fault
-    comes), each chunk as :func:`traffic.publish_through_faults` does: across lost
-    connections, each id attempted once."""
-    chunk = max(1, per_second // 5)
-    results: list[PublishResult] = []
-    for start in range(0, len(events), chunk):
-        results += await traffic.publish_through_faults(
-            url or rig.url, rig.settings.exchange, rig.ledger, events[start : start + chunk]
-        )
-        await asyncio.sleep(0.2)
-    return results
-
-
 @pytest.mark.parametrize("queue_type", ["quorum", "classic"])
 async def test_b2_broker_killed_with_sigkill_mid_stream_loses_nothing_confirmed(
     node_rig: Rig, node: PrivateNode, queue_type: str
@@ -110,7 +94,9 @@ async def test_b2_broker_killed_with_sigkill_mid_stream_loses_nothing_confirmed(
     worker = rig.started([spec])
     ids = traffic.new_ids(n, "b2s")
     events = traffic.outgoing("b2.event", [{"n": i, "sleep": 0.005} for i in range(n)], ids)
-    publishing = asyncio.create_task(paced(rig, events, per_second=200))
+    publishing = asyncio.create_task(
+        traffic.paced(rig.url, rig.settings.exchange, rig.ledger, events, per_second=200)
+    )
     await rig.wait(lambda: rig.ledger.count_processed() >= n * 0.4, timeout=120, what="40%")
     held = await rig.view.count(queue)
     beam = node.os_pid()
