@@ -107,6 +107,8 @@ async def _connect_one(
 ) -> AbstractConnection:
     shown = redact_url(secret)
     context = tls_context(tls or TlsSettings()) if secret.lower().startswith("amqps:") else None
+    # Tells the frame receiver aiormq builds during the connect the connection's heartbeat.
+    heartbeat_set = frames.HEARTBEAT.set(heartbeat)
     try:
         return await asyncio.wait_for(
             aio_pika.connect(
@@ -146,3 +148,5 @@ async def _connect_one(
         raise BrokerUnreachableError(f"cannot connect to {shown}: {reason}") from None
     except ValueError:
         raise BrokerUnreachableError(f"malformed broker URL {shown}") from None
+    finally:
+        frames.HEARTBEAT.reset(heartbeat_set)

@@ -14,12 +14,21 @@ error never escapes.
 aiormq has no hook for frame decoding; its ``Connection.connect`` builds its receiver from the
 module global ``aiormq.connection.FrameReceiver``, which :func:`install` replaces (once,
 idempotently; tested against the aiormq versions pyproject.toml allows).
+
+The receiver also names a connection that died of silence. When no frame came for the heartbeat
+grace, aiormq cancels its reader and then fails every waiter of the connection and its channels
+with that bare ``CancelledError``: a caller cannot tell it from a cancel of its own task, and a
+worker would take it for one and stop. A receiver that knows the heartbeat (:data:`HEARTBEAT`,
+set around the connect) turns that cancel into an ``AMQPConnectionError`` saying no frame came,
+the error every other dead connection gives.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import struct
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +54,9 @@ _NUMBERS = {
     "short": struct.Struct(">H"),
 }
 Frame = tuple[int, int, pamqp.frame.FrameTypes]
+#: The heartbeat, in seconds, of the connection being opened in this context: set around
+#: aiormq's connect (``amqp.connection``), read by the receiver it builds. 0 or unset: none.
+HEARTBEAT: contextvars.ContextVar[int] = contextvars.ContextVar("eventworker_heartbeat", default=0)
 
 
 class UndecodableMethod:
@@ -171,12 +183,24 @@ class FrameReceiver(aiormq.connection.FrameReceiver):
     """aiormq's frame receiver with eventworker's decoding (:func:`decode`); it reads a frame
     in two reads (header, then payload and end byte) where aiormq's takes three."""
 
+    def __init__(self, reader: asyncio.StreamReader) -> None:
+        super().__init__(reader)
+        heartbeat = HEARTBEAT.get()
+        #: aiormq gives up on a connection silent for longer than this (its heartbeat grace).
+        self.silence_limit = (
+            (heartbeat + 1) * aiormq.connection.Connection.HEARTBEAT_GRACE_MULTIPLIER
+            if heartbeat > 0
+            else None
+        )
+        self.last_frame = time.monotonic()
+
     async def get_frame(self) -> Frame:
         """The next frame, as aiormq's own receiver returns it.
 
         Raises:
             StopAsyncIteration: the broker closed the connection cleanly.
-            AMQPConnectionError: the connection failed mid-frame.
+            AMQPConnectionError: the connection failed mid-frame, or stayed silent past the
+                heartbeat grace (aiormq then cancels this read).
             ProtocolSyntaxError: the broker answered with a protocol header (a version
                 mismatch); InvalidFrameError: a malformed frame.
         """
@@ -195,6 +219,19 @@ class FrameReceiver(aiormq.connection.FrameReceiver):
                 rest = await reader.readexactly(size + 1)
             except (asyncio.IncompleteReadError, OSError) as exc:
                 raise _connection_error(exc) from exc
+            except asyncio.CancelledError:
+                silent = time.monotonic() - self.last_frame
+                # aiormq cancels a read for two reasons: a close of the connection, and a
+                # silence past the grace. A live broker sends a heartbeat every half heartbeat,
+                # so a silence of half the grace already means the second (measured with
+                # room for clocks that tick apart: aiormq's is the event loop's).
+                if self.silence_limit is None or silent <= self.silence_limit / 2:
+                    raise
+                raise AMQPConnectionError(
+                    f"Server connection dead: no frame from the broker in {silent:.0f}s "
+                    f"(heartbeat missed)"
+                ) from None
+        self.last_frame = time.monotonic()
         return decode(kind, channel, head, rest)
 
 

@@ -47,6 +47,12 @@ BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_MAX = 0.5, 2.0, 15.0
 CONNECTION_CLOSE_TIMEOUT = 5.0
 
 
+def _gone(connection: AbstractConnection) -> bool:
+    """The connection died (aiormq's side; aio-pika's own flags follow in a later task)."""
+    transport = connection.transport
+    return transport is None or transport.connection.is_closed or not connection.connected.is_set()
+
+
 class State(Enum):
     STARTING = "starting"
     RUNNING = "running"
@@ -260,6 +266,15 @@ class Worker:
             # Without its channel the publisher can send no retry or dead-letter copy, and every
             # failing message would go round unacked: a new session opens a new one.
             publisher.on_close(lambda *_: lost.set())
+            # One that closed during the awaits above called its callbacks before they were
+            # added: the session would never hear of it (a dead publishing connection would
+            # leave every failing message without its retry copy).
+            if _gone(consuming) or _gone(publishing):
+                raise ConnectionError(
+                    "the connection to the broker closed while setting up the session"
+                )
+            if publisher.is_closed:
+                raise ConnectionError("the publishing channel closed while setting up")
             consumers = self.consumers = [
                 await self._subscribe(consuming, route, publisher, lost, queue_name)
                 for route in self.routes
@@ -290,6 +305,14 @@ class Worker:
                 # channels still open (a dead one drops its own), so what finished is not
                 # redelivered; what still runs is, as the connection closes.
                 await asyncio.gather(*(self._close(consumer) for consumer in consumers))
+        except RuntimeError:
+            # What aiormq raises to open a channel on a connection that has closed (a cut
+            # while the session was being set up): a lost connection like any other.
+            if any(c is not None and _gone(c) for c in (consuming, publishing)):
+                raise ConnectionError(
+                    "the connection to the broker closed while setting up the session"
+                ) from None
+            raise
         finally:
             for conn in (consuming, publishing):
                 if conn is not None and not conn.is_closed:

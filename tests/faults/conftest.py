@@ -11,11 +11,13 @@ from pathlib import Path
 
 import aio_pika
 import pytest
+from yarl import URL
 
 from eventworker.settings import Settings
 from tests.faults.rig import Rig
 from tests.support.control import Control, have_rabbitmqctl
 from tests.support.private_node import PrivateNode, why_no_private_node
+from tests.support.proxy import Proxy
 
 #: The catalogue's defaults (guide §7): one worker, concurrency 16, prefetch 32.
 CATALOGUE = {"concurrency": 16, "prefetch": 32, "grace": 10.0}
@@ -70,3 +72,12 @@ async def _rig(settings: Settings, control: Control, folder: Path) -> AsyncItera
         await rig.cleanup()
         with contextlib.suppress(Exception):
             await rig.connection.close()
+
+
+@pytest.fixture
+def proxy(shared_rig: Rig) -> Iterator[Proxy]:
+    """A TCP proxy to the shared broker for this test's own connections
+    (``proxy.url(rig.url)``); it starts passing every byte through."""
+    target = URL(shared_rig.url)
+    with Proxy(target.host or "127.0.0.1", target.port or 5672) as running:
+        yield running

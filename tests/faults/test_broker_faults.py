@@ -1,7 +1,8 @@
-"""B: broker and connection faults — restarts, forced closes, deleted queues, resource
-alarms (reliability guide §7 B1, B3, B6, B7). Faults that stop or reconfigure a broker run
-on the private node; closing this test's own connections and deleting its own queues is
-done on the shared broker."""
+"""B: broker and connection faults — restarts, kill -9, forced closes, deleted queues,
+resource alarms (reliability guide §7 B1-B3, B6, B7; the network path's B4 and B5 are in
+test_network_faults.py). Faults that stop, kill or reconfigure a broker run on the private
+node; closing this test's own connections and deleting its own queues is done on the shared
+broker."""
 
 from __future__ import annotations
 
@@ -73,6 +74,52 @@ async def test_b1_broker_restarted_twice_mid_stream_loses_nothing(
     print(
         f"publish outcomes: {len(rig.ledger.confirmed())} confirmed, "
         f"{len(rig.ledger.unknown())} unknown, recovered {report.recovered}"
+    )
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_b2_broker_killed_with_sigkill_mid_stream_loses_nothing_confirmed(
+    node_rig: Rig, node: PrivateNode, queue_type: str
+) -> None:
+    """``kill -9`` of the node's beam while a worker consumes and a producer publishes: no
+    shutdown, no connection close, unsynced state gone. Booted again on the same database,
+    the broker still holds every confirmed persistent message, and the worker (never
+    restarted) reconnects by itself and handles them."""
+    rig = node_rig.with_settings(queue_type=queue_type)
+    spec = Spec("b2", ("b2.event",))
+    queue = rig.work_queue("b2")
+    await rig.declare([spec])
+    n = 1000
+    backlog = await rig.publish("b2.event", [{"n": i, "sleep": 0.005} for i in range(n)])
+    worker = rig.started([spec])
+    ids = traffic.new_ids(n, "b2s")
+    events = traffic.outgoing("b2.event", [{"n": i, "sleep": 0.005} for i in range(n)], ids)
+    publishing = asyncio.create_task(
+        traffic.paced(rig.url, rig.settings.exchange, rig.ledger, events, per_second=200)
+    )
+    await rig.wait(lambda: rig.ledger.count_processed() >= n * 0.4, timeout=120, what="40%")
+    held = await rig.view.count(queue)
+    beam = node.os_pid()
+    await asyncio.to_thread(node.kill9)
+    killed_at = rig.ledger.count_processed()
+    await asyncio.sleep(1)
+    await asyncio.to_thread(node.restart)
+    assert node.os_pid() != beam
+    assert await consumed_again(rig, queue, timeout=60) <= 60
+    results = await publishing
+    await rig.reconnect()
+    assert len(results) == n, "the publisher left ids without an outcome"
+    await rig.wait_processed(rig.ledger.confirmed(), timeout=120)
+    report = await rig.finish(workers=[worker])
+
+    assert worker.alive() and len(worker.pids) == 1, "the worker was restarted"
+    assert "reconnected: 1 queue(s) consuming again" in worker.log()
+    assert held >= 100, f"only {held} confirmed messages were in the queue at the kill"
+    assert set(backlog) <= rig.ledger.processed()
+    print(
+        f"killed with {held} ready in the queue, {killed_at} processed; "
+        f"{len(rig.ledger.confirmed())} confirmed, "
+        f"{len(rig.ledger.unknown())} unknown, recovered {report.recovered}, dup {report.dup}"
     )
 
 

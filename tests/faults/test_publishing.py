@@ -1,5 +1,6 @@
-"""E: publishing faults, CLI and library (reliability guide §7 E1-E3, E5). Broker stops,
-policies and size limits are applied to the private node."""
+"""E: publishing faults, CLI and library (reliability guide §7 E1-E5). Broker stops,
+policies and size limits are applied to the private node; E4 cuts this test's own connection
+with a TCP proxy, on the shared broker."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,7 @@ from tests.faults.plugin import Spec
 from tests.faults.processes import settings_env
 from tests.faults.rig import Rig
 from tests.support.private_node import PrivateNode
+from tests.support.proxy import Proxy
 
 EVENTWORKER = str(Path(sys.executable).with_name("eventworker"))
 
@@ -204,6 +207,63 @@ async def test_e3_unroutable_events_are_each_reported_and_none_dropped_in_silenc
     failed = [json.loads(line) for line in failed_out.read_text().splitlines()]
     assert len(failed) == 50 and {f["status"] for f in failed} == {"unroutable"}
     assert (now_returned - returned, now_dropped - dropped) == (50, 0)
+
+
+async def queued_counts(rig: Rig, queue: str) -> Counter[str]:
+    """How many messages of each id ``queue`` holds (got and left there: the channel's close
+    requeues them)."""
+    channel = await rig.connection.channel()
+    counts: Counter[str] = Counter()
+    try:
+        source = await channel.get_queue(queue, ensure=False)
+        while (message := await source.get(fail=False)) is not None:
+            counts[message.message_id or ""] += 1
+    finally:
+        await channel.close()
+    return counts
+
+
+#: Bytes from the broker after which the proxy cuts the publisher's connection: past the
+#: handshake (about 600 bytes), within the stream of confirms (21 bytes each).
+CONFIRM_BYTES = 1200
+
+
+async def test_e4_confirms_lost_with_the_connection_are_resent_with_the_same_ids(
+    shared_rig: Rig, proxy: Proxy
+) -> None:
+    """The library publisher's connection is cut three times after so many bytes from the
+    broker, so publishes that reached the broker lose their confirms. It sends those again,
+    same ids: every event ends confirmed and in the queue, and what is there twice is an id
+    that was sent."""
+    rig = shared_rig
+    spec = Spec("e4", ("e4.event",))
+    queue = rig.work_queue("e4")
+    await rig.declare([spec])
+    n = 3000
+    ids = traffic.new_ids(n, "e4")
+    events = traffic.outgoing("e4.event", [{"n": i} for i in range(n)], ids)
+    async with Publisher.connect(
+        proxy.url(rig.url), exchange=rig.settings.exchange, timeout=10, reconnect_timeout=60
+    ) as publisher:
+        proxy.cut_after(CONFIRM_BYTES, times=3)
+        sent = time.time()
+        results = await publisher.send_many(events)
+    traffic.record(rig.ledger, [(r, sent) for r in results])
+    queued = await queued_counts(rig, queue)
+    duplicates = sum(queued.values()) - len(queued)
+
+    assert proxy.cuts >= 3 and publisher.reconnects >= 3, (proxy.cuts, publisher.reconnects)
+    assert [r.status for r in results] == ["confirmed"] * n, Counter(r.status for r in results)
+    assert set(ids) <= set(queued), "a confirmed event is not in the queue"
+    assert set(queued) <= set(ids), "the queue holds an id that was never sent"
+    assert publisher.republished > 0 and duplicates > 0, "no confirm was lost at a cut"
+    worker = rig.started([spec])
+    await rig.wait_processed(ids)
+    report = await rig.finish(workers=[worker])
+    print(
+        f"{proxy.cuts} cuts; {publisher.republished} events sent again; {duplicates} "
+        f"duplicates in the queue (publishes whose confirm was lost); dup {report.dup}"
+    )
 
 
 async def test_e5_an_oversize_body_in_a_file_is_refused_before_anything_is_sent(

@@ -125,6 +125,8 @@ class PrivateNode:
         self.process: subprocess.Popen[bytes] | None = None
         self.app_stopped = False
         self.watermark_changed = False
+        #: Killed (``kill -9``) and not started again yet.
+        self.killed = False
 
     @property
     def url(self) -> str:
@@ -167,7 +169,12 @@ class PrivateNode:
         user = pwd.getpwnam("rabbitmq")
         for path in [f, *f.rglob("*")]:
             os.chown(path, user.pw_uid, user.pw_gid)
-        with (f / "server.out").open("wb") as out:
+        self._launch()
+
+    def _launch(self) -> None:
+        """Start ``rabbitmq-server`` on the folder as it is (config, database, logs kept)."""
+        f = self.folder
+        with (f / "server.out").open("ab") as out:
             self.process = subprocess.Popen(
                 ["rabbitmq-server"],
                 env=self._environment(),
@@ -238,6 +245,30 @@ class PrivateNode:
         return 0
 
     # -- faults ----------------------------------------------------------------------------
+    def kill9(self) -> None:
+        """SIGKILL the node's ``beam.smp``: no shutdown of any kind, as on a power loss of
+        the process. Its database folder stays; :meth:`restart` boots on it."""
+        pid = self.os_pid()
+        self.killed = True
+        os.kill(pid, signal.SIGKILL)
+        if self.process is not None:
+            # The launcher script waits for beam and exits with it.
+            self.process.wait(30)
+        deadline = time.monotonic() + 30
+        while _alive(pid):
+            if time.monotonic() > deadline:
+                raise ControlError(f"{self.name}: beam (pid {pid}) outlived SIGKILL")
+            time.sleep(0.05)
+        # A stale pid file would let wait_booted return before the new node is up.
+        (self.folder / "node.pid").unlink(missing_ok=True)
+
+    def restart(self) -> None:
+        """Boot the node again after :meth:`kill9`, on the same database: durable queues and
+        the persistent messages they held come back (quorum queues from their logs)."""
+        self._launch()
+        self.killed = False
+        self.app_stopped = False
+
     def stop_app(self) -> None:
         self.app_stopped = True
         self.ctl.stop_app()
@@ -251,7 +282,9 @@ class PrivateNode:
         self.ctl.set_memory_watermark(fraction)
 
     def heal(self) -> None:
-        """Undo what a test did: app running, default watermark, no policies, no connections."""
+        """Undo what a test did: node and app running, default watermark, no policies."""
+        if self.killed:
+            self.restart()
         if self.app_stopped:
             self.start_app()
         if self.watermark_changed:
@@ -272,6 +305,15 @@ class PrivateNode:
         with contextlib.suppress(OSError):
             os.kill(self.os_pid(), signal.SIGKILL)  # in case the node outlived its launcher
         shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    """``pid`` is a process that has not exited (a zombie counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
 
 
 def _management_answers(port: int) -> bool:
