@@ -42,7 +42,13 @@ from eventworker.errors import (
     BrokerUnreachableError,
     InvalidInputError,
 )
-from eventworker.publishing.channel import DEFAULT_WINDOW, ConfirmChannel, Outgoing, PublishResult
+from eventworker.publishing.channel import (
+    CHANNEL_CLOSE_TIMEOUT,
+    DEFAULT_WINDOW,
+    ConfirmChannel,
+    Outgoing,
+    PublishResult,
+)
 from eventworker.settings import Settings, TlsSettings
 
 #: How often one event is sent at most when its confirm keeps getting lost (connection or channel).
@@ -532,8 +538,10 @@ class Publisher:
         await self._close_quietly(connection)
 
     async def _close_quietly(self, connection: AbstractConnection | None) -> None:
+        # Every confirm waited for has arrived or timed out by now, and a broker blocked by a
+        # resource alarm may never answer Connection.Close: answering the caller beats waiting.
         if connection is not None and not connection.is_closed:
             try:
-                await asyncio.wait_for(connection.close(), self._connect_timeout)
+                await asyncio.wait_for(connection.close(), CHANNEL_CLOSE_TIMEOUT)
             except (TimeoutError, *CHANNEL_GONE):
                 pass  # already broken: nothing left to close cleanly
