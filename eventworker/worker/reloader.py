@@ -91,6 +91,8 @@ class Reloader:
             env = {**self._spec.env, SUPERVISOR_ENV: str(os.getpid())}
             child = self._child = await asyncio.create_subprocess_exec(*self._spec.argv, env=env)
             logger.info("reload: worker started (pid {})", child.pid)
+            if self._stopping.is_set():  # a signal came while it was starting
+                child.send_signal(signal.SIGTERM)
             exited = asyncio.ensure_future(child.wait())
             changed = asyncio.ensure_future(self._changed.wait())
             stopping = asyncio.ensure_future(self._stopping.wait())
