@@ -16,6 +16,12 @@ import click
 #: Each command: its module under ``eventworker.commands``, its object there, its short help
 #: (the first sentence of its help, whole: a summary cut with "..." tells nothing).
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "asyncapi": (
+        "asyncapi",
+        "asyncapi",
+        "Write an AsyncAPI 3.0 document of the installed handlers: the exchange, each handler's "
+        "channel and operation, and the events they publish.",
+    ),
     "dlq": (
         "dlq",
         "dlq",

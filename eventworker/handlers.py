@@ -13,7 +13,7 @@ import inspect
 import math
 import sys
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
@@ -342,6 +342,9 @@ class Handler:
     give_up_on: tuple[type[BaseException], ...] = ()
     single_active_consumer: bool = False
     idempotent: bool | None = None
+    #: The events it publishes, as declared (``publishes=``): routing key and model, if any.
+    #: Only a description (``eventworker asyncapi``): ``ctx.publish`` is not limited to them.
+    publishes: tuple[tuple[str, type[BaseModel] | None], ...] = ()
 
     @property
     def is_async(self) -> bool:
@@ -505,6 +508,7 @@ def handler(
     give_up_on: tuple[type[BaseException], ...] = (),
     single_active_consumer: bool = False,
     idempotent: bool | None = None,
+    publishes: Iterable[str | tuple[str, type[BaseModel]]] = (),
 ) -> Callable[[HandlerFunc], Handler]:
     """Declare a handler for events whose routing key matches any of ``binding_keys``.
 
@@ -521,10 +525,14 @@ def handler(
     The function takes ``(event: Event[Model], ctx: Context)``; ``model`` is inferred from the
     first parameter's annotation ``Event[Model]`` (a pydantic model), unless ``model=`` is given.
 
+    ``publishes`` lists the events the handler publishes, each a routing key or a
+    ``(routing key, Model)`` pair: ``eventworker asyncapi`` describes them; publishing is not
+    limited to them.
+
     Raises:
-        ValueError: a bad binding key or option, a function that cannot be called with
-            ``(event, ctx)``, an ``Event[...]`` annotation that contradicts ``model=`` or cannot be
-            resolved; when the plugin module is imported.
+        ValueError: a bad binding key or option, a bad ``publishes`` entry, a function that
+            cannot be called with ``(event, ctx)``, an ``Event[...]`` annotation that contradicts
+            ``model=`` or cannot be resolved; when the plugin module is imported.
     """
     if not binding_keys:
         raise ValueError("@handler needs at least one binding key")
@@ -536,6 +544,7 @@ def handler(
         raise ValueError("timeout must be positive")
     if model is not None and not (isinstance(model, type) and issubclass(model, BaseModel)):
         raise ValueError("model must be a pydantic BaseModel subclass")
+    published = _published(publishes)
 
     def register(func: HandlerFunc) -> Handler:
         if not callable(func):
@@ -558,9 +567,42 @@ def handler(
             give_up_on=tuple(give_up_on),
             single_active_consumer=single_active_consumer,
             idempotent=idempotent,
+            publishes=published,
         )
 
     return register
+
+
+def _published(
+    entries: Iterable[str | tuple[str, type[BaseModel]]],
+) -> tuple[tuple[str, type[BaseModel] | None], ...]:
+    """``publishes=`` as (routing key, model or None) pairs, each key once.
+
+    Raises:
+        ValueError: an entry is neither a routing key nor a (routing key, model) pair, or a key
+            is not valid (topic syntax: a ``*`` or ``#`` word stands for a family of keys).
+    """
+    if isinstance(entries, str | bytes):
+        raise ValueError('publishes must list routing keys: publishes=["orders.shipped"]')
+    result: dict[str, type[BaseModel] | None] = {}
+    for entry in entries:
+        pair = (entry, None) if isinstance(entry, str) else entry
+        key, model = pair if isinstance(pair, tuple) and len(pair) == 2 else (None, None)
+        if not isinstance(key, str) or not (
+            model is None or (isinstance(model, type) and issubclass(model, BaseModel))
+        ):
+            raise ValueError(
+                f"publishes entry {entry!r}: expected a routing key or a (routing key, Model) "
+                f"pair with a pydantic model"
+            )
+        try:
+            check_binding_key(key)
+        except ValueError as exc:
+            raise ValueError(f"publishes: {exc}") from None
+        if key in result:
+            raise ValueError(f"publishes lists {key!r} twice")
+        result[key] = model
+    return tuple(result.items())
 
 
 class Middleware:

@@ -222,8 +222,9 @@ ensure_postgres_for_outbox() {  # the outbox tests use the same PostgreSQL as th
 
 # --- Foreign AMQP clients for the interop tests (scripts/test.sh calls ensure_interop_clients) --
 # rabbitmq-c's amqp-publish/amqp-consume (Debian's amqp-tools) and Node's amqplib (pinned in
-# tests/interop/node/package-lock.json). Installed from the OS packages and npm where possible;
-# where one cannot be had, its tests are skipped, saying why.
+# tests/interop/node/package-lock.json), and the AsyncAPI schemas (ensure_asyncapi_schema).
+# Installed from the OS packages and npm where possible; where one cannot be had, its tests are
+# skipped, saying why.
 ensure_interop_clients() {
   command -v amqp-publish >/dev/null || { can_apt && apt_install amqp-tools; } || true
   command -v node >/dev/null && command -v npm >/dev/null || { can_apt && apt_install nodejs npm; } || true
@@ -231,6 +232,18 @@ ensure_interop_clients() {
     say "installing amqplib for the interop tests (npm ci)"
     npm ci --prefix tests/interop/node --no-audit --no-fund --silent >/dev/null 2>&1 \
       || say "npm could not install amqplib: its interop tests will be skipped"
+  fi
+  ensure_asyncapi_schema
+}
+
+# The official AsyncAPI JSON Schemas (@asyncapi/specs, pinned in
+# tests/plugins/asyncapi/package-lock.json), which the `eventworker asyncapi` tests validate
+# against; without npm those tests are skipped, saying why.
+ensure_asyncapi_schema() {
+  if command -v npm >/dev/null && [ ! -d tests/plugins/asyncapi/node_modules/@asyncapi/specs ]; then
+    say "installing @asyncapi/specs for the AsyncAPI document tests (npm ci)"
+    npm ci --prefix tests/plugins/asyncapi --no-audit --no-fund --silent >/dev/null 2>&1 \
+      || say "npm could not install @asyncapi/specs: the AsyncAPI validation tests will be skipped"
   fi
 }
 

@@ -24,8 +24,10 @@ def payment_service_ready() -> bool:
     retry=RetryPolicy(max_attempts=4, delays=(1, 10, 60)),
     concurrency=8,
     timeout=30,
+    publishes=["billing.charged"],  # described by `eventworker asyncapi`
 )
 async def bill_order(event: Event[OrderCreated], ctx: Context) -> None:
+    """Charge a created order."""
     if event.data.total < 0:
         raise Reject("negative total")  # straight to the dead-letter queue
     if not payment_service_ready():

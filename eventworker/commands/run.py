@@ -6,7 +6,7 @@ import asyncio
 import os
 import sys
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     "eventworker run",
     "eventworker run --handler send_welcome_mail --concurrency 8 --metrics-port 9100",
     "EVENTWORKER_URL=amqp://app:secret@rabbit/ eventworker run --processes 2",
+    "eventworker run --reload --log-level DEBUG",
 )
 @click.command()
 @config_option
@@ -76,6 +77,13 @@ if TYPE_CHECKING:
     default=None,
     help="Worker processes under one supervisor (default: processes, 1).",
 )
+@click.option(
+    "--reload",
+    is_flag=True,
+    default=False,
+    help="Development: restart the worker, draining it first, when a Python file of the "
+    "plugins' sources or of the current directory changes (needs watchfiles, the dev extra).",
+)
 def run(
     config: str | None,
     url: str | None,
@@ -87,6 +95,7 @@ def run(
     log_format: str | None,
     metrics_port: int | None,
     processes: int | None,
+    reload: bool,
 ) -> None:
     """Run the installed handlers until SIGTERM or SIGINT.
 
@@ -99,10 +108,21 @@ def run(
     With --processes N it starts N such workers under a supervisor that forwards the signals,
     restarts a worker that died (with a growing pause) and exits 1 when one fails for good;
     worker i serves its endpoints on metrics port + i.
+
+    With --reload (for development, off by default) it runs the worker as a child process and
+    restarts it, after the same drain, whenever a Python file changes in the source folders
+    of the installed plugins' modules or in the current directory.
     """
     from eventworker.observability import logs
     from eventworker.plugins import discovery
 
+    if reload and not _have_watchfiles():
+        click.echo(
+            "error: --reload needs watchfiles, which is not installed "
+            "(pip install 'eventworker[dev]')",
+            err=True,
+        )
+        sys.exit(int(ExitCode.USAGE))
     with errors():
         settings = load_settings(
             config,
@@ -124,6 +144,25 @@ def run(
                 f"{discovery.GROUP!r}"
             )
         middleware = discovery.load_middleware(settings.middleware)
+        if reload:
+            # Plugins were checked above; the child imports them afresh at every restart.
+            sys.exit(
+                _reload(
+                    [r.handler.module for r in registrations],
+                    url=url,
+                    options={
+                        "--config": config,
+                        "--concurrency": concurrency,
+                        "--prefetch": prefetch,
+                        "--grace": grace,
+                        "--log-level": log_level,
+                        "--log-format": log_format,
+                        "--metrics-port": metrics_port,
+                        "--processes": processes,
+                    },
+                    handler_names=handler_names,
+                )
+            )
         if settings.processes > 1:
             # Plugins were checked above, once, so a broken one fails here and not N times.
             sys.exit(_supervise(settings, config=config, url=url))
@@ -166,6 +205,36 @@ async def _serve(worker: Worker, main: Coroutine[Any, Any, None]) -> None:
         await main
     finally:
         watch.cancel()
+
+
+def _have_watchfiles() -> bool:
+    try:
+        import watchfiles  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _reload(
+    modules: Sequence[str],
+    *,
+    url: str | None,
+    options: Mapping[str, object],
+    handler_names: Sequence[str],
+) -> int:
+    """Run ``eventworker run`` with the options given here (the URL through the environment,
+    never on a command line ``ps`` shows) as a child, restarted when the sources change."""
+    from eventworker.worker.reloader import Reloader, source_paths
+    from eventworker.worker.supervisor import ChildSpec
+
+    env = dict(os.environ)
+    if url is not None:
+        env["EVENTWORKER_URL"] = url
+    argv = [sys.executable, "-m", "eventworker", "run"]
+    argv += [f"{name}={value}" for name, value in options.items() if value is not None]
+    for name in handler_names:
+        argv += ["--handler", name]
+    return asyncio.run(Reloader(ChildSpec(0, argv, env), source_paths(modules)).run())
 
 
 def _supervise(settings: Settings, *, config: str | None, url: str | None) -> int:
