@@ -6,6 +6,8 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/bootstrap.sh"
 export EVENTWORKER_EXCHANGE="${EVENTWORKER_EXCHANGE:-eventworker.demo}"
 export EVENTWORKER_QUEUE_PREFIX="${EVENTWORKER_QUEUE_PREFIX:-eventworker.demo.}"
+# The example plugin's middleware: "took N ms" after each handler call.
+export EVENTWORKER_MIDDLEWARE="${EVENTWORKER_MIDDLEWARE:-timing}"
 EW=.venv/bin/eventworker
 
 $EW handlers
@@ -22,6 +24,8 @@ $EW publish demo.flaky '{"job": 1}'                               # fails twice,
 $EW publish demo.broken '{"job": 2}'                              # three attempts, dead letter
 $EW publish orders.created '{"order_id": "o-1", "total": 12.5}'   # acked, publishes billing.charged
 $EW publish orders.eu.created '{"order_id": "o-2", "total": "n/a"}' # fails its model: dead letter
+$EW publish users.signed_up '{"email": "ada@example.com", "name": "Ada"}' # the mailer resource
+$EW publish users.signed_up '{"email": "grace@example.com"}'      # fails its inferred model
 say "watch the log; Ctrl-C drains and stops the worker"
 if [ -n "${DEMO_SECONDS:-}" ]; then
   sleep "$DEMO_SECONDS"; kill -TERM $worker

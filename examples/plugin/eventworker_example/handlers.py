@@ -84,3 +84,4 @@ async def send_welcome(event: Event[UserSignedUp], ctx: Context) -> None:
     """Sends a welcome mail with the worker's one mail client (the ``mailer`` resource). Its
     model, UserSignedUp, is inferred from the annotation: a bad payload is dead-lettered."""
     await ctx.resource(Mailer).send(event.data.email, f"Welcome, {event.data.name}")
+    ctx.logger.info("welcome mail sent to {}", event.data.email)

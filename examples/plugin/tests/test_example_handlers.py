@@ -15,6 +15,7 @@ from eventworker_example.handlers import (
     send_welcome,
 )
 from eventworker_example.mail import Mailer, mailer
+from loguru import logger
 
 from eventworker.testing import Published, TestWorker, run_handler, run_handler_sync
 from eventworker.worker.decisions import Ack, DeadLetter, RetryIn
@@ -112,3 +113,17 @@ async def test_with_a_real_worker_the_mailer_is_opened_once_and_closed_after_the
         assert await worker.outcome(second) == [Ack()]
     assert client.sent == [("a@example.org", "Welcome, A"), ("b@example.org", "Welcome, B")]
     assert client.closed
+
+
+async def test_the_timing_middleware_logs_each_handler_call() -> None:
+    from eventworker_example.handlers import greet
+    from eventworker_example.timing import Timing
+
+    lines: list[str] = []
+    sink = logger.add(lambda message: lines.append(str(message)), level="INFO")
+    try:
+        outcome = await run_handler(greet, {"name": "Ada"}, middleware=[Timing()])
+    finally:
+        logger.remove(sink)
+    assert outcome.acked
+    assert any(" ms" in line and "took" in line for line in lines), lines
