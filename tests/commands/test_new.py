@@ -3,9 +3,11 @@ found by ``eventworker handlers``; bad names and occupied folders are refused.""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -117,13 +119,29 @@ def test_without_a_name_it_is_a_usage_error(tmp_path: Path) -> None:
     assert new(cwd=tmp_path).returncode == 2
 
 
-def test_every_template_is_package_data_of_the_wheel() -> None:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    patterns = project["tool"]["setuptools"]["package-data"]["eventworker"]
-    shipped = {p for pattern in patterns for p in (ROOT / "eventworker").glob(pattern)}
+@pytest.mark.timeout(120)
+def test_every_template_ships_in_the_wheel(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "eventworker", source / "eventworker", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert built.returncode == 0, built.stderr
+    [wheel] = tmp_path.glob("eventworker-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
     folder = ROOT / "eventworker" / "commands" / "templates" / "plugin"
-    assert {folder / template for template, _ in FILES} <= shipped
-    assert set(folder.iterdir()) <= shipped | {folder / "__pycache__"}
+    templates = {p.name for p in folder.iterdir() if p.name != "__pycache__"}
+    assert {template for template, _ in FILES} == templates
+    assert {f"eventworker/commands/templates/plugin/{t}" for t in templates} <= names
 
 
 def test_the_package_reads_its_templates_as_installed_resources() -> None:
