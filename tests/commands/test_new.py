@@ -149,3 +149,30 @@ def test_the_package_reads_its_templates_as_installed_resources() -> None:
     code = "from eventworker.commands.new import render; print(sorted(render('x-y')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "x_y/handlers.py" in out.stdout
+
+
+@pytest.mark.timeout(180)
+def test_the_plugin_type_checks_under_mypy_strict(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mypy import api
+
+    from eventworker.commands.new import write
+
+    plugin = tmp_path / "acme-orders"
+    write("acme-orders", plugin)
+    monkeypatch.setenv("MYPYPATH", str(plugin))
+    out, err, status = api.run(
+        [
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            "--strict",
+            "--no-error-summary",
+            str(plugin / "acme_orders"),
+            str(plugin / "tests" / "test_handlers.py"),
+            str(plugin / "conftest.py"),
+        ]
+    )
+    assert (status, out + err) == (0, "")
