@@ -1,5 +1,4 @@
-"""The handler written in docs/getting-started.md, as acme-orders/acme_orders/handlers.py: an
-order confirmed with its coupon's discount."""
+"""The handlers of acme-orders: an order is confirmed with its coupon's discount."""
 
 from pydantic import BaseModel
 

@@ -1,4 +1,4 @@
-"""The tests written in docs/getting-started.md, as acme-orders/tests/test_handlers.py."""
+"""The handlers of acme-orders, run as a worker runs them, without a broker."""
 
 from acme_orders.handlers import confirm_order
 

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-#: Commands the environment's ``bin`` gets, each running this module with its Python.
-COMMANDS = {"pip": "pip", "pytest": "pytest", "eventworker": "eventworker"}
+#: Commands the environment's ``bin`` gets, each running the module of that name with its Python.
+COMMANDS = ("pip", "pytest", "eventworker")
 
 
 def create(path: Path) -> Path:
@@ -24,9 +24,9 @@ def create(path: Path) -> Path:
     lines = [f"import site; site.addsitedir({p!r})" for p in site.getsitepackages()]
     (own / "_outer_environment.pth").write_text("\n".join(lines) + "\n")
     bin_dir = path / "bin"
-    for command, module in COMMANDS.items():
+    for command in COMMANDS:
         script = bin_dir / command
-        script.write_text(f'#!/bin/sh\nexec "{bin_dir / "python"}" -m {module} "$@"\n')
+        script.write_text(f'#!/bin/sh\nexec "{bin_dir / "python"}" -m {command} "$@"\n')
         script.chmod(0o755)
     return bin_dir
 
