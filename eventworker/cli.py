@@ -38,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "inbox",
         "Look into and clean the inbox of idempotent handlers (the inbox.url setting).",
     ),
+    "new": (
+        "new",
+        "new",
+        "Create a project from a template: a handler plugin package.",
+    ),
     "outbox": (
         "outbox",
         "outbox_group",

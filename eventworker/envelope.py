@@ -67,7 +67,9 @@ _OUR_PREFIX = "x-eventworker-"
 UNDECODABLE = "undecodable"
 JSON = "application/json"
 
-T = TypeVar("T")
+#: The type of an event's data. Covariant: an ``Event[Sub]`` is an ``Event[Base]``, as its data
+#: is read-only (the event is frozen), so a handler of ``Event[Base]`` may take ``model=Sub``.
+T_co = TypeVar("T_co", covariant=True)
 
 
 class AmqpMessage(Protocol):
@@ -112,7 +114,7 @@ class AmqpMessage(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class Event(Generic[T]):
+class Event(Generic[T_co]):
     """One event as a handler sees it.
 
     ``data`` is the decoded JSON, or an instance of the handler's model. ``attempt`` is 1 on the
@@ -124,7 +126,7 @@ class Event(Generic[T]):
     type: str
     source: str | None
     time: datetime
-    data: T
+    data: T_co
     headers: Mapping[str, Any]
     attempt: int
     correlation_id: str
