@@ -217,6 +217,7 @@ class Rig:
         workers: Sequence[WorkerProcess] = (),
         expected_starts: int = 1,
         drain_timeout: float = 90.0,
+        duplicate_dead_letters: bool = False,
     ) -> Report:
         """Wait for the drain, read the dead-letter queues into the ledger and assert every
         invariant: LOST, UNEXPECTED, ONCE, EXCL, DRAINED, and ALIVE for ``workers``."""
@@ -227,9 +228,11 @@ class Rig:
             self.connection, dead_letter, self.ledger, unrouted=unrouted
         )
         queues = await self._dead_letter_counted(
-            queues, len(self.ledger.dead_lettered_ids()), unrouted
+            queues, len(self.ledger.dead_lettered_rows()), unrouted
         )
-        invariants.inv_drained(queues, self.ledger, unrouted)
+        invariants.inv_drained(
+            queues, self.ledger, unrouted, duplicate_dead_letters=duplicate_dead_letters
+        )
         invariants.inv_lost(self.ledger)
         invariants.inv_unexpected(self.ledger)
         invariants.inv_once(self.ledger)
