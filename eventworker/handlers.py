@@ -155,6 +155,10 @@ class Context:
                 or a delay the levels cannot hold (or delayed delivery is off).
         """
         own = dict(headers or {})
+        # Only when asked: a publisher that predates delays still takes the rest.
+        when: dict[str, Any] = {"delay": delay} if delay is not None else {}
+        if at is not None:
+            when["at"] = at
         with tracing.producing(routing_key, received=self.event.headers) as trace_headers:
             # A handler's own traceparent wins, and the carried tracestate is not its state.
             carried = {} if tracing.TRACEPARENT in own else trace_headers
@@ -165,8 +169,7 @@ class Context:
                 headers={**carried, **own} or None,
                 correlation_id=self.event.correlation_id,
                 causation_id=self.event.id,
-                delay=delay,
-                at=at,
+                **when,
             )
 
     def publish_blocking(
