@@ -10,6 +10,7 @@ with the attributes of :class:`AmqpMessage` and returns plain keyword arguments 
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -199,6 +200,20 @@ def last_death(headers: Mapping[str, Any]) -> tuple[str, str] | None:
     return (queue, reason) if queue and reason else None
 
 
+#: The binary digits of a delay in front of a routing key (at least 25, the fewest levels).
+_DELAY_DIGITS = re.compile(r"(?:[01]\.){25,}")
+
+
+def undelayed(routing_key: str, own: str | None) -> str:
+    """The routing key without the delay digits a broker-held delay put in front of it: the
+    event's own key is in its ``type`` property, and only that is taken off."""
+    if own and routing_key.endswith("." + own):
+        head = routing_key[: -len(own)]
+        if _DELAY_DIGITS.fullmatch(head):
+            return own
+    return routing_key
+
+
 def decode(
     message: AmqpMessage,
     data: Any,
@@ -217,7 +232,7 @@ def decode(
     key is that queue's name and the event's is in our header.
     """
     headers = message.headers or {}
-    routing_key = message.routing_key or ""
+    routing_key = undelayed(message.routing_key or "", message.type)
     if moved:
         routing_key = _text(headers.get(ROUTING_KEY)) or routing_key
     attempt = 1

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterat
 from concurrent.futures import Future
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from types import MappingProxyType, SimpleNamespace
 from typing import Any, Generic, Protocol, TypeVar, overload
 
@@ -74,6 +75,8 @@ class Publish(Protocol):
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> Awaitable[None]: ...
 
 
@@ -135,17 +138,27 @@ class Context:
         *,
         id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> None:
         """Publish a follow-up event and wait for the broker's confirm.
 
         It carries this event's correlation id, this event's id as its causation id, and its
         W3C trace context (``traceparent``, ``tracestate``) unless ``headers`` set their own.
+        With ``delay`` (seconds, rounded up, or a timedelta) or ``at`` (an aware datetime) the
+        broker holds it that long first (the ``delay_levels`` setting; docs/time.md).
 
         Raises:
             eventworker.errors.PublishError: not confirmed (nacked, unroutable, timed out);
                 left unhandled, the handler's attempt fails and is retried per policy.
+            eventworker.errors.InvalidInputError: a negative delay, both ``delay`` and ``at``,
+                or a delay the levels cannot hold (or delayed delivery is off).
         """
         own = dict(headers or {})
+        # Only when asked: a publisher that predates delays still takes the rest.
+        when: dict[str, Any] = {"delay": delay} if delay is not None else {}
+        if at is not None:
+            when["at"] = at
         with tracing.producing(routing_key, received=self.event.headers) as trace_headers:
             # A handler's own traceparent wins, and the carried tracestate is not its state.
             carried = {} if tracing.TRACEPARENT in own else trace_headers
@@ -156,6 +169,7 @@ class Context:
                 headers={**carried, **own} or None,
                 correlation_id=self.event.correlation_id,
                 causation_id=self.event.id,
+                **when,
             )
 
     def publish_blocking(
@@ -165,12 +179,15 @@ class Context:
         *,
         id: str | None = None,
         headers: Mapping[str, Any] | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> None:
         """``publish`` for sync (``def``) handlers, in their thread: blocks until confirmed."""
         if self._loop is None:
             raise RuntimeError("publish_blocking needs a running worker")
         future: Future[None] = asyncio.run_coroutine_threadsafe(
-            self.publish(routing_key, data, id=id, headers=headers), self._loop
+            self.publish(routing_key, data, id=id, headers=headers, delay=delay, at=at),
+            self._loop,
         )
         future.result()
 

@@ -286,6 +286,8 @@ class Settings(BaseSettings):
     unrouted_queue: str = Field("", max_length=255)
     #: The management API (http://user:password@host:15672), for ``topology`` to read bindings.
     management_url: SecretStr = SecretStr("")
+    #: Levels of broker-held delayed delivery (0: off; 25 to 32, a delay up to 2**levels - 1 s).
+    delay_levels: int = Field(0, ge=0, le=32)
 
     @field_validator("plugins", "handlers", "middleware", mode="before")
     @classmethod
@@ -302,6 +304,13 @@ class Settings(BaseSettings):
         if isinstance(value, list | tuple):
             return ",".join(str(v) for v in value)
         return value
+
+    @field_validator("delay_levels")
+    @classmethod
+    def _levels(cls, levels: int) -> int:
+        if 0 < levels < 25:
+            raise ValueError("delay_levels is 0 (off) or 25 to 32 (25 holds a delay of a year)")
+        return levels
 
     @field_validator("management_url")
     @classmethod

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
@@ -36,13 +36,19 @@ import pytest
 from eventworker import envelope
 from eventworker.amqp.properties import Properties
 from eventworker.envelope import Event
-from eventworker.errors import EnvelopeError, HandlerTimeoutError, PublishError
+from eventworker.errors import (
+    EnvelopeError,
+    HandlerTimeoutError,
+    InvalidInputError,
+    PublishError,
+)
 from eventworker.handlers import Handler, HandlerFunc, Middleware, Resource
 from eventworker.plugins import lifespan
 from eventworker.plugins.discovery import Plugin, Registration
 from eventworker.plugins.resolved import ResolvedHandler, resolve
 from eventworker.publishing.publisher import Publisher
 from eventworker.settings import Settings
+from eventworker.topology import delays
 from eventworker.worker.decisions import Ack, DeadLetter, Decision, RetryIn
 from eventworker.worker.dispatch import Dispatcher
 from eventworker.worker.lifecycle import Worker
@@ -82,6 +88,8 @@ class Published:
     headers: Mapping[str, Any] | None
     correlation_id: str | None
     causation_id: str | None
+    #: Whole seconds the broker would hold it (``delay`` or ``at``); 0: at once.
+    delay: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,15 +172,23 @@ class _Recorder:
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> None:
         body = envelope.encode_data(data)  # TypeError, as the real publisher
+        try:
+            hold = delays.seconds(delay, at)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
         if routing_key in self._refuse:
             raise PublishError(
                 f"event to {routing_key!r} not published: unroutable (refused by the test)",
                 status="unroutable",
             )
         self.published.append(
-            Published(routing_key, orjson.loads(body), id, headers, correlation_id, causation_id)
+            Published(
+                routing_key, orjson.loads(body), id, headers, correlation_id, causation_id, hold
+            )
         )
 
     async def send_to_queue(self, body: bytes, properties: Properties, queue: str) -> None:

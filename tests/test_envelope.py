@@ -453,3 +453,14 @@ def test_the_last_death_is_the_first_x_death_entry(
     headers: dict[str, Any], expected: tuple[str, str] | None
 ) -> None:
     assert envelope.last_death(headers) == expected
+
+
+def test_the_delay_digits_come_off_only_in_front_of_the_events_own_key() -> None:
+    digits = "0." * 22 + "1.0.1."
+    assert envelope.undelayed(digits + "order.placed", "order.placed") == "order.placed"
+    # Not the event's own key, too few digits, or not binary: left as delivered.
+    assert envelope.undelayed(digits + "order.placed", "order.other") == digits + "order.placed"
+    assert envelope.undelayed("1.0.1.order.placed", "order.placed") == "1.0.1.order.placed"
+    two = "2." + digits[2:] + "order.placed"
+    assert envelope.undelayed(two, "order.placed") == two
+    assert envelope.undelayed("order.placed", None) == "order.placed"

@@ -4,11 +4,12 @@ and running_worker waits for outcomes of a real worker."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from eventworker import Context, Event, Retry, RetryPolicy, handler
-from eventworker.errors import EnvelopeError, HandlerTimeoutError
+from eventworker.errors import EnvelopeError, HandlerTimeoutError, InvalidInputError
 from eventworker.settings import RetrySettings, Settings
 from eventworker.testing import run_handler, run_handler_sync, running_worker
 from eventworker.worker.decisions import DeadLetter, RetryIn
@@ -75,3 +76,24 @@ async def test_running_worker_reports_a_dead_letter_after_every_attempt(
         event_id = await worker.publish("kit.fail", {"n": 1})
         decisions = await worker.outcome(event_id, timeout=30)
     assert decisions == [RetryIn(0.2), RetryIn(0.2), DeadLetter("exception")]
+
+
+@handler("kit.remind")
+async def reminding(event: Event[object], ctx: Context) -> None:
+    await ctx.publish("kit.reminder", {}, delay=90.5)
+    await ctx.publish("kit.reminder", {}, at=datetime.now(UTC) - timedelta(minutes=1))
+
+
+def test_the_kit_records_the_delay_of_a_follow_up() -> None:
+    outcome = run_handler_sync(reminding, {})
+    assert [p.delay for p in outcome.published] == [91, 0]
+
+
+@handler("kit.bad-delay")
+async def bad_delay(event: Event[object], ctx: Context) -> None:
+    await ctx.publish("kit.reminder", {}, delay=-1)
+
+
+def test_the_kit_refuses_a_negative_delay_as_the_worker_does() -> None:
+    outcome = run_handler_sync(bad_delay, {})
+    assert isinstance(outcome.error, InvalidInputError)

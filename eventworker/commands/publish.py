@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -133,6 +134,22 @@ def _shortstr(value: str | None, what: str) -> None:
     help="Write every event not confirmed to this file, one JSON object per line "
     "(id, status, detail); after an interrupt, those never sent too (status not_sent).",
 )
+@click.option(
+    "--delay",
+    "delay_text",
+    default=None,
+    metavar="DURATION",
+    help="Have the broker hold the events this long first: 90s, 15m, 2h, 3d (needs the "
+    "delay_levels setting; see docs/time.md).",
+)
+@click.option(
+    "--at",
+    "at_text",
+    default=None,
+    metavar="TIME",
+    help="Have the broker hold the events until this ISO 8601 time with a zone, for example "
+    "2027-01-01T09:00:00Z (a time past is now).",
+)
 @config_option
 @url_option
 def publish(
@@ -146,6 +163,8 @@ def publish(
     exchange: str | None,
     timeout: float | None,
     failed_out: str | None,
+    delay_text: str | None,
+    at_text: str | None,
     config: str | None,
     url: str | None,
 ) -> None:
@@ -155,7 +174,9 @@ def publish(
     --exported, --file holds records of `eventworker dlq export`. Input is checked before
     connecting. Publishing is mandatory: an event no queue is bound for is an error, unless the
     unrouted_queue setting is on: then it goes to that queue, and a warning says how many did.
-    Prints how many were confirmed; exits 1 when any was not.
+    Prints how many were confirmed; exits 1 when any was not. With --delay or --at the broker
+    holds them first (the confirm says it holds them; whether a queue is bound is known only
+    when they come out).
 
     SIGINT (Ctrl-C) or SIGTERM stops sending, waits up to 5 seconds for the confirms of the
     events already sent (a second signal: no wait), prints how many were confirmed and how many
@@ -168,6 +189,7 @@ def publish(
         logs.configure("WARNING")  # the publisher says when it reconnects and sends again
         _shortstr(event_id, "--id")
         _shortstr(correlation_id, "--correlation-id")
+        hold = _hold(delay_text, at_text, settings)
         if exported:
             if event_id or header_pairs or correlation_id:
                 raise InvalidInputError(
@@ -186,6 +208,8 @@ def publish(
                 envelope_outgoing(routing_key, body, event_id, headers, correlation_id)
                 for body in bodies
             ]
+        if hold:
+            outgoing = _held(outgoing, hold, settings)
         from eventworker.commands.sending import send_all
 
         started = time.perf_counter()
@@ -293,6 +317,70 @@ def _write_failed(path: Path, failed: Sequence[Any]) -> None:
         path.write_bytes(b"".join(lines))
     except OSError as exc:
         click.echo(f"error: cannot write {path}: {exc.strerror}", err=True)
+
+
+#: ``90s``, ``15m``, ``2h``, ``3d``: a whole number and its unit.
+_DURATION = re.compile(r"(?P<n>[0-9]+)(?P<unit>[smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of ``90s``, ``15m``, ``2h`` or ``3d``.
+
+    Raises:
+        InvalidInputError: another form.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise InvalidInputError(
+            f"--delay {text!r}: give a whole number and a unit s, m, h or d (90s, 15m, 2h, 3d)"
+        )
+    return int(match["n"]) * _UNIT_SECONDS[match["unit"]]
+
+
+def _hold(delay_text: str | None, at_text: str | None, settings: Settings) -> int:
+    """Whole seconds to hold the events (0: none), checked against ``delay_levels``."""
+    from datetime import datetime
+
+    from eventworker.topology import delays
+
+    if delay_text is not None and at_text is not None:
+        raise InvalidInputError("give --delay or --at, not both")
+    at = None
+    if at_text is not None:
+        try:
+            at = datetime.fromisoformat(at_text)
+        except ValueError:
+            raise InvalidInputError(
+                f"--at {at_text!r}: not an ISO 8601 time (for example 2027-01-01T09:00:00Z)"
+            ) from None
+        if at.tzinfo is None:
+            raise InvalidInputError(f"--at {at_text!r}: give the time zone (Z for UTC, or +02:00)")
+    delay = parse_duration(delay_text) if delay_text is not None else None
+    try:
+        hold = delays.seconds(delay, at)
+        delays.check(hold, "x", settings.delay_levels)
+    except ValueError as exc:
+        option = "--at" if at_text is not None else "--delay"
+        raise InvalidInputError(f"{option}: {exc}") from None
+    return hold
+
+
+def _held(outgoing: Sequence[Any], hold: int, settings: Settings) -> list[Any]:
+    """``outgoing`` held ``hold`` seconds; a routing key too long to carry the digits is
+    refused before connecting."""
+    import dataclasses
+
+    from eventworker.topology import delays
+
+    held = []
+    for event in outgoing:
+        try:
+            delays.check(hold, event.routing_key, settings.delay_levels)
+        except ValueError as exc:
+            raise InvalidInputError(f"event {event.id}: {exc}") from None
+        held.append(dataclasses.replace(event, delay=hold))
+    return held
 
 
 def envelope_outgoing(

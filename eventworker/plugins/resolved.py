@@ -101,6 +101,7 @@ def topology_plan(route_list: Sequence[ResolvedHandler], settings: Settings) -> 
         tiers=tiers,
         initial_group_size=settings.quorum_initial_group_size,
         unrouted_queue=settings.unrouted_queue,
+        delay_levels=settings.delay_levels,
     )
 
 

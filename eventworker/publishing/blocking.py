@@ -12,6 +12,7 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Iterable, Mapping
 from concurrent.futures import Future
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -73,8 +74,11 @@ class BlockingPublisher:
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> PublishResult:
-        """Publish one event; blocks until confirmed.
+        """Publish one event; blocks until confirmed. ``delay`` and ``at`` as
+        :meth:`Publisher.publish`.
 
         Raises:
             InvalidInputError: refused before sending.
@@ -88,6 +92,8 @@ class BlockingPublisher:
                 headers=headers,
                 correlation_id=correlation_id,
                 causation_id=causation_id,
+                delay=delay,
+                at=at,
             )
         )
 

@@ -13,7 +13,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import aiormq.abc
@@ -33,8 +33,9 @@ from pydantic import SecretStr
 from eventworker import envelope
 from eventworker.amqp.connection import connect
 from eventworker.amqp.properties import PERSISTENT, Properties
-from eventworker.errors import BrokerError, PublishError
+from eventworker.errors import BrokerError, InvalidInputError, PublishError
 from eventworker.settings import TlsSettings
+from eventworker.topology import delays
 
 #: What became of an event. ``interrupted`` and ``not_sent`` only when a stop was asked for:
 #: sent without a confirm in time (the broker may hold it), and never handed to the broker.
@@ -63,6 +64,8 @@ class Outgoing:
     causation_id: str | None = None
     #: When the event happened; None: now. Set when an exported event is published again.
     timestamp: datetime | None = None
+    #: Whole seconds the broker holds the event before routing it (0: at once).
+    delay: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +104,7 @@ class ConfirmChannel:
         *,
         source: str | None,
         timeout: float,
+        delay_levels: int = 0,
     ) -> None:
         self._channel = channel
         #: Publishes go to aiormq's channel directly: aio-pika's ``Message`` and
@@ -109,6 +113,8 @@ class ConfirmChannel:
         self._exchange = exchange
         self._source = source
         self._timeout = timeout
+        #: Levels of delayed delivery declared for the exchange (0: none, no delay possible).
+        self.delay_levels = delay_levels
         #: The broker's reply text when it closed this channel with a channel error while a
         #: publish was in flight, as it does for a publish it refuses outright (406 for an
         #: oversize message); "" otherwise (open, or gone with the connection).
@@ -151,7 +157,13 @@ class ConfirmChannel:
 
     @classmethod
     async def open(
-        cls, connection: AbstractConnection, exchange: str, *, source: str | None, timeout: float
+        cls,
+        connection: AbstractConnection,
+        exchange: str,
+        *,
+        source: str | None,
+        timeout: float,
+        delay_levels: int = 0,
     ) -> ConfirmChannel:
         """A publisher on a new confirm channel of ``connection``.
 
@@ -170,7 +182,9 @@ class ConfirmChannel:
         if channel.is_closed:  # pragma: no cover - the passive declare closed it
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         underlay = await channel.get_underlay_channel()
-        return cls(channel, underlay, target, source=source, timeout=timeout)
+        return cls(
+            channel, underlay, target, source=source, timeout=timeout, delay_levels=delay_levels
+        )
 
     @property
     def is_closed(self) -> bool:
@@ -190,13 +204,23 @@ class ConfirmChannel:
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> None:
-        """Publish one event and wait for its confirm.
+        """Publish one event and wait for its confirm; with ``delay`` (seconds, rounded up) or
+        ``at``, the broker holds it that long first (see :mod:`eventworker.topology.delays`).
 
         Raises:
             PublishError: not confirmed; ``status`` says why.
             TypeError: ``data`` is not JSON-serialisable.
+            InvalidInputError: a negative delay, both ``delay`` and ``at``, or a delay that
+                the levels cannot hold.
         """
+        try:
+            hold = delays.seconds(delay, at)
+            delays.check(hold, routing_key, self.delay_levels)
+        except ValueError as exc:
+            raise InvalidInputError(str(exc)) from None
         result = await self.send(
             Outgoing(
                 routing_key,
@@ -205,6 +229,7 @@ class ConfirmChannel:
                 headers,
                 correlation_id,
                 causation_id,
+                delay=hold,
             )
         )
         result.check(f"event {result.event_id} to {routing_key!r}")
@@ -222,6 +247,17 @@ class ConfirmChannel:
         )
         fields["message_type"] = fields.pop("type")  # the AMQP property's name in pamqp
         properties = Properties.build(delivery_mode=PERSISTENT, **fields)
+        if event.delay:
+            # Checked by the callers; the levels keep the event's own key in ``type``.
+            levels = self.delay_levels
+            delays.check(event.delay, event.routing_key, levels)
+            return await self._confirmed(
+                delays.level_name(self._exchange.name, delays.entry_level(event.delay)),
+                event.body,
+                properties,
+                delays.routing_key(event.delay, event.routing_key, levels),
+                event.id,
+            )
         return await self._confirmed(
             self._exchange.name, event.body, properties, event.routing_key, event.id
         )

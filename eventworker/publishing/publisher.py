@@ -26,7 +26,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -50,6 +50,7 @@ from eventworker.publishing.channel import (
     PublishResult,
 )
 from eventworker.settings import Settings, TlsSettings
+from eventworker.topology import delays
 
 #: How often one event is sent at most when its confirm keeps getting lost (connection or channel).
 MAX_SENDS = 5
@@ -122,7 +123,11 @@ class _Batch:
 
 @dataclass(frozen=True, slots=True)
 class NewEvent:
-    """One event to publish: ``data`` becomes the JSON body; ``id`` defaults to a new UUID."""
+    """One event to publish: ``data`` becomes the JSON body; ``id`` defaults to a new UUID.
+
+    ``delay`` (seconds, rounded up to whole ones, or a timedelta) or ``at`` (an aware datetime;
+    one that has passed is delivered at once) has the broker hold the event first.
+    """
 
     routing_key: str
     data: Any
@@ -130,6 +135,8 @@ class NewEvent:
     headers: Mapping[str, Any] | None = None
     correlation_id: str | None = None
     causation_id: str | None = None
+    delay: float | timedelta | None = None
+    at: datetime | None = None
 
 
 def _check_value(name: str, value: Any, depth: int = 0) -> None:
@@ -167,16 +174,19 @@ def _short(value: str | None, what: str) -> None:
         raise InvalidInputError(f"{what} must be 1 to 255 bytes")
 
 
-def prepare(event: NewEvent, *, max_body_bytes: int) -> Outgoing:
+def prepare(event: NewEvent, *, max_body_bytes: int, delay_levels: int = 0) -> Outgoing:
     """The wire form of ``event``, checked as ``eventworker publish`` checks its input.
 
     Raises:
         InvalidInputError: a bad routing key, a reserved or malformed header, an id or
             correlation id outside 1-255 bytes or not valid UTF-8, data that is not
-            JSON-serialisable, or a body over ``max_body_bytes``.
+            JSON-serialisable, a body over ``max_body_bytes``, or a delay that is negative,
+            given with ``at``, or more than ``delay_levels`` levels hold.
     """
     try:
         envelope.check_routing_key(event.routing_key)
+        hold = delays.seconds(event.delay, event.at)
+        delays.check(hold, event.routing_key, delay_levels)
     except ValueError as exc:
         raise InvalidInputError(str(exc)) from None
     _short(event.id, "the event id")
@@ -203,6 +213,7 @@ def prepare(event: NewEvent, *, max_body_bytes: int) -> Outgoing:
         dict(event.headers) if event.headers else None,
         event.correlation_id,
         event.causation_id,
+        delay=hold,
     )
 
 
@@ -229,6 +240,7 @@ class Publisher:
         max_body_bytes: int = 1_048_576,
         reconnect_timeout: float = 30.0,
         window: int = DEFAULT_WINDOW,
+        delay_levels: int = 0,
     ) -> None:
         self._url = url if isinstance(url, SecretStr) else SecretStr(url)
         self.exchange = exchange
@@ -240,6 +252,8 @@ class Publisher:
         self.max_body_bytes = max_body_bytes
         self.reconnect_timeout = reconnect_timeout
         self._window = window
+        #: Levels of delayed delivery declared for the exchange (the ``delay_levels`` setting).
+        self.delay_levels = delay_levels
         self._connection: AbstractConnection | None = None
         self._channel: ConfirmChannel | None = None
         self._lock = asyncio.Lock()
@@ -258,6 +272,7 @@ class Publisher:
             "heartbeat": settings.heartbeat,
             "tls": settings.tls,
             "max_body_bytes": settings.max_body_bytes,
+            "delay_levels": settings.delay_levels,
         }
         urls = ",".join(u.get_secret_value() for u in settings.urls())  # in url_order
         return cls(SecretStr(urls), **(values | options))
@@ -307,8 +322,14 @@ class Publisher:
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        delay: float | timedelta | None = None,
+        at: datetime | None = None,
     ) -> PublishResult:
         """Publish one event and wait until the broker confirmed it.
+
+        With ``delay`` (seconds, rounded up to whole ones, or a timedelta) or ``at`` (an aware
+        datetime), the broker holds the event that long before routing it; the confirm comes
+        when the broker has it in the first level (docs/time.md). Needs ``delay_levels``.
 
         Returns the confirmed result (its ``event_id`` is the id the event carries).
 
@@ -317,7 +338,9 @@ class Publisher:
             PublishError: not confirmed; ``status`` says why (``nacked``, ``unroutable``,
                 ``timeout``, ``connection_lost``).
         """
-        event = NewEvent(routing_key, data, id, headers, correlation_id, causation_id)
+        event = NewEvent(
+            routing_key, data, id, headers, correlation_id, causation_id, delay=delay, at=at
+        )
         [result] = await self.publish_many([event])
         result.check(f"event {result.event_id} to {routing_key!r}")
         return result
@@ -335,7 +358,11 @@ class Publisher:
         outgoing = []
         for n, event in enumerate(events):
             try:
-                outgoing.append(prepare(event, max_body_bytes=self.max_body_bytes))
+                outgoing.append(
+                    prepare(
+                        event, max_body_bytes=self.max_body_bytes, delay_levels=self.delay_levels
+                    )
+                )
             except InvalidInputError as exc:
                 raise InvalidInputError(f"event {n} ({event.routing_key[:100]!r}): {exc}") from None
         return await self.send_many(outgoing, window=window)
@@ -526,7 +553,11 @@ class Publisher:
                 continue
             try:
                 channel = await ConfirmChannel.open(
-                    connection, self.exchange, source=self._source, timeout=self._timeout
+                    connection,
+                    self.exchange,
+                    source=self._source,
+                    timeout=self._timeout,
+                    delay_levels=self.delay_levels,
                 )
             except BaseException:
                 await connection.close()

@@ -28,18 +28,26 @@ LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 @dataclass(frozen=True, slots=True)
 class LiveBinding:
-    """A binding of an exchange to a queue, as the broker has it."""
+    """A binding of an exchange to a queue (or, ``to_exchange``, to the exchange ``queue``
+    names), as the broker has it."""
 
     exchange: str
     queue: str
     routing_key: str
     arguments: tuple[tuple[str, Any], ...] = ()
+    to_exchange: bool = False
 
     @classmethod
     def of(
-        cls, exchange: str, queue: str, routing_key: str, arguments: Mapping[str, Any]
+        cls,
+        exchange: str,
+        queue: str,
+        routing_key: str,
+        arguments: Mapping[str, Any],
+        *,
+        to_exchange: bool = False,
     ) -> LiveBinding:
-        return cls(exchange, queue, routing_key, tuple(sorted(arguments.items())))
+        return cls(exchange, queue, routing_key, tuple(sorted(arguments.items())), to_exchange)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +79,7 @@ async def read(settings: Settings, *, timeout: float = 30.0) -> Reading:
 
 
 def from_rabbitmqctl(virtual_host: str, *, timeout: float) -> list[LiveBinding]:
-    """Bindings to queues, from ``rabbitmqctl list_bindings`` on this host.
+    """Bindings to queues and exchanges, from ``rabbitmqctl list_bindings`` on this host.
 
     Raises:
         BrokerError: rabbitmqctl failed (node down, no permission to its Erlang cookie).
@@ -102,15 +110,16 @@ def from_rabbitmqctl(virtual_host: str, *, timeout: float) -> list[LiveBinding]:
             row["destination_name"],
             row["routing_key"],
             {key: value for key, _type, value in row.get("arguments") or []},
+            to_exchange=row.get("destination_kind") == "exchange",
         )
         for row in json.loads(done.stdout or "[]")
-        if row.get("destination_kind") == "queue"
+        if row.get("destination_kind") in ("queue", "exchange")
     ]
 
 
 async def from_management(settings: Settings, *, timeout: float) -> list[LiveBinding]:
-    """Bindings to queues, from ``GET <management_url>/api/bindings/<vhost>``. Credentials are
-    the ones in ``management_url``, else those of the broker URL.
+    """Bindings to queues and exchanges, from ``GET <management_url>/api/bindings/<vhost>``.
+    Credentials are the ones in ``management_url``, else those of the broker URL.
 
     Raises:
         BrokerError: the API could not be reached or refused; the message shows no password.
@@ -144,8 +153,12 @@ async def from_management(settings: Settings, *, timeout: float) -> list[LiveBin
         raise BrokerError(f"management API at {redact_url(base)} failed: {reason}") from None
     return [
         LiveBinding.of(
-            row["source"], row["destination"], row["routing_key"], row.get("arguments") or {}
+            row["source"],
+            row["destination"],
+            row["routing_key"],
+            row.get("arguments") or {},
+            to_exchange=row.get("destination_type") == "exchange",
         )
         for row in rows
-        if row.get("destination_type") == "queue"
+        if row.get("destination_type") in ("queue", "exchange")
     ]

@@ -121,5 +121,11 @@ async def _declare_queues(queues: Sequence[QueueDecl], channel: AbstractChannel)
 
 async def _bind(bindings: Sequence[BindingDecl], channel: AbstractChannel) -> None:
     for b in bindings:
+        if b.to_exchange:
+            destination = await channel.get_exchange(b.queue, ensure=False)
+            await destination.bind(
+                b.exchange, routing_key=b.routing_key, arguments=b.arguments or None
+            )
+            continue
         queue = await channel.get_queue(b.queue, ensure=False)
         await queue.bind(b.exchange, routing_key=b.routing_key, arguments=b.arguments or None)

@@ -52,12 +52,15 @@ class Finding:
 
 
 def _binding(b: BindingDecl) -> LiveBinding:
-    return LiveBinding.of(b.exchange, b.queue, b.routing_key, b.arguments)
+    return LiveBinding.of(
+        b.exchange, b.queue, b.routing_key, b.arguments, to_exchange=b.to_exchange
+    )
 
 
 def describe_binding(binding: LiveBinding) -> str:
     arguments = ", ".join(f"{k}={v}" for k, v in binding.arguments)
-    return f"{binding.exchange} -> {binding.queue} {binding.routing_key!r}" + (
+    destination = f"exchange {binding.queue}" if binding.to_exchange else binding.queue
+    return f"{binding.exchange} -> {destination} {binding.routing_key!r}" + (
         f" [{arguments}]" if arguments else ""
     )
 
@@ -177,6 +180,18 @@ def _compare_bindings(plan: Plan, reading: Reading, *, prefix: str) -> list[Find
         for b in expected
     ]
     for b in sorted(live - set(expected), key=describe_binding):
+        if b.to_exchange:
+            if b.queue in ours:  # between two exchanges of the plan: ours, and stale
+                findings.append(
+                    Finding(
+                        "binding",
+                        describe_binding(b),
+                        "extra",
+                        "stale: apply removes it",
+                        binding=b,
+                    )
+                )
+            continue
         if b.queue in planned:
             findings.append(
                 Finding(
@@ -224,6 +239,17 @@ async def reconcile(
         for f in findings:
             b = f.binding
             if b is None or f.status not in ("missing", "unchecked", "extra"):
+                continue
+            if b.to_exchange:
+                destination = await channel.get_exchange(b.queue, ensure=False)
+                arguments = dict(b.arguments) or None
+                if f.status == "extra" and f.detail.startswith("stale"):
+                    await destination.unbind(b.exchange, b.routing_key, arguments=arguments)
+                    done.append(f"removed stale binding {describe_binding(b)}")
+                elif f.status in ("missing", "unchecked"):
+                    await destination.bind(b.exchange, b.routing_key, arguments=arguments)
+                    if f.status == "missing":
+                        done.append(f"bound {describe_binding(b)}")
                 continue
             if f.status == "extra" and f.detail.startswith("stale"):
                 queue = await channel.get_queue(b.queue, ensure=False)

@@ -9,6 +9,8 @@ Shape (RabbitMQ 3.10+, no plugins)::
     unroutable --> <exchange>.unrouted (fanout, the alternate exchange) --> unrouted queue
                    (only with the unrouted_queue setting)
     redelivered (classic queues) --> <work queue>.probation             run one at a time
+    delayed (with delay_levels) --> <exchange>.delay.<k> ... .delay.0 --> <exchange>.delay.delivery
+                   --#--> <exchange> --*. ... .*.<binding key>--> work queue (topology/delays.py)
 
 A classic queue keeps no delivery count, so a message that kills its worker would come back for
 ever. On classic queues each handler also has a probation queue: a message its work queue
@@ -32,6 +34,7 @@ from typing import Any
 
 from eventworker.envelope import RETURN_TO
 from eventworker.errors import BrokerError
+from eventworker.topology import delays
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,10 +52,14 @@ class QueueDecl:
 
 @dataclass(frozen=True, slots=True)
 class BindingDecl:
+    """``exchange`` routes to ``queue`` by ``routing_key``; with ``to_exchange``, ``queue``
+    names an exchange (an exchange-to-exchange binding)."""
+
     queue: str
     exchange: str
     routing_key: str
     arguments: dict[str, Any] = field(default_factory=dict)
+    to_exchange: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,7 @@ def plan(
     tiers: Iterable[float],
     initial_group_size: int = 0,
     unrouted_queue: str = "",
+    delay_levels: int = 0,
 ) -> Plan:
     """Everything to declare for ``handlers``; idempotent to apply again.
 
@@ -154,7 +162,8 @@ def plan(
     0 leaves it to the broker (every cluster node). With ``unrouted_queue``, the exchange gets
     an alternate exchange that feeds that queue every event no binding matches (an exchange
     argument: every worker and the broker's exchange must agree on it, see
-    docs/operating-dead-letters.md).
+    docs/operating-dead-letters.md). ``delay_levels`` (0: none) adds the levels of delayed
+    delivery (see :mod:`eventworker.topology.delays`), once for the exchange.
     """
     back = return_exchange(exchange)
     replicas: dict[str, Any] = (
@@ -201,6 +210,11 @@ def plan(
             probation = {"x-queue-type": "classic", **dead_letter}
             queues.append(QueueDecl(probation_queue(h.queue), probation))
         bindings += [BindingDecl(h.queue, exchange, key) for key in h.bindings]
+        if delay_levels:
+            bindings += [
+                BindingDecl(h.queue, exchange, delays.delayed_binding(key, delay_levels))
+                for key in h.bindings
+            ]
         bindings.append(BindingDecl(h.queue, back, "", {"x-match": "all", RETURN_TO: h.queue}))
     retry_queues = {}
     for delay in sorted(set(tiers)):
@@ -218,6 +232,8 @@ def plan(
                 },
             )
         )
+    if delay_levels:
+        _delay_levels(exchange, delay_levels, quorum, exchanges, queues, bindings)
     names = [q.name for q in queues]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -228,3 +244,40 @@ def plan(
         bindings=tuple(bindings),
         retry_queues=retry_queues,
     )
+
+
+def _delay_levels(
+    exchange: str,
+    levels: int,
+    quorum: dict[str, Any],
+    exchanges: list[ExchangeDecl],
+    queues: list[QueueDecl],
+    bindings: list[BindingDecl],
+) -> None:
+    """The levels of delayed delivery for ``exchange``: level ``k`` waits ``2**k`` s in its
+    queue when its digit is 1 and passes the message down when it is 0; the delivery exchange
+    hands every message on to ``exchange`` (which the handlers' delayed bindings match)."""
+    delivery = delays.delivery_exchange(exchange)
+    for level in range(levels):
+        name = delays.level_name(exchange, level)
+        below = delays.level_name(exchange, level - 1) if level else delivery
+        exchanges.append(ExchangeDecl(name, "topic"))
+        queues.append(
+            QueueDecl(
+                name,
+                {
+                    **quorum,
+                    "x-message-ttl": 2**level * 1000,
+                    # No x-dead-letter-routing-key: the next level reads the same digits.
+                    "x-dead-letter-exchange": below,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
+        )
+        bindings.append(BindingDecl(name, name, delays.wait_binding(level, levels)))
+        bindings.append(
+            BindingDecl(below, name, delays.skip_binding(level, levels), to_exchange=True)
+        )
+    exchanges.append(ExchangeDecl(delivery, "topic"))
+    bindings.append(BindingDecl(exchange, delivery, "#", to_exchange=True))

@@ -258,7 +258,11 @@ class Worker:
             )
             await declare.apply(self.plan, consuming)
             publisher = await ConfirmChannel.open(
-                publishing, s.exchange, source=None, timeout=s.publish_timeout
+                publishing,
+                s.exchange,
+                source=None,
+                timeout=s.publish_timeout,
+                delay_levels=s.delay_levels,
             )
             lost = asyncio.Event()
             for live in (consuming, publishing):

@@ -364,3 +364,68 @@ def test_a_package_in_the_working_directory_does_not_shadow_an_installed_plugin(
     rows = json.loads(result.stdout)
     assert {row["plugin"] for row in rows} == {"demo", "audit"}
     assert all(row["distribution"].startswith("eventworker-example ") for row in rows)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--delay", "5x"], "--delay '5x': give a whole number and a unit"),
+        (["--delay", "-5s"], "--delay '-5s'"),
+        (["--delay", "1.5h"], "--delay '1.5h'"),
+        (["--delay", "90s", "--at", "2027-01-01T09:00:00Z"], "give --delay or --at, not both"),
+        (["--at", "tomorrow"], "--at 'tomorrow': not an ISO 8601 time"),
+        (["--at", "2027-01-01T09:00:00"], "--at '2027-01-01T09:00:00': give the time zone"),
+        (["--delay", "400000d"], "--delay: a delay of 34560000000 s is longer than 25 levels"),
+    ],
+    ids=["unit", "negative", "fraction", "both", "at-text", "at-naive", "too-long"],
+)
+def test_publish_refuses_a_bad_delay_before_connecting(
+    settings: Settings, args: list[str], message: str
+) -> None:
+    result = cli(
+        settings,
+        "publish",
+        "demo.greet",
+        "{}",
+        *args,
+        EVENTWORKER_URL=f"amqp://guest:{CANARY}@127.0.0.1:1/",
+        EVENTWORKER_DELAY_LEVELS="25",
+    )
+    assert result.returncode == ExitCode.INVALID_INPUT, result.stderr
+    assert f"error: {message}" in result.stderr
+
+
+def test_publish_with_a_delay_needs_delay_levels(settings: Settings) -> None:
+    result = cli(
+        settings, "publish", "demo.greet", "{}", "--delay", "90s",
+        EVENTWORKER_URL=f"amqp://guest:{CANARY}@127.0.0.1:1/",
+    )  # fmt: skip
+    assert result.returncode == ExitCode.INVALID_INPUT, result.stderr
+    assert "delayed publishing is off: set delay_levels" in result.stderr
+
+
+async def test_publish_with_a_delay_is_held_by_the_broker(
+    broker: Broker, settings: Settings
+) -> None:
+    from eventworker import Context, Event, handler
+
+    @handler("orders.#", name="held")
+    async def held(event: Event[object], ctx: Context) -> None:
+        pass
+
+    delayed = settings.model_copy(update={"delay_levels": 25})
+    worker = await broker.declare(held, settings=delayed)
+    queue = worker.routes[0].queue
+    started = time.monotonic()
+    result = cli(
+        settings, "publish", "orders.created", "{}", "--id", "late-1", "--delay", "2s",
+        EVENTWORKER_DELAY_LEVELS="25",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "1 confirmed" in result.stdout
+    assert await broker.count(queue) == 0
+    assert await broker.count(f"{settings.exchange}.delay.1") == 1  # 2 s = 10b: level 1
+    [message] = await broker.take_all(queue, expect=1, timeout=10)
+    assert time.monotonic() - started >= 2 - 0.1
+    assert message.message_id == "late-1" and message.type == "orders.created"
+    assert message.routing_key == "0." * 23 + "1.0.orders.created"

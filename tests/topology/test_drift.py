@@ -189,3 +189,46 @@ async def test_bindings_are_read_from_the_management_api() -> None:
     assert {f.status for f in findings} == {"ok", "extra"}
     return_binding = [f for f in findings if "mgmt.x.return" in f.name]
     assert return_binding and return_binding[0].status == "ok"  # header arguments compared
+
+
+@needs_rabbitmqctl
+async def test_plan_shows_the_delay_levels_and_apply_declares_them_once(
+    broker: Broker, settings: Settings
+) -> None:
+    levels = {"EVENTWORKER_DELAY_LEVELS": "25"}
+    delayed = settings.model_copy(update={"delay_levels": 25})
+    broker.track(Worker(discover_greet(), delayed))
+    x = settings.exchange
+    planned = cli(settings, "topology", "plan", "--handler", "greet", **levels)
+    assert planned.returncode == ExitCode.DRIFT, planned.stdout + planned.stderr
+    for level in (0, 24):
+        assert f"missing   queue     {x}.delay.{level}\n" in planned.stdout
+        assert f"missing   exchange  {x}.delay.{level}\n" in planned.stdout
+    assert f"missing   exchange  {x}.delay.delivery\n" in planned.stdout
+    assert f"{x}.delay.1 -> exchange {x}.delay.0 '{'*.' * 23}0.#'" in planned.stdout
+    assert f"{x}.delay.delivery -> exchange {x} '#'" in planned.stdout
+    assert planned.stdout.count(f"missing   queue     {x}.delay.") == 25
+
+    applied = cli(settings, "topology", "apply", "--handler", "greet", **levels)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert f"bound {x}.delay.0 -> exchange {x}.delay.delivery" in applied.stdout
+    in_sync = cli(settings, "topology", "plan", "--handler", "greet", **levels)
+    assert in_sync.returncode == 0, in_sync.stdout + in_sync.stderr
+
+    channel = await broker.connection.channel()
+    level_zero = await channel.get_exchange(f"{x}.delay.0", ensure=False)
+    await level_zero.unbind(f"{x}.delay.1", "*." * 23 + "0.#")
+    await channel.close()
+    drifted = cli(settings, "topology", "plan", "--handler", "greet", **levels)
+    assert drifted.returncode == ExitCode.DRIFT
+    assert f"missing   binding   {x}.delay.1 -> exchange {x}.delay.0" in drifted.stdout
+    assert cli(settings, "topology", "apply", "--handler", "greet", **levels).returncode == 0
+    live = bindings.from_rabbitmqctl("/", timeout=60)
+    skip = LiveBinding.of(f"{x}.delay.1", f"{x}.delay.0", "*." * 23 + "0.#", {}, to_exchange=True)
+    assert skip in live
+
+
+def discover_greet() -> list[Any]:
+    from eventworker.plugins.discovery import discover
+
+    return discover(names=["greet"])
