@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Write an AsyncAPI 3.0 document of the installed handlers: the exchange, each handler's "
         "channel and operation, and the events they publish.",
     ),
+    "deploy": (
+        "deploy",
+        "deploy",
+        "Render deployment manifests from the handlers and settings `eventworker run` would use.",
+    ),
     "dlq": (
         "dlq",
         "dlq",

@@ -1,0 +1,1 @@
+"""Deployment manifests rendered from the handlers and settings ``eventworker run`` would use."""

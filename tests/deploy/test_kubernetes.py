@@ -1,0 +1,458 @@
+"""``eventworker deploy kubernetes``: the manifests validate against the Kubernetes and KEDA
+schemas, and agree with what ``eventworker run`` and ``eventworker handlers`` do.
+
+The core resources are checked with kubernetes-validate (its bundled API schemas, offline);
+ScaledObject and TriggerAuthentication with the validators npm's ``@kubernetes-models/keda``
+generates from KEDA's CRD schemas (pinned in tests/deploy, installed by scripts/bootstrap.sh).
+``EVENTWORKER_TEST_REGENERATE_GOLDEN=1`` rewrites the golden files under tests/deploy/golden.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from eventworker.deploy import kubernetes as k8s
+from eventworker.plugins import discovery
+from eventworker.plugins.resolved import ResolvedHandler, resolve
+from eventworker.settings import Settings, load_settings
+from tests.support.cli import CANARY, EVENTWORKER
+from tests.support.ingress import free_port
+
+HERE = Path(__file__).parent
+GOLDEN = HERE / "golden"
+NODE_MODELS = HERE / "node_modules" / "@kubernetes-models" / "keda"
+KUBERNETES_VERSION = "1.30.0"
+KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+#: Every shape of output: the option sets the tests render.
+SHAPES = {
+    "default": [],
+    "split-keda": [
+        "--split",
+        "handler",
+        "--autoscale",
+        "keda",
+        "--service-monitor",
+        "--namespace",
+        "jobs",
+    ],
+}
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTWORKER_")}
+    env.update(extra)
+    return env
+
+
+def _deploy(*args: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [EVENTWORKER, "deploy", "kubernetes", "--image", "registry.example/acme:1.0", *args],
+        capture_output=True,
+        text=True,
+        env=_clean_env(**extra),
+        cwd=cwd,
+        timeout=120,
+    )
+
+
+def _documents(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+def _example_routes(settings: Settings) -> list[ResolvedHandler]:
+    return resolve(discovery.discover(plugins=settings.plugins, names=settings.handlers), settings)
+
+
+#: The example plugin's handlers, resolved with the default settings.
+_ROUTES = _example_routes(Settings())
+
+
+@pytest.fixture
+def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory without eventworker.toml, and no setting in the environment."""
+    monkeypatch.chdir(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("EVENTWORKER_") and not key.startswith("EVENTWORKER_TEST_"):
+            monkeypatch.delenv(key)
+    return tmp_path
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_every_core_resource_validates_against_the_kubernetes_schemas(
+    shape: str, cwd: Path
+) -> None:
+    result = _deploy(*SHAPES[shape], cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    core = [d for d in _documents(result.stdout) if d["kind"] not in KEDA_KINDS]
+    kinds = {d["kind"] for d in core}
+    assert {"Deployment", "Service", "PodDisruptionBudget"} <= kinds
+    for document in core:
+        if document["kind"] == "ServiceMonitor":
+            continue  # a Prometheus-operator CRD: checked for shape below
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+    monitors = [d for d in core if d["kind"] == "ServiceMonitor"]
+    assert bool(monitors) == ("--service-monitor" in SHAPES[shape])
+    for monitor in monitors:
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert monitor["spec"]["endpoints"] == [
+            {"port": "metrics", "path": "/metrics", "interval": "30s"}
+        ]
+
+
+def test_an_invalid_resource_is_caught_by_the_validator() -> None:
+    """The check above can fail: a Deployment without its selector does not pass."""
+    settings = Settings()
+    document = k8s.render(_example_routes(settings), settings, k8s.Options(image="x"))[0]
+    del document["spec"]["selector"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+
+
+def _validate_keda(documents: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["node", str(HERE / "validate_keda.mjs")],
+        input=json.dumps(documents),
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+        timeout=60,
+    )
+
+
+@pytest.fixture
+def keda_models() -> None:
+    if shutil.which("node") is None:
+        pytest.skip("needs Node.js to run KEDA's validators (apt-get install nodejs npm)")
+    if not NODE_MODELS.is_dir():
+        pytest.skip(
+            "needs @kubernetes-models/keda: npm ci --prefix tests/deploy "
+            "(scripts/test.sh does it where npm is installed)"
+        )
+
+
+def test_keda_resources_validate_against_keda_s_crd_schemas(keda_models: None, cwd: Path) -> None:
+    result = _deploy(*SHAPES["split-keda"], cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    keda = [d for d in _documents(result.stdout) if d["kind"] in KEDA_KINDS]
+    assert {d["kind"] for d in keda} == KEDA_KINDS
+    checked = _validate_keda(keda)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert checked.stdout.count("ok ") == len(keda)
+    # And the validator does reject what KEDA would: a trigger value that is not a string.
+    broken = json.loads(json.dumps(next(d for d in keda if d["kind"] == "ScaledObject")))
+    broken["spec"]["triggers"][0]["metadata"]["value"] = 5
+    assert _validate_keda([broken]).returncode == 1
+
+
+def test_keda_triggers_name_exactly_the_work_queues_of_eventworker_handlers(cwd: Path) -> None:
+    listed = subprocess.run(
+        [EVENTWORKER, "handlers", "--json"],
+        capture_output=True,
+        text=True,
+        env=_clean_env(),
+        cwd=cwd,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    for split in ("none", "handler"):
+        result = _deploy("--split", split, "--autoscale", "keda", cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        documents = _documents(result.stdout)
+        triggers = [
+            t for d in documents if d["kind"] == "ScaledObject" for t in d["spec"]["triggers"]
+        ]
+        assert sorted(t["metadata"]["queueName"] for t in triggers) == sorted(
+            r["queue"] for r in rows
+        )
+        dead = {r["dead_letter_queue"] for r in rows}
+        assert not dead & {t["metadata"]["queueName"] for t in triggers}
+        assert not any(".retry." in t["metadata"]["queueName"] for t in triggers)
+        if split == "handler":
+            # Each Deployment runs one handler and scales on that handler's queue alone.
+            for d in documents:
+                if d["kind"] != "ScaledObject":
+                    continue
+                deployment = next(
+                    x
+                    for x in documents
+                    if x["kind"] == "Deployment" and x["metadata"]["name"] == d["metadata"]["name"]
+                )
+                command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+                name = command[command.index("--handler") + 1]
+                (row,) = [r for r in rows if r["name"] == name]
+                assert [t["metadata"]["queueName"] for t in d["spec"]["triggers"]] == [row["queue"]]
+
+
+def _container(document: dict[str, Any]) -> dict[str, Any]:
+    container: dict[str, Any] = document["spec"]["template"]["spec"]["containers"][0]
+    return container
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_probes_answer_on_a_worker_run_with_the_rendered_settings(
+    settings: Settings, broker: Any
+) -> None:
+    """A worker started with the container's command and environment (the Secret's URL being
+    the test broker's) answers the readiness and liveness probes at the container port."""
+    port = free_port()
+    pinned = load_settings(
+        url=settings.url.get_secret_value(),
+        exchange=settings.exchange,
+        queue_prefix=settings.queue_prefix,
+        metrics_port=port,
+        grace=2.0,
+        handlers=("greet",),
+    )
+    deployment = k8s.render(_example_routes(pinned), pinned, k8s.Options(image="x"))[0]
+    container = _container(deployment)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTWORKER_")}
+    for variable in container["env"]:
+        if "valueFrom" in variable:
+            assert variable["valueFrom"]["secretKeyRef"]["key"] == "url"
+            env[variable["name"]] = settings.url.get_secret_value()
+        else:
+            env[variable["name"]] = variable["value"]
+    (container_port,) = [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"]
+    assert container_port == port
+    command = container["command"]
+    assert command[:2] == ["eventworker", "run"]
+    process = subprocess.Popen(
+        [EVENTWORKER, *command[1:]], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        statuses: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                statuses = {
+                    probe: _get(
+                        f"http://127.0.0.1:{container_port}{container[probe]['httpGet']['path']}"
+                    )
+                    for probe in ("readinessProbe", "livenessProbe")
+                }
+            except OSError:
+                statuses = {}
+            if statuses.get("readinessProbe") == 200:
+                break
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            time.sleep(0.2)
+        assert statuses == {"readinessProbe": 200, "livenessProbe": 200}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+    assert process.returncode == 0
+
+
+@hypothesis_settings(max_examples=200, deadline=None)
+@given(grace=st.floats(min_value=0, max_value=10**7, allow_nan=False, allow_infinity=False))
+def test_the_pod_outlives_the_drain_for_any_grace(grace: float) -> None:
+    settings = Settings(grace=grace)
+    for document in k8s.render(_ROUTES, settings, k8s.Options(image="x", split="handler")):
+        if document["kind"] != "Deployment":
+            continue
+        seconds = document["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert isinstance(seconds, int)
+        assert seconds >= grace + k8s.GRACE_MARGIN
+        assert seconds < math.ceil(grace) + k8s.GRACE_MARGIN + 1
+
+
+def _rebound(routes: list[ResolvedHandler], name: str, *keys: str) -> list[ResolvedHandler]:
+    return [
+        dataclasses.replace(r, handler=dataclasses.replace(r.handler, bindings=keys))
+        if r.handler.name == name
+        else r
+        for r in routes
+    ]
+
+
+@pytest.mark.parametrize("split", ["none", "handler"])
+def test_a_handler_s_bindings_change_its_deployment_and_nothing_else(split: str) -> None:
+    settings = Settings()
+    options = k8s.Options(image="x", split=split, autoscale="keda", service_monitor=True)  # type: ignore[arg-type]
+    before = k8s.render(_ROUTES, settings, options)
+    after = k8s.render(_rebound(_ROUTES, "greet", "demo.greet", "demo.hello"), settings, options)
+    changed = [
+        (b["kind"], b["metadata"]["name"]) for b, a in zip(before, after, strict=True) if a != b
+    ]
+    expected = "eventworker" if split == "none" else "eventworker-greet"
+    assert changed == [("Deployment", expected)]
+    assert k8s.render(_ROUTES, settings, options) == before
+
+
+def test_what_is_not_the_topology_or_a_setting_changes_nothing(cwd: Path) -> None:
+    """The broker's URL (a secret), the handlers' code and the order of rendering leave the
+    output as it was, byte for byte."""
+    first = _deploy("--autoscale", "keda", cwd=cwd)
+    second = _deploy(
+        "--autoscale", "keda", cwd=cwd, EVENTWORKER_URL=f"amqp://u:{CANARY}@elsewhere/"
+    )
+    assert first.returncode == second.returncode == 0, first.stderr + second.stderr
+    assert first.stdout == second.stdout
+    assert CANARY not in second.stdout + second.stderr
+    settings = Settings()
+    swapped = [
+        dataclasses.replace(r, handler=dataclasses.replace(r.handler, func=lambda e, c: None))
+        for r in _ROUTES
+    ]
+    options = k8s.Options(image="x")
+    assert k8s.render(swapped, settings, options) == k8s.render(_ROUTES, settings, options)
+
+
+def test_settings_reach_the_pod_as_the_worker_reads_them(cwd: Path) -> None:
+    """Every setting that differs from its default is in the environment, secret ones by
+    reference; the worker loading that environment (with the Secret's values) gets the same
+    settings back."""
+    secret_values = {
+        "url": f"amqp://app:{CANARY}@rabbit-1/,amqp://app:{CANARY}@rabbit-2/",
+        "inbox-url": f"postgresql://app:{CANARY}@db/inbox",
+    }
+    configured = {
+        "EVENTWORKER_URL": secret_values["url"],
+        "EVENTWORKER_INBOX__URL": secret_values["inbox-url"],
+        "EVENTWORKER_INBOX__IDEMPOTENT": "true",
+        "EVENTWORKER_GRACE": "42.5",
+        "EVENTWORKER_CONCURRENCY": "3",
+        "EVENTWORKER_QUEUE_TYPE": "classic",
+        "EVENTWORKER_LOG_FORMAT": "json",
+        "EVENTWORKER_METRICS_PORT": "9200",
+        "EVENTWORKER_PLUGINS": "demo,audit",
+        "EVENTWORKER_RETRY__DELAYS": "[2, 20]",
+        "EVENTWORKER_RETRY_OVERRIDES": '{"flaky": {"max_attempts": 2, "delays": [5]}}',
+        "EVENTWORKER_HTTP__ALLOWED_KEYS": '["orders.#"]',
+    }
+    result = _deploy(cwd=cwd, **configured)
+    assert result.returncode == 0, result.stderr
+    assert CANARY not in result.stdout + result.stderr
+    assert "keys: inbox-url, url" in result.stderr
+    (deployment,) = [d for d in _documents(result.stdout) if d["kind"] == "Deployment"]
+    container = _container(deployment)
+    assert container["ports"][0]["containerPort"] == 9200
+    assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 58
+    pod_env: dict[str, str] = {}
+    for variable in container["env"]:
+        if "valueFrom" in variable:
+            assert variable["valueFrom"]["secretKeyRef"]["name"] == "eventworker-broker"
+            pod_env[variable["name"]] = secret_values[variable["valueFrom"]["secretKeyRef"]["key"]]
+        else:
+            pod_env[variable["name"]] = variable["value"]
+    rendered = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from eventworker.settings import load_settings; "
+            "print(load_settings().model_dump_json())",
+        ],
+        capture_output=True,
+        text=True,
+        env=_clean_env(**pod_env),
+        cwd=cwd,
+        timeout=60,
+        check=True,
+    )
+    original = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from eventworker.settings import load_settings; "
+            "print(load_settings().model_dump_json())",
+        ],
+        capture_output=True,
+        text=True,
+        env=_clean_env(**configured),
+        cwd=cwd,
+        timeout=60,
+        check=True,
+    )
+    assert json.loads(rendered.stdout) == json.loads(original.stdout)
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_the_rendered_example_matches_its_golden_file(shape: str, cwd: Path) -> None:
+    result = _deploy(*SHAPES[shape], cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    golden = GOLDEN / f"{shape}.yaml"
+    if os.environ.get("EVENTWORKER_TEST_REGENERATE_GOLDEN"):
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(result.stdout)
+    assert result.stdout == golden.read_text(), (
+        "the manifests changed; if on purpose, rewrite the golden files: "
+        f"EVENTWORKER_TEST_REGENERATE_GOLDEN=1 pytest {__file__}"
+    )
+
+
+def test_out_dir_writes_the_same_documents_one_file_per_deployment(cwd: Path) -> None:
+    stream = _deploy(*SHAPES["split-keda"], cwd=cwd)
+    written = _deploy(*SHAPES["split-keda"], "--out", str(cwd / "k8s"), cwd=cwd)
+    assert stream.returncode == written.returncode == 0, written.stderr
+    assert written.stdout == ""
+    files = sorted((cwd / "k8s").iterdir())
+    assert "keda-trigger-authentication.yaml" in {f.name for f in files}
+    assert "eventworker-greet.yaml" in {f.name for f in files}
+    from_files = [d for f in files for d in _documents(f.read_text())]
+    key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
+    assert sorted(from_files, key=key) == sorted(_documents(stream.stdout), key=key)
+
+
+def test_without_pyyaml_the_error_says_how_to_get_it(cwd: Path) -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['yaml'] = None\n"
+        "from eventworker.cli import main\n"
+        "main(['deploy', 'kubernetes', '--image', 'x'])\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_clean_env(), cwd=cwd
+    )
+    assert result.returncode != 0
+    assert "error: rendering manifests needs PyYAML" in result.stderr
+    assert "eventworker[deploy]" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "extra", "message"),
+    [
+        (["--handler", "nope"], {}, "nope"),
+        (
+            ["--autoscale", "keda", "--min-replicas", "5", "--max-replicas", "2"],
+            {},
+            "--min-replicas 5",
+        ),
+        ([], {"EVENTWORKER_METRICS_HOST": "127.0.0.1"}, "metrics_host = 127.0.0.1"),
+    ],
+)
+def test_bad_input_is_one_error_line(
+    args: list[str], extra: dict[str, str], message: str, cwd: Path
+) -> None:
+    result = _deploy(*args, cwd=cwd, **extra)
+    assert result.returncode != 0
+    assert result.stderr.startswith("error: "), result.stderr
+    assert message in result.stderr
+    assert result.stdout == ""
