@@ -185,7 +185,8 @@ def kubernetes(
             folder.mkdir(parents=True, exist_ok=True)
             for name, text in rendered.items():
                 (folder / name).write_text(text)
-            click.echo(f"wrote {len(rendered)} files to {folder}", err=True)
+            count = len(rendered)
+            click.echo(f"wrote {count} file{'' if count == 1 else 's'} to {folder}", err=True)
         if settings.processes > 1:
             click.echo(
                 f"note: processes = {settings.processes} is not carried over: a pod runs one "

@@ -26,8 +26,9 @@ from eventworker.settings import Settings
 
 #: The metrics port the pods use when the settings leave it off (0).
 DEFAULT_METRICS_PORT = 9100
-#: Seconds the pod gets beyond the drain grace: the worker closes its channels and connection
-#: after the drain, and the kubelet's SIGKILL must not cut that short.
+#: Seconds the pod gets beyond the drain grace: after the grace the worker waits for cancelled
+#: handlers, closes its channels, then its connection, each within 5 s, and the kubelet's
+#: SIGKILL must not cut that short.
 GRACE_MARGIN = 15
 #: Kubernetes names (a Service's is the strictest: an RFC 1035 label) are at most 63 characters.
 _NAME_LIMIT = 63
