@@ -234,7 +234,7 @@ ensure_interop_clients() {
       || say "npm could not install amqplib: its interop tests will be skipped"
   fi
   ensure_asyncapi_schema
-  ensure_keda_models
+  ensure_crd_models
 }
 
 # The official AsyncAPI JSON Schemas (@asyncapi/specs, pinned in
@@ -248,15 +248,17 @@ ensure_asyncapi_schema() {
   fi
 }
 
-# KEDA's custom resources with the validators generated from its CRD schemas
-# (@kubernetes-models/keda, pinned in tests/deploy/package-lock.json), which the
-# `eventworker deploy kubernetes` tests check ScaledObject and TriggerAuthentication against;
-# without npm those checks are skipped, saying why.
-ensure_keda_models() {
-  if command -v npm >/dev/null && [ ! -d tests/deploy/node_modules/@kubernetes-models/keda ]; then
-    say "installing @kubernetes-models/keda for the deployment manifest tests (npm ci)"
+# The custom resources of KEDA and the Prometheus operator with the validators generated from
+# their CRD schemas (@kubernetes-models/keda and /prometheus-operator, pinned in
+# tests/deploy/package-lock.json), which the `eventworker deploy kubernetes` tests check
+# ScaledObject, TriggerAuthentication and ServiceMonitor against; without npm those checks are
+# skipped, saying why.
+ensure_crd_models() {
+  if command -v npm >/dev/null && { [ ! -d tests/deploy/node_modules/@kubernetes-models/keda ] \
+      || [ ! -d tests/deploy/node_modules/@kubernetes-models/prometheus-operator ]; }; then
+    say "installing the KEDA and Prometheus-operator models for the manifest tests (npm ci)"
     npm ci --prefix tests/deploy --no-audit --no-fund --silent >/dev/null 2>&1 \
-      || say "npm could not install @kubernetes-models/keda: the KEDA validation tests will be skipped"
+      || say "npm could not install them: the CRD validation tests will be skipped"
   fi
 }
 

@@ -2,8 +2,10 @@
 schemas, and agree with what ``eventworker run`` and ``eventworker handlers`` do.
 
 The core resources are checked with kubernetes-validate (its bundled API schemas, offline);
-ScaledObject and TriggerAuthentication with the validators npm's ``@kubernetes-models/keda``
-generates from KEDA's CRD schemas (pinned in tests/deploy, installed by scripts/bootstrap.sh).
+ScaledObject, TriggerAuthentication and ServiceMonitor with the validators npm's
+``@kubernetes-models/keda`` and ``@kubernetes-models/prometheus-operator`` generate from the
+CRD schemas of KEDA and of the Prometheus operator (pinned in tests/deploy, installed by
+scripts/bootstrap.sh).
 ``EVENTWORKER_TEST_REGENERATE_GOLDEN=1`` rewrites the golden files under tests/deploy/golden.
 """
 
@@ -34,14 +36,18 @@ from eventworker.deploy import kubernetes as k8s
 from eventworker.plugins import discovery
 from eventworker.plugins.resolved import ResolvedHandler, resolve
 from eventworker.settings import Settings, load_settings
+from tests.support.broker import Broker
 from tests.support.cli import CANARY, EVENTWORKER
 from tests.support.ingress import free_port
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"
-NODE_MODELS = HERE / "node_modules" / "@kubernetes-models" / "keda"
+NODE_MODELS = [
+    HERE / "node_modules" / "@kubernetes-models" / name for name in ("keda", "prometheus-operator")
+]
 KUBERNETES_VERSION = "1.30.0"
 KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
+CUSTOM_KINDS = {*KEDA_KINDS, "ServiceMonitor"}
 #: Every shape of output: the option sets the tests render.
 SHAPES = {
     "default": [],
@@ -102,20 +108,10 @@ def test_every_core_resource_validates_against_the_kubernetes_schemas(
 ) -> None:
     result = _deploy(*SHAPES[shape], cwd=cwd)
     assert result.returncode == 0, result.stderr
-    core = [d for d in _documents(result.stdout) if d["kind"] not in KEDA_KINDS]
-    kinds = {d["kind"] for d in core}
-    assert {"Deployment", "Service", "PodDisruptionBudget"} <= kinds
+    core = [d for d in _documents(result.stdout) if d["kind"] not in CUSTOM_KINDS]
+    assert {d["kind"] for d in core} == {"Deployment", "Service", "PodDisruptionBudget"}
     for document in core:
-        if document["kind"] == "ServiceMonitor":
-            continue  # a Prometheus-operator CRD: checked for shape below
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
-    monitors = [d for d in core if d["kind"] == "ServiceMonitor"]
-    assert bool(monitors) == ("--service-monitor" in SHAPES[shape])
-    for monitor in monitors:
-        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-        assert monitor["spec"]["endpoints"] == [
-            {"port": "metrics", "path": "/metrics", "interval": "30s"}
-        ]
 
 
 def test_an_invalid_resource_is_caught_by_the_validator() -> None:
@@ -127,9 +123,9 @@ def test_an_invalid_resource_is_caught_by_the_validator() -> None:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
 
 
-def _validate_keda(documents: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
+def _validate_custom(documents: list[dict[str, Any]]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["node", str(HERE / "validate_keda.mjs")],
+        ["node", str(HERE / "validate_crds.mjs")],
         input=json.dumps(documents),
         capture_output=True,
         text=True,
@@ -139,28 +135,35 @@ def _validate_keda(documents: list[dict[str, Any]]) -> subprocess.CompletedProce
 
 
 @pytest.fixture
-def keda_models() -> None:
+def crd_models() -> None:
     if shutil.which("node") is None:
-        pytest.skip("needs Node.js to run KEDA's validators (apt-get install nodejs npm)")
-    if not NODE_MODELS.is_dir():
-        pytest.skip(
-            "needs @kubernetes-models/keda: npm ci --prefix tests/deploy "
-            "(scripts/test.sh does it where npm is installed)"
-        )
+        pytest.skip("needs Node.js to run the CRD validators (apt-get install nodejs npm)")
+    for folder in NODE_MODELS:
+        if not folder.is_dir():
+            pytest.skip(
+                f"needs @kubernetes-models/{folder.name}: npm ci --prefix tests/deploy "
+                "(scripts/test.sh does it where npm is installed)"
+            )
 
 
-def test_keda_resources_validate_against_keda_s_crd_schemas(keda_models: None, cwd: Path) -> None:
+def test_keda_and_prometheus_resources_validate_against_their_crd_schemas(
+    crd_models: None, cwd: Path
+) -> None:
     result = _deploy(*SHAPES["split-keda"], cwd=cwd)
     assert result.returncode == 0, result.stderr
-    keda = [d for d in _documents(result.stdout) if d["kind"] in KEDA_KINDS]
-    assert {d["kind"] for d in keda} == KEDA_KINDS
-    checked = _validate_keda(keda)
+    custom = [d for d in _documents(result.stdout) if d["kind"] in CUSTOM_KINDS]
+    assert {d["kind"] for d in custom} == CUSTOM_KINDS
+    checked = _validate_custom(custom)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert checked.stdout.count("ok ") == len(keda)
-    # And the validator does reject what KEDA would: a trigger value that is not a string.
-    broken = json.loads(json.dumps(next(d for d in keda if d["kind"] == "ScaledObject")))
-    broken["spec"]["triggers"][0]["metadata"]["value"] = 5
-    assert _validate_keda([broken]).returncode == 1
+    assert checked.stdout.count("ok ") == len(custom)
+    # And the validators do reject what the operators would: a trigger value that is not a
+    # string, an endpoint port that is a number.
+    scaled = json.loads(json.dumps(next(d for d in custom if d["kind"] == "ScaledObject")))
+    scaled["spec"]["triggers"][0]["metadata"]["value"] = 5
+    monitor = json.loads(json.dumps(next(d for d in custom if d["kind"] == "ServiceMonitor")))
+    monitor["spec"]["endpoints"][0]["port"] = 9100
+    for broken in (scaled, monitor):
+        assert _validate_custom([broken]).returncode == 1
 
 
 def test_keda_triggers_name_exactly_the_work_queues_of_eventworker_handlers(cwd: Path) -> None:
@@ -217,7 +220,7 @@ def _get(url: str) -> int:
 
 
 def test_the_probes_answer_on_a_worker_run_with_the_rendered_settings(
-    settings: Settings, broker: Any
+    settings: Settings, broker: Broker
 ) -> None:
     """A worker started with the container's command and environment (the Secret's URL being
     the test broker's) answers the readiness and liveness probes at the container port."""
@@ -230,6 +233,7 @@ def test_the_probes_answer_on_a_worker_run_with_the_rendered_settings(
         grace=2.0,
         handlers=("greet",),
     )
+    broker.track_installed("greet")
     deployment = k8s.render(_example_routes(pinned), pinned, k8s.Options(image="x"))[0]
     container = _container(deployment)
     env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTWORKER_")}
@@ -304,6 +308,30 @@ def test_a_handler_s_bindings_change_its_deployment_and_nothing_else(split: str)
     expected = "eventworker" if split == "none" else "eventworker-greet"
     assert changed == [("Deployment", expected)]
     assert k8s.render(_ROUTES, settings, options) == before
+
+
+def test_a_single_active_consumer_is_not_scaled() -> None:
+    """One consumer at a time whatever the replicas: its queue gets no trigger, and its own
+    Deployment no ScaledObject."""
+    routes = [
+        dataclasses.replace(r, handler=dataclasses.replace(r.handler, single_active_consumer=True))
+        if r.handler.name == "slow"
+        else r
+        for r in _ROUTES
+    ]
+    for split in ("none", "handler"):
+        options = k8s.Options(image="x", split=split, autoscale="keda")  # type: ignore[arg-type]
+        documents = k8s.render(routes, Settings(), options)
+        scaled = [d for d in documents if d["kind"] == "ScaledObject"]
+        queues = [t["metadata"]["queueName"] for d in scaled for t in d["spec"]["triggers"]]
+        assert "eventworker.slow" not in queues
+        assert len(queues) == len(routes) - 1
+        names = {d["metadata"]["name"] for d in scaled}
+        assert ("eventworker-slow" in names) is False
+        assert any(
+            d["kind"] == "Deployment" and d["metadata"]["name"] == "eventworker-slow"
+            for d in documents
+        ) == (split == "handler")
 
 
 def test_what_is_not_the_topology_or_a_setting_changes_nothing(cwd: Path) -> None:
