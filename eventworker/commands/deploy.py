@@ -187,6 +187,15 @@ def kubernetes(
                 (folder / name).write_text(text)
             count = len(rendered)
             click.echo(f"wrote {count} file{'' if count == 1 else 's'} to {folder}", err=True)
+            # A handler removed since the last render leaves its file behind: say so, rather
+            # than let `kubectl apply -f DIR` bring its Deployment back.
+            for stale in sorted(p.name for p in folder.glob("*.yaml")):
+                if stale not in rendered:
+                    click.echo(
+                        f"note: {folder / stale} was not written by this run "
+                        "(a handler removed since?)",
+                        err=True,
+                    )
         if settings.processes > 1:
             click.echo(
                 f"note: processes = {settings.processes} is not carried over: a pod runs one "

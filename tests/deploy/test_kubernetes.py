@@ -33,6 +33,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from eventworker.deploy import kubernetes as k8s
+from eventworker.errors import InvalidInputError
 from eventworker.plugins import discovery
 from eventworker.plugins.resolved import ResolvedHandler, resolve
 from eventworker.settings import Settings, load_settings
@@ -446,6 +447,39 @@ def test_out_dir_writes_the_same_documents_one_file_per_deployment(cwd: Path) ->
     from_files = [d for f in files for d in _documents(f.read_text())]
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
     assert sorted(from_files, key=key) == sorted(_documents(stream.stdout), key=key)
+
+
+def test_out_dir_points_at_files_this_run_did_not_write(cwd: Path) -> None:
+    folder = cwd / "k8s"
+    folder.mkdir()
+    (folder / "eventworker-removed.yaml").write_text("kind: Deployment\n")
+    result = _deploy("--split", "handler", "--out", str(folder), cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert f"note: {folder / 'eventworker-removed.yaml'} was not written by this run" in (
+        result.stderr
+    )
+    assert "eventworker-greet.yaml" not in result.stderr
+
+
+def test_kubernetes_names_are_valid_short_and_distinct() -> None:
+    long_a, long_b = "a" * 80 + "_one", "a" * 80 + "_two"
+    names = [k8s.dns_name("eventworker", n) for n in ("send_welcome", "9lives", long_a, long_b)]
+    assert names[0] == "eventworker-send-welcome"
+    assert all(len(n) <= 63 and n[0].isalpha() and n[-1].isalnum() for n in names)
+    assert len(set(names)) == len(names)
+    assert k8s.dns_name("9lives") == "w-9lives"
+
+
+def test_two_handlers_making_one_kubernetes_name_are_refused() -> None:
+    routes = [
+        dataclasses.replace(r, handler=dataclasses.replace(r.handler, name="send-welcome"))
+        if r.handler.name == "greet"
+        else r
+        for r in _ROUTES
+    ]
+    with pytest.raises(InvalidInputError, match="'eventworker-send-welcome'"):
+        k8s.render(routes, Settings(), k8s.Options(image="x", split="handler"))
+    assert k8s.render(routes, Settings(), k8s.Options(image="x"))
 
 
 def test_without_pyyaml_the_error_says_how_to_get_it(cwd: Path) -> None:
