@@ -174,7 +174,8 @@ def kubernetes(
             cooldown=cooldown,
             keda_host_key=keda_host_key,
         )
-        documents = k8s.render(resolve(registrations, settings), settings, options)
+        routes = resolve(registrations, settings)
+        documents = k8s.render(routes, settings, options)
         if out == "-":
             click.echo(k8s.dump(documents), nl=False)
         else:
@@ -196,6 +197,15 @@ def kubernetes(
                         "(a handler removed since?)",
                         err=True,
                     )
+        local = settings.inbox.url.get_secret_value().partition(":")[0] in ("sqlite", "memory")
+        idempotent = sorted(r.handler.name for r in routes if r.idempotent)
+        if idempotent and local:
+            click.echo(
+                f"note: idempotent handlers ({', '.join(idempotent)}) with a SQLite or memory "
+                "inbox: each pod keeps its own, so a redelivery to another pod runs again; "
+                "set inbox.url to PostgreSQL or Redis",
+                err=True,
+            )
         if settings.processes > 1:
             click.echo(
                 f"note: processes = {settings.processes} is not carried over: a pod runs one "

@@ -482,6 +482,20 @@ def test_two_handlers_making_one_kubernetes_name_are_refused() -> None:
     assert k8s.render(routes, Settings(), k8s.Options(image="x"))
 
 
+def test_idempotent_handlers_on_a_pod_local_inbox_get_a_note(cwd: Path) -> None:
+    local = _deploy(cwd=cwd, EVENTWORKER_INBOX__IDEMPOTENT="true")
+    shared = _deploy(
+        cwd=cwd,
+        EVENTWORKER_INBOX__IDEMPOTENT="true",
+        EVENTWORKER_INBOX__URL=f"redis://:{CANARY}@redis:6379/0",
+    )
+    plain = _deploy(cwd=cwd)
+    assert local.returncode == shared.returncode == plain.returncode == 0
+    assert "note: idempotent handlers (audit_orders, bill_order," in local.stderr
+    assert "note: idempotent" not in shared.stderr + plain.stderr
+    assert CANARY not in shared.stdout + shared.stderr
+
+
 def test_without_pyyaml_the_error_says_how_to_get_it(cwd: Path) -> None:
     code = (
         "import sys\n"
