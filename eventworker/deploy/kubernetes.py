@@ -59,6 +59,31 @@ class Options:
     keda_host_key: str = "url"
 
 
+#: A Kubernetes object name (RFC 1123 subdomain) and label (a namespace's).
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+#: A Secret's key.
+_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
+def _check_names(options: Options) -> None:
+    """Raises InvalidInputError for a name Kubernetes would refuse, before anything is written."""
+    name = "lower-case letters, digits and '-'"
+    checks = [
+        ("--namespace", options.namespace, _LABEL, 63, name),
+        ("--secret", options.secret, _SUBDOMAIN, 253, f"{name}, dots between"),
+        ("--keda-host-key", options.keda_host_key, _KEY, 253, "letters, digits, '-', '_', '.'"),
+    ]
+    for option, value, pattern, limit, allowed in checks:
+        if value is not None and (len(value) > limit or not pattern.fullmatch(value)):
+            raise InvalidInputError(
+                f"{option} {value!r} is not a name Kubernetes accepts ({allowed}, at most "
+                f"{limit} characters)"
+            )
+    if not options.image.strip() or any(c.isspace() for c in options.image):
+        raise InvalidInputError(f"--image {options.image!r} is not an image reference")
+
+
 def metrics_port(settings: Settings) -> int:
     """The port of /metrics, /healthz and /readyz in the pods."""
     return settings.metrics_port or DEFAULT_METRICS_PORT
@@ -196,6 +221,7 @@ def render(
     """Every resource, in the order ``kubectl apply`` should meet them."""
     if not routes:
         raise InvalidInputError("no handlers installed: there is nothing to deploy")
+    _check_names(options)
     if settings.metrics_host in _LOOPBACK:
         raise InvalidInputError(
             f"metrics_host = {settings.metrics_host}: the kubelet's probes and Prometheus "

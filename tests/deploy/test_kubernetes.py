@@ -522,6 +522,8 @@ def test_without_pyyaml_the_error_says_how_to_get_it(cwd: Path) -> None:
             "--min-replicas 5",
         ),
         ([], {"EVENTWORKER_METRICS_HOST": "127.0.0.1"}, "metrics_host = 127.0.0.1"),
+        (["--namespace", "Jobs_Prod"], {}, "--namespace 'Jobs_Prod'"),
+        (["--secret", "broker secret"], {}, "--secret 'broker secret'"),
     ],
 )
 def test_bad_input_is_one_error_line(
