@@ -163,6 +163,25 @@ def failure_location(exc: BaseException, module: str) -> str:
     return ""
 
 
+def _import(ep: EntryPoint, plugin: Plugin, what: str) -> Any:
+    """Import the object ``ep`` names.
+
+    Raises:
+        RegistryError: the import failed; the message names ``what`` it is, the entry point,
+            and the plugin's file and line where it failed.
+    """
+    try:
+        return ep.load()
+    except Exception as exc:
+        where = failure_location(exc, ep.module)
+        raise RegistryError(
+            f"cannot load {what}{ep.value}{f', at {where}' if where else ''}: "
+            f"{type(exc).__name__}: {one_line(exc, 500)}",
+            entry_point=ep.name,
+            distribution=plugin.distribution,
+        ) from exc
+
+
 def load(ep: EntryPoint) -> list[Registration]:
     """Import one entry point and return its handlers.
 
@@ -172,16 +191,7 @@ def load(ep: EntryPoint) -> list[Registration]:
             distribution and the plugin's file and line where the import failed.
     """
     plugin = _plugin(ep)
-    try:
-        obj = ep.load()
-    except Exception as exc:
-        where = failure_location(exc, ep.module)
-        raise RegistryError(
-            f"cannot load {ep.value}{f', at {where}' if where else ''}: "
-            f"{type(exc).__name__}: {one_line(exc, 500)}",
-            entry_point=ep.name,
-            distribution=plugin.distribution,
-        ) from exc
+    obj = _import(ep, plugin, "")
     handlers = handlers_of(obj, plugin)
     found = resources_of(obj)
     if found:
@@ -284,16 +294,7 @@ def load_middleware(names: Sequence[str], *, group: str = MIDDLEWARE_GROUP) -> l
     for name in names:
         ep = eps[name]
         plugin = _plugin(ep)
-        try:
-            obj = ep.load()
-        except Exception as exc:
-            where = failure_location(exc, ep.module)
-            raise RegistryError(
-                f"cannot load middleware {ep.value}{f', at {where}' if where else ''}: "
-                f"{type(exc).__name__}: {one_line(exc, 500)}",
-                entry_point=ep.name,
-                distribution=plugin.distribution,
-            ) from exc
+        obj = _import(ep, plugin, "middleware ")
         if isinstance(obj, type) and issubclass(obj, Middleware):
             try:
                 obj = obj()

@@ -165,21 +165,12 @@ class Dispatcher:
         error: BaseException | None = None
         try:
             received = time.monotonic()
-            trusted = self._from_retry_tier(message)
             # The body first, so the event is built once (its refusal is settled below).
             try:
                 data = self._data(message)
             except EnvelopeError as exc:
                 data, invalid = None, exc
-            event: Event[Any] = envelope.decode(
-                message,
-                data,
-                trusted=trusted,
-                max_attempts=route.policy.max_attempts,
-                moved=self._on_probation(message),
-            )
-            for observer in self._observers:
-                observer.received(route, event)
+            event = self._received(message, data)
             decision: Decision
             # The span and the log fields cover the whole handling, the settle's lines included.
             with (
@@ -215,6 +206,19 @@ class Dispatcher:
                 observer.settled(route, event, decision, moved=moved, seconds=seconds)
         finally:
             invalid = error = None
+
+    def _received(self, message: Delivered, data: Any) -> Event[Any]:
+        """The event of ``message`` (its body decoded to ``data``), told to the observers."""
+        event: Event[Any] = envelope.decode(
+            message,
+            data,
+            trusted=self._from_retry_tier(message),
+            max_attempts=self.route.policy.max_attempts,
+            moved=self._on_probation(message),
+        )
+        for observer in self._observers:
+            observer.received(self.route, event)
+        return event
 
     def _from_retry_tier(self, message: Delivered) -> bool:
         """True for a copy one of our retry queues sent back: the return exchange delivered it
@@ -252,16 +256,7 @@ class Dispatcher:
         if not self._on_probation(message) or not isinstance(earlier, int) or earlier < 0:
             earlier = 0
         count = int(earlier) + 1
-        trusted = self._from_retry_tier(message)
-        event: Event[Any] = envelope.decode(
-            message,
-            None,
-            trusted=trusted,
-            max_attempts=route.policy.max_attempts,
-            moved=self._on_probation(message),
-        )
-        for observer in self._observers:
-            observer.received(route, event)
+        event = self._received(message, None)
         decision: Decision
         if route.delivery_limit and count > route.delivery_limit:
             decision = DeadLetter(DELIVERY_LIMIT)
@@ -279,7 +274,7 @@ class Dispatcher:
                     envelope.HOST: _HOST,
                 },
                 handler=name,
-                retried=trusted,
+                retried=self._from_retry_tier(message),
             )
             if not await self._move(message, acks, copy, route.dead_letter_queue, "dead_letter"):
                 return

@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import sys
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -27,7 +26,7 @@ from types import ModuleType
 from loguru import logger
 
 from eventworker.errors import ExitCode
-from eventworker.worker.supervisor import REPEAT_WINDOW, SUPERVISOR_ENV, ChildSpec
+from eventworker.worker.supervisor import SUPERVISOR_ENV, ChildSpec, StopRequests
 
 #: Changes closer together than this (an editor saving several files) make one restart.
 DEBOUNCE_MS = 300
@@ -60,8 +59,7 @@ class Reloader:
         self._stopping = asyncio.Event()
         self._changed = asyncio.Event()
         self._changes: set[str] = set()
-        self._signals = 0
-        self._first_signal = 0.0
+        self._signals = StopRequests()
 
     async def run(self) -> int:
         import watchfiles
@@ -112,7 +110,7 @@ class Reloader:
             if self._stopping.is_set():
                 # Killed by the forwarded signal before its worker took over the signals: it
                 # had not started consuming, so nothing was left unsettled.
-                if self._signals > 1:
+                if self._signals.count > 1:
                     return int(ExitCode.INTERRUPTED)
                 return 0 if code in (-signal.SIGTERM, -signal.SIGINT) else code
             if not self._changed.is_set():
@@ -139,11 +137,8 @@ class Reloader:
             self._changed.set()
 
     def _on_signal(self, signum: int) -> None:
-        now = time.monotonic()
-        if self._signals and now - self._first_signal < REPEAT_WINDOW:
-            return  # the same request, from the group and from whoever signalled us
-        self._first_signal = now
-        self._signals += 1
+        if not self._signals.new():
+            return
         self._stopping.set()
         if self._child is not None:
             with contextlib.suppress(ProcessLookupError):

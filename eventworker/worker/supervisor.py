@@ -40,6 +40,27 @@ SUPERVISOR_ENV = "EVENTWORKER_SUPERVISOR_PID"
 REPEAT_WINDOW = 1.0
 #: How often a supervised worker checks that its supervisor still lives.
 PARENT_CHECK = 1.0
+
+
+class StopRequests:
+    """The stop requests signals made: a repeat within ``REPEAT_WINDOW`` seconds is the same
+    request, delivered once to the process group and once by whoever signalled us."""
+
+    def __init__(self) -> None:
+        #: Distinct requests so far: the first drains, a second stops at once.
+        self.count = 0
+        self._first = 0.0
+
+    def new(self) -> bool:
+        """Record a signal; False when it repeats the last request."""
+        now = time.monotonic()
+        if self.count and now - self._first < REPEAT_WINDOW:
+            return False
+        self._first = now
+        self.count += 1
+        return True
+
+
 #: A child that ran this long is healthy again: its failure count and pause start over.
 STABLE = 60.0
 #: Failures in a row after which a child has failed for good.
@@ -72,8 +93,7 @@ class Supervisor:
         self._specs = list(specs)
         self._children: dict[int, asyncio.subprocess.Process] = {}
         self._stopping = asyncio.Event()
-        self._signals = 0
-        self._first_signal = 0.0
+        self._signals = StopRequests()
         self.failed = False
 
     async def run(self) -> int:
@@ -85,7 +105,7 @@ class Supervisor:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-        if self._signals > 1:
+        if self._signals.count > 1:
             return ExitCode.INTERRUPTED
         if self.failed or any(codes):
             return ExitCode.FAILED
@@ -99,13 +119,10 @@ class Supervisor:
                 child.send_signal(signum)
 
     def _on_signal(self, signum: int) -> None:
-        now = time.monotonic()
-        if self._signals and now - self._first_signal < REPEAT_WINDOW:
-            return  # the same request, from the group and from whoever signalled us
-        self._first_signal = now
-        self._signals += 1
+        if not self._signals.new():
+            return
         name = signal.Signals(signum).name
-        if self._signals == 1:
+        if self._signals.count == 1:
             logger.info("{}: draining {} worker process(es)", name, len(self._children))
         else:
             logger.warning("second {}: worker processes stop at once", name)
