@@ -236,6 +236,33 @@ class OutboxSettings(BaseModel):
         return dsn
 
 
+#: A Kubernetes resource quantity (``100m``, ``0.5``, ``128Mi``, ``1G``), or "" for none.
+_QUANTITY = r"^$|^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+
+class KubernetesSettings(BaseModel):
+    """What ``eventworker deploy kubernetes`` renders besides the worker's own settings
+    (``[kubernetes]``); its options override each."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    split: Literal["none", "handler"] = "none"
+    replicas: int = Field(1, ge=0)
+    secret: str = Field("eventworker-broker", min_length=1, max_length=253)
+    cpu_request: str = Field("100m", pattern=_QUANTITY)
+    memory_request: str = Field("128Mi", pattern=_QUANTITY)
+    cpu_limit: str = Field("", pattern=_QUANTITY)
+    memory_limit: str = Field("", pattern=_QUANTITY)
+    service_monitor: bool = False
+    autoscale: Literal["none", "keda"] = "none"
+    queue_length: int = Field(100, ge=1)
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(10, ge=1)
+    cooldown: int = Field(300, ge=0)
+    polling_interval: int = Field(15, ge=1)
+    keda_host_key: str = Field("url", min_length=1, max_length=253)
+
+
 class Settings(BaseSettings):
     """Every setting of eventworker; ``config.example.toml`` documents each one."""
 
@@ -281,6 +308,7 @@ class Settings(BaseSettings):
     metrics_poll_interval: float = Field(15.0, ge=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     # -- dead letters and topology ----------------------------------------------------------
     #: A queue for events no binding matches, fed by the exchange's alternate exchange; "" = off.
     unrouted_queue: str = Field("", max_length=255)

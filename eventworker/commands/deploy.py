@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -27,6 +28,7 @@ def deploy() -> None:
     "eventworker deploy kubernetes --image acme-worker:1.4 --split handler --autoscale keda "
     "--out k8s/",
     "eventworker deploy kubernetes --image acme-worker:1.4 --namespace jobs --service-monitor",
+    "eventworker deploy kubernetes --image acme-worker:1.4 --format helm --out charts/workers",
 )
 @deploy.command("kubernetes")
 @click.option(
@@ -49,12 +51,20 @@ def deploy() -> None:
     help="The Deployment's name; with --split handler, the prefix of each one's.",
 )
 @click.option(
+    "--format",
+    "output_format",
+    type=click.Choice(["yaml", "helm"]),
+    default="yaml",
+    show_default=True,
+    help="yaml: the manifests; helm: a Helm chart of the same manifests, its values the "
+    "image, replicas, resources, Secret and autoscaling (needs --out DIR).",
+)
+@click.option(
     "--split",
     type=click.Choice(["none", "handler"]),
-    default="none",
-    show_default=True,
+    default=None,
     help="One Deployment for every handler, or one per handler (each runs "
-    "`eventworker run --handler NAME` and scales alone).",
+    "`eventworker run --handler NAME` and scales alone). Default: kubernetes.split, none.",
 )
 @click.option(
     "--handler",
@@ -65,58 +75,60 @@ def deploy() -> None:
 )
 @click.option(
     "--secret",
-    default="eventworker-broker",
-    show_default=True,
-    help="The Secret holding the broker URL (key `url`) and any other secret setting in use.",
+    default=None,
+    help="The Secret holding the broker URL (key `url`) and any other secret setting in use. "
+    "Default: kubernetes.secret, eventworker-broker.",
 )
 @click.option(
     "--replicas",
     type=click.IntRange(0),
-    default=1,
-    show_default=True,
-    help="Pods per Deployment (without --autoscale).",
+    default=None,
+    help="Pods per Deployment (without --autoscale). Default: kubernetes.replicas, 1.",
 )
 @click.option(
-    "--service-monitor",
-    is_flag=True,
-    help="Also a Prometheus-operator ServiceMonitor per Deployment.",
+    "--service-monitor/--no-service-monitor",
+    default=None,
+    help="Also a Prometheus-operator ServiceMonitor per Deployment. "
+    "Default: kubernetes.service_monitor, no.",
 )
 @click.option(
     "--autoscale",
     type=click.Choice(["none", "keda"]),
-    default="none",
-    show_default=True,
-    help="keda: a KEDA ScaledObject per Deployment, one rabbitmq trigger per work queue.",
+    default=None,
+    help="keda: a KEDA ScaledObject per Deployment, one rabbitmq trigger per work queue. "
+    "Default: kubernetes.autoscale, none.",
 )
 @click.option(
     "--queue-length",
     type=click.IntRange(1),
-    default=100,
-    show_default=True,
-    help="KEDA: ready messages per replica it aims for, per work queue.",
+    default=None,
+    help="KEDA: ready messages per replica it aims for, per work queue. "
+    "Default: kubernetes.queue_length, 100.",
 )
 @click.option(
     "--min-replicas",
     type=click.IntRange(0),
-    default=1,
-    show_default=True,
-    help="KEDA: fewest pods.",
+    default=None,
+    help="KEDA: fewest pods. Default: kubernetes.min_replicas, 1.",
 )
 @click.option(
-    "--max-replicas", type=click.IntRange(1), default=10, show_default=True, help="KEDA: most pods."
+    "--max-replicas",
+    type=click.IntRange(1),
+    default=None,
+    help="KEDA: most pods. Default: kubernetes.max_replicas, 10.",
 )
 @click.option(
     "--cooldown",
     type=click.IntRange(0),
-    default=300,
-    show_default=True,
-    help="KEDA: seconds after the last message before scaling to zero (--min-replicas 0).",
+    default=None,
+    help="KEDA: seconds after the last message before scaling to zero (--min-replicas 0). "
+    "Default: kubernetes.cooldown, 300.",
 )
 @click.option(
     "--keda-host-key",
-    default="url",
-    show_default=True,
-    help="KEDA: the Secret's key holding one AMQP URL (when `url` lists several nodes).",
+    default=None,
+    help="KEDA: the Secret's key holding one AMQP URL (when `url` lists several nodes). "
+    "Default: kubernetes.keda_host_key, url.",
 )
 @config_option
 def kubernetes(
@@ -124,17 +136,18 @@ def kubernetes(
     out: str,
     namespace: str | None,
     base_name: str,
-    split: str,
+    output_format: str,
+    split: str | None,
     handler_names: Sequence[str],
-    secret: str,
-    replicas: int,
-    service_monitor: bool,
-    autoscale: str,
-    queue_length: int,
-    min_replicas: int,
-    max_replicas: int,
-    cooldown: int,
-    keda_host_key: str,
+    secret: str | None,
+    replicas: int | None,
+    service_monitor: bool | None,
+    autoscale: str | None,
+    queue_length: int | None,
+    min_replicas: int | None,
+    max_replicas: int | None,
+    cooldown: int | None,
+    keda_host_key: str | None,
     config: str | None,
 ) -> None:
     """Render Kubernetes manifests for the installed handlers, as `eventworker run` would run them.
@@ -146,28 +159,30 @@ def kubernetes(
     EVENTWORKER_* variable; a metrics Service and a PodDisruptionBudget for each. With
     --autoscale keda, a ScaledObject per Deployment with one rabbitmq trigger per work queue
     (dead-letter and retry queues never scale workers) and a TriggerAuthentication reading
-    `host` from the same Secret. Needs PyYAML (the "deploy" extra).
+    `host` from the same Secret. The choices besides the image and the names come from the
+    [kubernetes] settings, each option overriding its setting. --format helm writes the same
+    manifests as a Helm chart into --out DIR, the image, replicas, resources, Secret,
+    ServiceMonitor and autoscaling as its values. Needs PyYAML (the "deploy" extra).
     """
     from eventworker.deploy import kubernetes as k8s
     from eventworker.plugins import discovery
     from eventworker.plugins.resolved import resolve
 
     with errors():
-        if autoscale == "keda" and min_replicas > max_replicas:
-            raise InvalidInputError(
-                f"--min-replicas {min_replicas} is above --max-replicas {max_replicas}"
-            )
+        if output_format == "helm" and out == "-":
+            raise InvalidInputError("--format helm writes a chart: give it a folder with --out DIR")
         settings = load_settings(config, handlers=tuple(handler_names) or None)
         registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
-        options = k8s.Options(
+        options = k8s.Options.from_settings(
+            settings.kubernetes,
             image=image,
             name=base_name,
             namespace=namespace,
-            split="handler" if split == "handler" else "none",
+            split=split,
             secret=secret,
             replicas=replicas,
             service_monitor=service_monitor,
-            autoscale="keda" if autoscale == "keda" else "none",
+            autoscale=autoscale,
             queue_length=queue_length,
             min_replicas=min_replicas,
             max_replicas=max_replicas,
@@ -175,28 +190,16 @@ def kubernetes(
             keda_host_key=keda_host_key,
         )
         routes = resolve(registrations, settings)
-        documents = k8s.render(routes, settings, options)
-        if out == "-":
-            click.echo(k8s.dump(documents), nl=False)
+        if output_format == "helm":
+            from eventworker.deploy import helm
+
+            files = helm.chart(routes, settings, options)
+            helm.write(Path(out), files, lambda line: click.echo(f"note: {line}", err=True))
+            click.echo(f"wrote a chart of {len(files)} files to {out}", err=True)
+        elif out == "-":
+            click.echo(k8s.dump(k8s.render(routes, settings, options)), nl=False)
         else:
-            folder = Path(out)
-            if folder.exists() and not folder.is_dir():
-                raise InvalidInputError(f"--out {out}: not a folder")
-            rendered = {name: k8s.dump(docs) for name, docs in k8s.files(documents).items()}
-            folder.mkdir(parents=True, exist_ok=True)
-            for name, text in rendered.items():
-                (folder / name).write_text(text)
-            count = len(rendered)
-            click.echo(f"wrote {count} file{'' if count == 1 else 's'} to {folder}", err=True)
-            # A handler removed since the last render leaves its file behind: say so, rather
-            # than let `kubectl apply -f DIR` bring its Deployment back.
-            for stale in sorted(p.name for p in folder.glob("*.yaml")):
-                if stale not in rendered:
-                    click.echo(
-                        f"note: {folder / stale} was not written by this run "
-                        "(a handler removed since?)",
-                        err=True,
-                    )
+            _write_folder(Path(out), k8s.files(k8s.render(routes, settings, options)))
         local = settings.inbox.url.get_secret_value().partition(":")[0] in ("sqlite", "memory")
         idempotent = sorted(r.handler.name for r in routes if r.idempotent)
         if idempotent and local:
@@ -213,4 +216,26 @@ def kubernetes(
                 err=True,
             )
         keys = ", ".join(k8s.secret_keys(settings, options))
-        click.echo(f"the Secret {secret!r} must hold the keys: {keys}", err=True)
+        click.echo(f"the Secret {options.secret!r} must hold the keys: {keys}", err=True)
+
+
+def _write_folder(folder: Path, documents: dict[str, list[dict[str, Any]]]) -> None:
+    """One file per Deployment into ``folder``, naming the files there this run did not write."""
+    from eventworker.deploy import kubernetes as k8s
+
+    if folder.exists() and not folder.is_dir():
+        raise InvalidInputError(f"--out {folder}: not a folder")
+    rendered = {name: k8s.dump(docs) for name, docs in documents.items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in rendered.items():
+        (folder / name).write_text(text)
+    count = len(rendered)
+    click.echo(f"wrote {count} file{'' if count == 1 else 's'} to {folder}", err=True)
+    # A handler removed since the last render leaves its file behind: say so, rather than let
+    # `kubectl apply -f DIR` bring its Deployment back.
+    for stale in sorted(p.name for p in folder.glob("*.yaml")):
+        if stale not in rendered:
+            click.echo(
+                f"note: {folder / stale} was not written by this run (a handler removed since?)",
+                err=True,
+            )

@@ -22,7 +22,7 @@ from pydantic import BaseModel, SecretStr
 
 from eventworker.errors import InvalidInputError
 from eventworker.plugins.resolved import ResolvedHandler
-from eventworker.settings import Settings
+from eventworker.settings import KubernetesSettings, Settings
 
 #: The metrics port the pods use when the settings leave it off (0).
 DEFAULT_METRICS_PORT = 9100
@@ -32,15 +32,16 @@ DEFAULT_METRICS_PORT = 9100
 GRACE_MARGIN = 15
 #: Kubernetes names (a Service's is the strictest: an RFC 1035 label) are at most 63 characters.
 _NAME_LIMIT = 63
-#: Settings that are never rendered: the secrets (referenced from the Secret instead), and
-#: those the manifests set themselves.
-_RENDERED_ELSEWHERE = {"url", "metrics_port", "processes"}
+#: Settings that are never rendered: the secrets (referenced from the Secret instead), those
+#: the manifests set themselves, and the manifests' own.
+_RENDERED_ELSEWHERE = {"url", "metrics_port", "processes", "kubernetes"}
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    """What ``eventworker deploy kubernetes`` was asked for besides the settings."""
+    """What ``eventworker deploy kubernetes`` renders besides the worker's settings: the image,
+    the names, and the ``[kubernetes]`` settings with the command's options over them."""
 
     image: str
     name: str = "eventworker"
@@ -48,6 +49,10 @@ class Options:
     split: Literal["none", "handler"] = "none"
     secret: str = "eventworker-broker"
     replicas: int = 1
+    cpu_request: str = "100m"
+    memory_request: str = "128Mi"
+    cpu_limit: str = ""
+    memory_limit: str = ""
     service_monitor: bool = False
     autoscale: Literal["none", "keda"] = "none"
     queue_length: int = 100
@@ -57,6 +62,33 @@ class Options:
     polling_interval: int = 15
     #: The Secret's key KEDA reads the broker's AMQP URL from (one URL, not a list).
     keda_host_key: str = "url"
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: KubernetesSettings,
+        *,
+        image: str,
+        name: str,
+        namespace: str | None,
+        **overrides: Any,
+    ) -> Options:
+        """The ``[kubernetes]`` settings, each overridden by an option that is not None."""
+        values = settings.model_dump()
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(image=image, name=name, namespace=namespace, **values)
+
+    def resources(self) -> dict[str, dict[str, str]]:
+        """The container's ``resources``: the requests and limits that are set."""
+        result: dict[str, dict[str, str]] = {}
+        for kind, cpu, memory in (
+            ("requests", self.cpu_request, self.memory_request),
+            ("limits", self.cpu_limit, self.memory_limit),
+        ):
+            quantities = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
+            if quantities:
+                result[kind] = quantities
+        return result
 
 
 #: A Kubernetes object name (RFC 1123 subdomain) and label (a namespace's).
@@ -222,6 +254,11 @@ def render(
     if not routes:
         raise InvalidInputError("no handlers installed: there is nothing to deploy")
     _check_names(options)
+    if options.autoscale == "keda" and options.min_replicas > options.max_replicas:
+        raise InvalidInputError(
+            f"min_replicas {options.min_replicas} (--min-replicas, kubernetes.min_replicas) is "
+            f"above max_replicas {options.max_replicas}"
+        )
     if settings.metrics_host in _LOOPBACK:
         raise InvalidInputError(
             f"metrics_host = {settings.metrics_host}: the kubelet's probes and Prometheus "
@@ -299,6 +336,7 @@ def _deployment(group: Group, settings: Settings, options: Options) -> dict[str,
                             "ports": [
                                 {"name": "metrics", "containerPort": port, "protocol": "TCP"}
                             ],
+                            "resources": options.resources(),
                             "readinessProbe": {
                                 "httpGet": {"path": "/readyz", "port": "metrics"},
                                 **probe,

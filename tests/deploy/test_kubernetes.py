@@ -27,7 +27,6 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -40,49 +39,20 @@ from eventworker.settings import Settings, load_settings
 from tests.support.broker import Broker
 from tests.support.cli import CANARY, EVENTWORKER
 from tests.support.ingress import free_port
+from tests.support.kubernetes import (
+    CUSTOM_KINDS,
+    KUBERNETES_VERSION,
+    SHAPES,
+    clean_env,
+    deploy,
+    documents,
+)
 
 HERE = Path(__file__).parent
 GOLDEN = HERE / "golden"
 NODE_MODELS = [
     HERE / "node_modules" / "@kubernetes-models" / name for name in ("keda", "prometheus-operator")
 ]
-KUBERNETES_VERSION = "1.30.0"
-KEDA_KINDS = {"ScaledObject", "TriggerAuthentication"}
-CUSTOM_KINDS = {*KEDA_KINDS, "ServiceMonitor"}
-#: Every shape of output: the option sets the tests render.
-SHAPES = {
-    "default": [],
-    "split-keda": [
-        "--split",
-        "handler",
-        "--autoscale",
-        "keda",
-        "--service-monitor",
-        "--namespace",
-        "jobs",
-    ],
-}
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTWORKER_")}
-    env.update(extra)
-    return env
-
-
-def _deploy(*args: str, cwd: Path, **extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [EVENTWORKER, "deploy", "kubernetes", "--image", "registry.example/acme:1.0", *args],
-        capture_output=True,
-        text=True,
-        env=_clean_env(**extra),
-        cwd=cwd,
-        timeout=120,
-    )
-
-
-def _documents(text: str) -> list[dict[str, Any]]:
-    return [d for d in yaml.safe_load_all(text) if d is not None]
 
 
 def _example_routes(settings: Settings) -> list[ResolvedHandler]:
@@ -93,23 +63,13 @@ def _example_routes(settings: Settings) -> list[ResolvedHandler]:
 _ROUTES = _example_routes(Settings())
 
 
-@pytest.fixture
-def cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A working directory without eventworker.toml, and no setting in the environment."""
-    monkeypatch.chdir(tmp_path)
-    for key in list(os.environ):
-        if key.startswith("EVENTWORKER_") and not key.startswith("EVENTWORKER_TEST_"):
-            monkeypatch.delenv(key)
-    return tmp_path
-
-
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_every_core_resource_validates_against_the_kubernetes_schemas(
     shape: str, cwd: Path
 ) -> None:
-    result = _deploy(*SHAPES[shape], cwd=cwd)
+    result = deploy(*SHAPES[shape], cwd=cwd)
     assert result.returncode == 0, result.stderr
-    core = [d for d in _documents(result.stdout) if d["kind"] not in CUSTOM_KINDS]
+    core = [d for d in documents(result.stdout) if d["kind"] not in CUSTOM_KINDS]
     assert {d["kind"] for d in core} == {"Deployment", "Service", "PodDisruptionBudget"}
     for document in core:
         kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
@@ -150,9 +110,9 @@ def crd_models() -> None:
 def test_keda_and_prometheus_resources_validate_against_their_crd_schemas(
     crd_models: None, cwd: Path
 ) -> None:
-    result = _deploy(*SHAPES["split-keda"], cwd=cwd)
+    result = deploy(*SHAPES["split-keda"], cwd=cwd)
     assert result.returncode == 0, result.stderr
-    custom = [d for d in _documents(result.stdout) if d["kind"] in CUSTOM_KINDS]
+    custom = [d for d in documents(result.stdout) if d["kind"] in CUSTOM_KINDS]
     assert {d["kind"] for d in custom} == CUSTOM_KINDS
     checked = _validate_custom(custom)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -172,18 +132,18 @@ def test_keda_triggers_name_exactly_the_work_queues_of_eventworker_handlers(cwd:
         [EVENTWORKER, "handlers", "--json"],
         capture_output=True,
         text=True,
-        env=_clean_env(),
+        env=clean_env(),
         cwd=cwd,
         timeout=120,
     )
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
     for split in ("none", "handler"):
-        result = _deploy("--split", split, "--autoscale", "keda", cwd=cwd)
+        result = deploy("--split", split, "--autoscale", "keda", cwd=cwd)
         assert result.returncode == 0, result.stderr
-        documents = _documents(result.stdout)
+        rendered = documents(result.stdout)
         triggers = [
-            t for d in documents if d["kind"] == "ScaledObject" for t in d["spec"]["triggers"]
+            t for d in rendered if d["kind"] == "ScaledObject" for t in d["spec"]["triggers"]
         ]
         assert sorted(t["metadata"]["queueName"] for t in triggers) == sorted(
             r["queue"] for r in rows
@@ -193,12 +153,12 @@ def test_keda_triggers_name_exactly_the_work_queues_of_eventworker_handlers(cwd:
         assert not any(".retry." in t["metadata"]["queueName"] for t in triggers)
         if split == "handler":
             # Each Deployment runs one handler and scales on that handler's queue alone.
-            for d in documents:
+            for d in rendered:
                 if d["kind"] != "ScaledObject":
                     continue
                 deployment = next(
                     x
-                    for x in documents
+                    for x in rendered
                     if x["kind"] == "Deployment" and x["metadata"]["name"] == d["metadata"]["name"]
                 )
                 command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
@@ -338,10 +298,8 @@ def test_a_single_active_consumer_is_not_scaled() -> None:
 def test_what_is_not_the_topology_or_a_setting_changes_nothing(cwd: Path) -> None:
     """The broker's URL (a secret), the handlers' code and the order of rendering leave the
     output as it was, byte for byte."""
-    first = _deploy("--autoscale", "keda", cwd=cwd)
-    second = _deploy(
-        "--autoscale", "keda", cwd=cwd, EVENTWORKER_URL=f"amqp://u:{CANARY}@elsewhere/"
-    )
+    first = deploy("--autoscale", "keda", cwd=cwd)
+    second = deploy("--autoscale", "keda", cwd=cwd, EVENTWORKER_URL=f"amqp://u:{CANARY}@elsewhere/")
     assert first.returncode == second.returncode == 0, first.stderr + second.stderr
     assert first.stdout == second.stdout
     assert CANARY not in second.stdout + second.stderr
@@ -376,11 +334,11 @@ def test_settings_reach_the_pod_as_the_worker_reads_them(cwd: Path) -> None:
         "EVENTWORKER_RETRY_OVERRIDES": '{"flaky": {"max_attempts": 2, "delays": [5]}}',
         "EVENTWORKER_HTTP__ALLOWED_KEYS": '["orders.#"]',
     }
-    result = _deploy(cwd=cwd, **configured)
+    result = deploy(cwd=cwd, **configured)
     assert result.returncode == 0, result.stderr
     assert CANARY not in result.stdout + result.stderr
     assert "keys: inbox-url, url" in result.stderr
-    (deployment,) = [d for d in _documents(result.stdout) if d["kind"] == "Deployment"]
+    (deployment,) = [d for d in documents(result.stdout) if d["kind"] == "Deployment"]
     container = _container(deployment)
     assert container["ports"][0]["containerPort"] == 9200
     assert deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 58
@@ -400,7 +358,7 @@ def test_settings_reach_the_pod_as_the_worker_reads_them(cwd: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        env=_clean_env(**pod_env),
+        env=clean_env(**pod_env),
         cwd=cwd,
         timeout=60,
         check=True,
@@ -414,7 +372,7 @@ def test_settings_reach_the_pod_as_the_worker_reads_them(cwd: Path) -> None:
         ],
         capture_output=True,
         text=True,
-        env=_clean_env(**configured),
+        env=clean_env(**configured),
         cwd=cwd,
         timeout=60,
         check=True,
@@ -424,7 +382,7 @@ def test_settings_reach_the_pod_as_the_worker_reads_them(cwd: Path) -> None:
 
 @pytest.mark.parametrize("shape", sorted(SHAPES))
 def test_the_rendered_example_matches_its_golden_file(shape: str, cwd: Path) -> None:
-    result = _deploy(*SHAPES[shape], cwd=cwd)
+    result = deploy(*SHAPES[shape], cwd=cwd)
     assert result.returncode == 0, result.stderr
     golden = GOLDEN / f"{shape}.yaml"
     if os.environ.get("EVENTWORKER_TEST_REGENERATE_GOLDEN"):
@@ -437,23 +395,23 @@ def test_the_rendered_example_matches_its_golden_file(shape: str, cwd: Path) -> 
 
 
 def test_out_dir_writes_the_same_documents_one_file_per_deployment(cwd: Path) -> None:
-    stream = _deploy(*SHAPES["split-keda"], cwd=cwd)
-    written = _deploy(*SHAPES["split-keda"], "--out", str(cwd / "k8s"), cwd=cwd)
+    stream = deploy(*SHAPES["split-keda"], cwd=cwd)
+    written = deploy(*SHAPES["split-keda"], "--out", str(cwd / "k8s"), cwd=cwd)
     assert stream.returncode == written.returncode == 0, written.stderr
     assert written.stdout == ""
     files = sorted((cwd / "k8s").iterdir())
     assert "keda-trigger-authentication.yaml" in {f.name for f in files}
     assert "eventworker-greet.yaml" in {f.name for f in files}
-    from_files = [d for f in files for d in _documents(f.read_text())]
+    from_files = [d for f in files for d in documents(f.read_text())]
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731
-    assert sorted(from_files, key=key) == sorted(_documents(stream.stdout), key=key)
+    assert sorted(from_files, key=key) == sorted(documents(stream.stdout), key=key)
 
 
 def test_out_dir_points_at_files_this_run_did_not_write(cwd: Path) -> None:
     folder = cwd / "k8s"
     folder.mkdir()
     (folder / "eventworker-removed.yaml").write_text("kind: Deployment\n")
-    result = _deploy("--split", "handler", "--out", str(folder), cwd=cwd)
+    result = deploy("--split", "handler", "--out", str(folder), cwd=cwd)
     assert result.returncode == 0, result.stderr
     assert f"note: {folder / 'eventworker-removed.yaml'} was not written by this run" in (
         result.stderr
@@ -483,13 +441,13 @@ def test_two_handlers_making_one_kubernetes_name_are_refused() -> None:
 
 
 def test_idempotent_handlers_on_a_pod_local_inbox_get_a_note(cwd: Path) -> None:
-    local = _deploy(cwd=cwd, EVENTWORKER_INBOX__IDEMPOTENT="true")
-    shared = _deploy(
+    local = deploy(cwd=cwd, EVENTWORKER_INBOX__IDEMPOTENT="true")
+    shared = deploy(
         cwd=cwd,
         EVENTWORKER_INBOX__IDEMPOTENT="true",
         EVENTWORKER_INBOX__URL=f"redis://:{CANARY}@redis:6379/0",
     )
-    plain = _deploy(cwd=cwd)
+    plain = deploy(cwd=cwd)
     assert local.returncode == shared.returncode == plain.returncode == 0
     assert "note: idempotent handlers (audit_orders, bill_order," in local.stderr
     assert "note: idempotent" not in shared.stderr + plain.stderr
@@ -504,7 +462,7 @@ def test_without_pyyaml_the_error_says_how_to_get_it(cwd: Path) -> None:
         "main(['deploy', 'kubernetes', '--image', 'x'])\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=_clean_env(), cwd=cwd
+        [sys.executable, "-c", code], capture_output=True, text=True, env=clean_env(), cwd=cwd
     )
     assert result.returncode != 0
     assert "error: rendering manifests needs PyYAML" in result.stderr
@@ -519,7 +477,7 @@ def test_without_pyyaml_the_error_says_how_to_get_it(cwd: Path) -> None:
         (
             ["--autoscale", "keda", "--min-replicas", "5", "--max-replicas", "2"],
             {},
-            "--min-replicas 5",
+            "min_replicas 5 (--min-replicas, kubernetes.min_replicas) is above max_replicas 2",
         ),
         ([], {"EVENTWORKER_METRICS_HOST": "127.0.0.1"}, "metrics_host = 127.0.0.1"),
         (["--namespace", "Jobs_Prod"], {}, "--namespace 'Jobs_Prod'"),
@@ -529,7 +487,7 @@ def test_without_pyyaml_the_error_says_how_to_get_it(cwd: Path) -> None:
 def test_bad_input_is_one_error_line(
     args: list[str], extra: dict[str, str], message: str, cwd: Path
 ) -> None:
-    result = _deploy(*args, cwd=cwd, **extra)
+    result = deploy(*args, cwd=cwd, **extra)
     assert result.returncode != 0
     assert result.stderr.startswith("error: "), result.stderr
     assert message in result.stderr
