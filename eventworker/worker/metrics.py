@@ -54,6 +54,8 @@ DEAD_LETTER_REASONS = (
     "schema_error",
     "undecodable",
 )
+#: The ``delay`` label of a retry held an exact delay in the delay levels.
+EXACT = "exact"
 PUBLISH_KINDS = ("event", "retry", "dead_letter", "probation")
 PUBLISH_STATUSES = ("confirmed", "nacked", "unroutable", "timeout", "connection_lost")
 #: Handler durations: from a few milliseconds to the default 300 s handler timeout.
@@ -201,8 +203,10 @@ class Metrics:
         match decision:
             case Ack():
                 self.acked_total.labels(name).inc()
-            case RetryIn(delay=delay):
-                self.retried_total.labels(name, layout.delay_label(delay)).inc()
+            case RetryIn(delay=delay, levels=levels):
+                # Exact delays are any number of seconds: one series for all, not one each.
+                label = EXACT if levels else layout.delay_label(delay)
+                self.retried_total.labels(name, label).inc()
             case DeadLetter(reason=reason):
                 self.dead_lettered_total.labels(name, reason).inc()
             case Duplicate():

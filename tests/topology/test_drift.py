@@ -206,7 +206,8 @@ async def test_plan_shows_the_delay_levels_and_apply_declares_them_once(
         assert f"missing   exchange  {x}.delay.{level}\n" in planned.stdout
     assert f"missing   exchange  {x}.delay.delivery\n" in planned.stdout
     assert f"{x}.delay.1 -> exchange {x}.delay.0 '{'*.' * 23}0.#'" in planned.stdout
-    assert f"{x}.delay.delivery -> exchange {x} '#'" in planned.stdout
+    assert f"{x}.delay.delivery -> exchange {x} '0.#'" in planned.stdout
+    assert f"{x}.delay.delivery -> exchange {x}.return 'return.#'" in planned.stdout
     assert planned.stdout.count(f"missing   queue     {x}.delay.") == 25
 
     applied = cli(settings, "topology", "apply", "--handler", "greet", **levels)
