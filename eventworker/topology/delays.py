@@ -27,6 +27,7 @@ tier.
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 
 #: The fewest levels allowed: 2**25 - 1 s is a little over a year.
@@ -159,6 +160,42 @@ def seconds(delay: float | timedelta | None = None, at: datetime | None = None) 
     if value < 0:
         raise ValueError(f"the delay must not be negative (got {value:g} s)")
     return math.ceil(value)
+
+
+#: ``90s``, ``15m``, ``2h``, ``3d``: a whole number and its unit.
+_DURATION = re.compile(r"(?P<n>[0-9]{1,12})(?P<unit>[smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of ``90s``, ``15m``, ``2h`` or ``3d`` (the command line's and the ingress's form).
+
+    Raises:
+        ValueError: another form; the message says which forms are good.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            f"{text[:40]!r}: give a whole number and a unit s, m, h or d (90s, 15m, 2h, 3d)"
+        )
+    return int(match["n"]) * _UNIT_SECONDS[match["unit"]]
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time with its time zone: ``2027-01-01T09:00:00Z`` or ``...+02:00``.
+
+    Raises:
+        ValueError: not ISO 8601, or no time zone; the message says which.
+    """
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text[:40]!r}: not an ISO 8601 time (for example 2027-01-01T09:00:00Z)"
+        ) from None
+    if at.tzinfo is None:
+        raise ValueError(f"{text[:40]!r}: give the time zone (Z for UTC, or +02:00)")
+    return at
 
 
 def check(delay: int, key: str, levels: int) -> None:
