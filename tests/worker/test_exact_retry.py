@@ -58,7 +58,11 @@ async def test_a_retry_of_7_seconds_waits_7_not_the_tier_and_reaches_only_its_ha
     assert others == [event_id]  # the bystander got the event once, not the retry
 
 
-async def test_exact_retries_still_end_at_max_attempts(broker: Broker, exact: Settings) -> None:
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_exact_retries_still_end_at_max_attempts(
+    broker: Broker, exact: Settings, queue_type: str
+) -> None:
+    exact = exact.model_copy(update={"queue_type": queue_type})
     attempts: list[int] = []
 
     @handler("order.placed", name="stubborn")
