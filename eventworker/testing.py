@@ -102,7 +102,8 @@ class Outcome:
     #: input that never reached it); None when it returned.
     error: BaseException | None
     published: list[Published]
-    #: The retry or dead-letter queue the copy went to, and the copy's headers (the diagnosis).
+    #: The retry or dead-letter queue the copy went to (a delay level's exchange for an exact
+    #: retry delay), and the copy's headers (the diagnosis).
     moved_to: str | None = None
     copy_headers: Mapping[str, Any] = field(default_factory=dict)
 
@@ -194,6 +195,12 @@ class _Recorder:
     async def send_to_queue(self, body: bytes, properties: Properties, queue: str) -> None:
         properties.marshal()  # what AMQP cannot carry fails here as in the worker
         self.moved.append((queue, properties))
+
+    async def send_to_exchange(
+        self, body: bytes, properties: Properties, exchange: str, routing_key: str
+    ) -> None:
+        properties.marshal()
+        self.moved.append((exchange, properties))
 
 
 class _Decisions:
@@ -330,6 +337,8 @@ async def run_handler(
                 observers=[decisions],
                 resources=objects,
                 middleware=middleware,
+                exchange=_EXCHANGE,
+                delay_levels=settings.delay_levels,
             )
             await dispatcher.handle(delivery, _Settled())
     [(_, event, decision)] = decisions.records

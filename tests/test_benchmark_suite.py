@@ -26,6 +26,7 @@ def test_a_quick_run_of_cheap_scenarios_exits_0_and_writes_ratios(
             "--only",
             "drain.raw-consume",
             "drain.eventworker",
+            "delay.eventworker-1s",
             "startup.help",
             "--no-peers",
             "--url",
@@ -48,6 +49,11 @@ def test_a_quick_run_of_cheap_scenarios_exits_0_and_writes_ratios(
     assert cases["drain.raw-nowait"]["ratio"]["msgs_per_s"] == pytest.approx(1.0)
     assert cases["drain.eventworker"]["ratio"]["msgs_per_s"] > 0
     assert cases["drain.eventworker"]["summary"]["cpu_us_per_msg"]["median"] > 0
+    delay = next(g for g in doc["groups"] if g["name"] == "delay")
+    held = {c["id"]: c for c in delay["cases"]}
+    assert set(held) == {"delay.raw-immediate", "delay.eventworker-1s"}
+    assert held["delay.eventworker-1s"]["summary"]["cpu_us_per_msg"]["median"] > 0
+    assert held["delay.eventworker-1s"]["ratio"]["msgs_per_s"] > 0
     assert (tmp_path / "latest.md").read_text().startswith("Run ")
     assert any(g["goal"].startswith("eventworker --help") for g in doc["goals"])
 

@@ -48,6 +48,12 @@ def test_a_sync_handler_asking_for_a_later_retry_gets_the_next_tier() -> None:
     assert outcome.moved_to is not None and outcome.moved_to.endswith("retry.10s")
 
 
+def test_with_delay_levels_the_kit_reports_an_exact_retry_delay() -> None:
+    outcome = run_handler_sync(later, {"n": 1}, settings=Settings.model_construct(delay_levels=25))
+    assert outcome.decision == RetryIn(7, levels=True) and outcome.retry_delay == 7
+    assert outcome.moved_to == "eventworker.test.delay.2"  # 7 s = 111b: level 2 first
+
+
 async def test_settings_overrides_change_the_policy_the_kit_applies() -> None:
     settings = Settings.model_construct(
         retry_overrides={"later": RetrySettings(max_attempts=1, delays=(5,))}

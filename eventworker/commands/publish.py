@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -319,49 +318,22 @@ def _write_failed(path: Path, failed: Sequence[Any]) -> None:
         click.echo(f"error: cannot write {path}: {exc.strerror}", err=True)
 
 
-#: ``90s``, ``15m``, ``2h``, ``3d``: a whole number and its unit.
-_DURATION = re.compile(r"(?P<n>[0-9]+)(?P<unit>[smhd])")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str) -> int:
-    """Seconds of ``90s``, ``15m``, ``2h`` or ``3d``.
-
-    Raises:
-        InvalidInputError: another form.
-    """
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise InvalidInputError(
-            f"--delay {text!r}: give a whole number and a unit s, m, h or d (90s, 15m, 2h, 3d)"
-        )
-    return int(match["n"]) * _UNIT_SECONDS[match["unit"]]
-
-
 def _hold(delay_text: str | None, at_text: str | None, settings: Settings) -> int:
     """Whole seconds to hold the events (0: none), checked against ``delay_levels``."""
-    from datetime import datetime
-
     from eventworker.topology import delays
 
     if delay_text is not None and at_text is not None:
         raise InvalidInputError("give --delay or --at, not both")
-    at = None
-    if at_text is not None:
-        try:
-            at = datetime.fromisoformat(at_text)
-        except ValueError:
-            raise InvalidInputError(
-                f"--at {at_text!r}: not an ISO 8601 time (for example 2027-01-01T09:00:00Z)"
-            ) from None
-        if at.tzinfo is None:
-            raise InvalidInputError(f"--at {at_text!r}: give the time zone (Z for UTC, or +02:00)")
-    delay = parse_duration(delay_text) if delay_text is not None else None
+    option = "--at" if at_text is not None else "--delay"
+    try:
+        at = delays.parse_time(at_text) if at_text is not None else None
+        delay = delays.parse_duration(delay_text) if delay_text is not None else None
+    except ValueError as exc:  # names the text given
+        raise InvalidInputError(f"{option} {exc}") from None
     try:
         hold = delays.seconds(delay, at)
         delays.check(hold, "x", settings.delay_levels)
     except ValueError as exc:
-        option = "--at" if at_text is not None else "--delay"
         raise InvalidInputError(f"{option}: {exc}") from None
     return hold
 

@@ -28,7 +28,8 @@ def status(as_json: bool, config: str | None, url: str | None) -> None:
 
     Counts come from the broker (passive queue declares: ready messages, not the ones a
     consumer holds unacked); no message is read or moved. Retry tiers are shared by all
-    handlers: a tier's depth counts every handler's retries waiting in it.
+    handlers: a tier's depth counts every handler's retries waiting in it. With delay_levels,
+    also the delayed events (and exact-delay retries) waiting in each level.
     """
     from eventworker.plugins import discovery
 
@@ -47,12 +48,14 @@ def status(as_json: bool, config: str | None, url: str | None) -> None:
 async def _report(settings: Settings, registrations: list[Any]) -> dict[str, Any]:
     from eventworker.observability import stats
     from eventworker.plugins.resolved import resolve
+    from eventworker.topology import delays
 
     route_list = resolve(registrations, settings)
     tiers = route_list[0].retry_queues if route_list else {}
+    levels = [delays.level_name(settings.exchange, k) for k in range(settings.delay_levels)]
     names = [q for r in route_list for q in (r.queue, r.dead_letter_queue)] + list(tiers.values())
     async with stats.connected(settings) as reader:
-        found = await reader.read(names)
+        found = await reader.read(names + levels)
     retry_queues = [
         {"delay": delay, "queue": queue, "messages": found[queue].messages}
         for delay, queue in sorted(tiers.items())
@@ -70,7 +73,16 @@ async def _report(settings: Settings, registrations: list[Any]) -> dict[str, Any
         }
         for r in route_list
     ]
-    return {"exchange": settings.exchange, "handlers": handlers, "retry_queues": retry_queues}
+    delay_levels = [
+        {"level": k, "seconds": 2**k, "queue": queue, "messages": found[queue].messages}
+        for k, queue in enumerate(levels)
+    ]
+    return {
+        "exchange": settings.exchange,
+        "handlers": handlers,
+        "retry_queues": retry_queues,
+        "delay_levels": delay_levels,
+    }
 
 
 def _shown(value: int | None) -> str:
@@ -100,6 +112,18 @@ def _table(report: dict[str, Any]) -> str:
         ).rstrip()
         for row in (header, *rows)
     ]
+    if report["delay_levels"]:
+        lines.append(_levels(report["delay_levels"]))
     if any(h["messages"] is None for h in report["handlers"]):
         lines.append(f"{MISSING}: the queue does not exist (no worker has declared it yet)")
     return "\n".join(lines)
+
+
+def _levels(levels: list[dict[str, Any]]) -> str:
+    """``DELAYED 3 waiting: level 2 (4s):1 level 10 (1024s):2``, the empty levels left out."""
+    if any(level["messages"] is None for level in levels):
+        return f"DELAYED {MISSING}: the delay levels are not declared (eventworker topology apply)"
+    waiting = [level for level in levels if level["messages"]]
+    shown = " ".join(f"level {w['level']} ({w['seconds']}s):{w['messages']}" for w in waiting)
+    total = sum(level["messages"] for level in levels)
+    return f"DELAYED {total} waiting{': ' + shown if shown else ''}"

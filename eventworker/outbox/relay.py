@@ -13,6 +13,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 
 import orjson
 from loguru import logger
@@ -22,8 +23,10 @@ from eventworker.backoff import Backoff
 from eventworker.errors import InvalidInputError, OutboxError
 from eventworker.observability.logs import one_line
 from eventworker.outbox.store import Done, OutboxStore, Row
+from eventworker.outbox.table import DELIVER_AT
 from eventworker.publishing.channel import Outgoing
 from eventworker.publishing.publisher import Publisher
+from eventworker.topology import delays
 
 #: Seconds between purges of sent rows older than the retention.
 PURGE_INTERVAL = 60.0
@@ -40,23 +43,37 @@ class RelayOptions:
     retention: float = 7 * 24 * 3600.0
 
 
-def outgoing(row: Row, *, max_body_bytes: int) -> Outgoing:
+def outgoing(row: Row, *, max_body_bytes: int, delay_levels: int = 0) -> Outgoing:
     """The wire form of a row, checked as the publisher checks an event (rows written by other
-    means than ``outbox.add`` may be anything).
+    means than ``outbox.add`` may be anything). A delayed row is held what remains until its
+    due time (none once it is past).
 
     Raises:
-        InvalidInputError: the row can never be published.
+        InvalidInputError: the row cannot be published (a delayed one: not with these levels).
     """
+    headers = dict(row.headers or {})
+    due = headers.pop(DELIVER_AT, None)
     try:
         envelope.check_routing_key(row.routing_key)
-        for name in row.headers or {}:
+        for name in headers:
             envelope.check_header(name)
         orjson.loads(row.body)
+        hold = 0
+        if due is not None:
+            hold = delays.seconds(at=datetime.fromisoformat(str(due)))
+            delays.check(hold, row.routing_key, delay_levels)
     except (ValueError, orjson.JSONDecodeError) as exc:
         raise InvalidInputError(str(exc)) from None
     if len(row.body) > max_body_bytes:
         raise InvalidInputError(f"body of {len(row.body)} bytes exceeds {max_body_bytes}")
-    return Outgoing(row.routing_key, row.body, row.event_id, row.headers, row.correlation_id)
+    return Outgoing(
+        row.routing_key,
+        row.body,
+        row.event_id,
+        headers or None,
+        row.correlation_id,
+        delay=hold,
+    )
 
 
 def rounds(rows: list[Row]) -> list[list[Row]]:
@@ -148,14 +165,14 @@ class Relay:
     async def _send(self, rows: list[Row]) -> Done:
         done = Done()
         blocked: set[str] = set()
-        limit = self._publisher.max_body_bytes
+        limit, levels = self._publisher.max_body_bytes, self._publisher.delay_levels
         for batch in rounds(rows):
             ready: list[tuple[Row, Outgoing]] = []
             for row in batch:
                 if row.aggregate_key in blocked:
                     continue
                 try:
-                    ready.append((row, outgoing(row, max_body_bytes=limit)))
+                    ready.append((row, outgoing(row, max_body_bytes=limit, delay_levels=levels)))
                 except InvalidInputError as exc:
                     self._failed(row, f"refused: {exc}", done, blocked)
             results = await self._publisher.send_many([o for _, o in ready])

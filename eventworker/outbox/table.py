@@ -6,6 +6,10 @@ outbox table *in the same transaction* as the change; ``eventworker outbox relay
 afterwards. Either both are committed or neither: no event for a rolled-back change, no change
 without its event. ``add`` works with sqlite3, psycopg (sync and async), asyncpg and
 SQLAlchemy connections and sessions; it never commits. Nothing here imports a driver.
+
+A delayed event (``delay=`` or ``at=``) keeps its due time, absolute, in the row's headers JSON
+under ``x-eventworker-deliver-at`` (a name producers cannot set), so no column is added and a
+table of any age takes it; the relay publishes it with what remains of the delay then.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import json
 import re
 import zlib
 from collections.abc import Awaitable, Mapping
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from eventworker import envelope
 from eventworker.errors import ConfigError, InvalidInputError
+from eventworker.topology import delays
 
 #: The table ``create`` makes and ``add`` writes to, unless told otherwise.
 DEFAULT_TABLE = "eventworker_outbox"
@@ -29,6 +35,8 @@ Dialect = Literal["postgresql", "sqlite"]
 #: the LISTEN channel, so nothing here needs quoting rules.
 _TABLE = re.compile(r"^(?:[a-z_][a-z0-9_]{0,40}\.)?[a-z_][a-z0-9_]{0,40}$")
 _COLUMNS = "event_id, routing_key, aggregate_key, body, headers, correlation_id"
+#: The headers-JSON entry of a delayed row: when it is due, ISO 8601 in UTC.
+DELIVER_AT = "x-eventworker-deliver-at"
 
 
 def check_table(table: str) -> str:
@@ -124,18 +132,24 @@ def row(
     headers: Mapping[str, Any] | None = None,
     correlation_id: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    delay: float | timedelta | None = None,
+    at: datetime | None = None,
 ) -> tuple[str, str, str | None, bytes, str | None, str | None]:
     """The column values of one outbox row, checked as the publisher checks an event.
 
     Raises:
-        InvalidInputError: a bad routing key, header, id or size; data that is not JSON.
+        InvalidInputError: a bad routing key, header, id, size or delay; data that is not JSON.
     """
     try:
         envelope.check_routing_key(routing_key)
         for name in headers or {}:
             envelope.check_header(name)
         body = envelope.encode_data(data)
-        header_text = json.dumps(dict(headers), allow_nan=False) if headers else None
+        stored = dict(headers or {})
+        due = _due(delay, at)
+        if due is not None:
+            stored[DELIVER_AT] = due
+        header_text = json.dumps(stored, allow_nan=False) if stored else None
     except (ValueError, TypeError) as exc:
         raise InvalidInputError(f"outbox event {routing_key[:100]!r}: {exc}") from None
     for value, what in ((id, "id"), (correlation_id, "correlation id")):
@@ -150,6 +164,22 @@ def row(
     return event_id, routing_key, aggregate_key, body, header_text, correlation_id
 
 
+def _due(delay: float | timedelta | None, at: datetime | None) -> str | None:
+    """When a delayed row is due, by this clock now (ISO 8601, UTC); None when not delayed.
+
+    Raises:
+        ValueError: a negative delay, both given, ``at`` without a time zone, or a delay longer
+            than the most levels hold.
+    """
+    if delay is None and at is None:
+        return None
+    seconds = delays.seconds(delay, at)  # checks both
+    if seconds > delays.longest(delays.MAX_LEVELS):
+        raise ValueError(f"a delay of {seconds} s is longer than any delay levels hold")
+    due = at if at is not None else datetime.now(UTC) + timedelta(seconds=seconds)
+    return due.astimezone(UTC).isoformat()
+
+
 def add(
     conn: Any,
     routing_key: str,
@@ -161,12 +191,16 @@ def add(
     correlation_id: str | None = None,
     table: str = DEFAULT_TABLE,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    delay: float | timedelta | None = None,
+    at: datetime | None = None,
 ) -> Any:
     """Write one event into the outbox, in the transaction open on ``conn``; never commits.
 
     Returns the event id; for asyncpg and psycopg's ``AsyncConnection``, an awaitable of it
     (``await outbox.add(conn, ...)``). Events with the same ``aggregate_key`` are published in
-    the order of their rows; events without one in any order.
+    the order of their rows; events without one in any order. With ``delay`` (seconds, or a
+    timedelta) or ``at`` (an aware datetime), the event is due then, counted from this call;
+    the relay has the broker hold it for what remains (the relay needs ``delay_levels``).
 
     Raises:
         InvalidInputError: the event is refused (see :func:`row`); nothing was written.
@@ -181,6 +215,8 @@ def add(
         headers=headers,
         correlation_id=correlation_id,
         max_body_bytes=max_body_bytes,
+        delay=delay,
+        at=at,
     )
     driver, _, is_async = _driver(conn)
     t = check_table(table)

@@ -24,8 +24,9 @@ def _header(request: Request, name: str) -> bytes:
     return request.headers.get(name, "").encode("latin-1")
 
 
-def signed(request: Request, body: bytes) -> Signed:
-    """What the signature covers; the path as sent, without the query string."""
+def signed(request: Request, body: bytes, hold: str = "") -> Signed:
+    """What the signature covers; the path as sent, without the query string; ``hold``, the
+    delay the request asks for (``delay=90s``, ``at=...``), wherever it was given."""
     raw: bytes = request.scope.get("raw_path") or request.url.path.encode()
     return Signed(
         request.method,
@@ -34,6 +35,7 @@ def signed(request: Request, body: bytes) -> Signed:
         _header(request, "x-correlation-id"),
         _header(request, "content-type"),
         body,
+        hold.encode("utf-8"),
     )
 
 
@@ -66,15 +68,15 @@ class Guard:
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
 
-    def verify(self, request: Request, body: bytes) -> None:
+    def verify(self, request: Request, body: bytes, hold: str = "") -> None:
         """Raises HTTPException 401 unless the request's signature (when a secret is set) is
         valid, within the window and not used before; 503 when the ingress cannot remember one
-        more signature."""
+        more signature. ``hold``: the delay the request asks for, which it signs too."""
         if self.verifier is None:
             return
         try:
             header = request.headers.get(self.http.signature_header, "")
-            self.verifier.verify(header, signed(request, body))
+            self.verifier.verify(header, signed(request, body, hold))
         except SignatureError as exc:
             retry = {"Retry-After": RETRY_AFTER} if exc.status == 503 else None
             raise HTTPException(exc.status, str(exc), headers=retry) from None

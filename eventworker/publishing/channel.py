@@ -301,6 +301,21 @@ class ConfirmChannel:
             self._channel.default_exchange, body, properties, queue, f"queue {queue!r}"
         )
 
+    async def send_to_exchange(
+        self, body: bytes, properties: Properties, exchange: str, routing_key: str
+    ) -> None:
+        """Publish a prepared message (a retry copy into the delay levels) to ``exchange``
+        with ``routing_key``, confirmed and mandatory.
+
+        Raises:
+            PublishError: not confirmed, or nothing is bound for it (returned).
+            ValueError, TypeError: a property or header AMQP cannot carry.
+        """
+        result = await self._confirmed(
+            exchange, body, properties, routing_key, properties.message_id or ""
+        )
+        result.check(f"copy of {result.event_id} to exchange {exchange!r}")
+
     async def send_copy(self, body: bytes, properties: Properties, routing_key: str) -> None:
         """Publish a prepared message (a replayed copy) to this publisher's exchange with
         ``routing_key``, confirmed and mandatory.

@@ -9,6 +9,9 @@ routing-key patterns (403), content type (415).
 An event no queue is bound for is 422; a broker that is unreachable, refuses or does not confirm
 in time is 503 with ``Retry-After``. The ``Idempotency-Key`` header becomes the event id, so a
 client that retries after a lost answer produces a duplicate its consumers can recognise.
+A delay (``?delay=90s`` or the ``X-Delay`` header) or a time to deliver at (``?at=`` or
+``X-Deliver-At``, ISO 8601 with a time zone) has the broker hold the events that long first
+(the delay levels, :mod:`eventworker.topology.delays`); a bad one is 400.
 ``/docs`` and ``/openapi.json`` sit behind the same authentication unless ``http.docs`` says
 otherwise.
 """
@@ -16,6 +19,7 @@ otherwise.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import ipaddress
 import unicodedata
 from collections.abc import AsyncIterator
@@ -35,6 +39,7 @@ from eventworker.publishing._ingress_auth import RETRY_AFTER, Guard
 from eventworker.publishing.channel import PublishResult
 from eventworker.publishing.publisher import NewEvent, Publisher
 from eventworker.settings import HttpSettings, Settings
+from eventworker.topology import delays
 from eventworker.topology.topic import compile_bindings
 
 _JSON = {"application/json"}
@@ -94,6 +99,48 @@ def _control_character(key: str) -> str | None:
     return None
 
 
+#: Where a request may ask for a delay: (where, what it holds), query parameters first.
+_HOLDS = (
+    ("query", "delay"),
+    ("query", "at"),
+    ("header", "X-Delay"),
+    ("header", "X-Deliver-At"),
+)
+
+
+def _asked_hold(request: Request) -> str:
+    """The delay the request asks for, as the signature covers it: ``delay=<value>`` or
+    ``at=<value>`` (the value stripped), "" for none; each one given, on its own line, when it
+    asks in more than one place (signed as they are; refused by :func:`_hold_seconds`)."""
+    asked = [
+        f"{'at' if name in ('at', 'X-Deliver-At') else 'delay'}={value.strip()}"
+        for where, name in _HOLDS
+        if (value := (request.query_params if where == "query" else request.headers).get(name))
+        is not None
+    ]
+    return "\n".join(asked)
+
+
+def _hold_seconds(hold: str) -> int:
+    """Whole seconds to hold the events for ``hold`` (from :func:`_asked_hold`); 0 for none.
+
+    Raises:
+        HTTPException: 400 naming the parameter and what is wrong with its value, or that
+            the request asks for a delay in more than one place.
+    """
+    if not hold:
+        return 0
+    if "\n" in hold:
+        raise _fail(400, "give one delay: ?delay, ?at, X-Delay or X-Deliver-At, not several")
+    kind, _, value = hold.partition("=")
+    try:
+        if kind == "at":
+            return delays.seconds(at=delays.parse_time(value))
+        return delays.parse_duration(value)
+    except ValueError as exc:
+        raise _fail(400, f"{kind} {exc}") from None
+
+
 class Ingress:
     """The checks and the publishing behind the routes; one per app."""
 
@@ -124,7 +171,8 @@ class Ingress:
     async def one(self, request: Request, routing_key: str) -> JSONResponse:
         self.guard.authenticate(request)
         body = await _body(request, self.max_body_bytes, self.http.body_timeout)
-        self.guard.verify(request, body)
+        hold = _asked_hold(request)
+        self.guard.verify(request, body, hold)
         if _media(request) not in (None, *_JSON):
             raise _fail(415, "send the event as application/json")
         self.check_key(routing_key)
@@ -137,6 +185,7 @@ class Ingress:
             data,
             id=request.headers.get("idempotency-key") or None,
             correlation_id=request.headers.get("x-correlation-id") or None,
+            delay=_hold_seconds(hold) or None,
         )
         [result] = await self.publish([event])
         return _answer([result], single=True)
@@ -144,7 +193,8 @@ class Ingress:
     async def batch(self, request: Request) -> JSONResponse:
         self.guard.authenticate(request)
         body = await _body(request, self.http.max_batch_bytes, self.http.body_timeout)
-        self.guard.verify(request, body)
+        hold = _asked_hold(request)
+        self.guard.verify(request, body, hold)
         if _media(request) not in (None, *_NDJSON):
             raise _fail(415, "send the batch as application/x-ndjson, one event per line")
         lines = [(n, line) for n, line in enumerate(body.splitlines(), 1) if line.strip()]
@@ -156,6 +206,9 @@ class Ingress:
             )
         key = request.headers.get("idempotency-key")
         events = [self._line(n, line, key) for n, line in lines]
+        seconds = _hold_seconds(hold)
+        if seconds:
+            events = [dataclasses.replace(e, delay=seconds) for e in events]
         return _answer(await self.publish(events), single=False)
 
     def _line(self, n: int, line: bytes, batch_key: str | None) -> NewEvent:
@@ -187,6 +240,24 @@ def _answer(results: list[PublishResult], *, single: bool) -> JSONResponse:
     headers = {"Retry-After": RETRY_AFTER} if status == 503 else None
     content: dict[str, Any] = rows[0] if single else {"results": rows}
     return JSONResponse(content, status_code=status, headers=headers)
+
+
+_DELAY = "Have the broker hold the event(s) this long first: 90s, 15m, 2h, 3d (delay_levels)."
+_AT = (
+    "Deliver at this ISO 8601 time with a time zone (2027-01-01T09:00:00Z; in a query "
+    "string, percent-encode + as %2B); a time past delivers at once (delay_levels)."
+)
+#: The delay parameters in the OpenAPI document (read from the request by ``_asked_hold``).
+HOLD_PARAMETERS = [
+    {
+        "name": name,
+        "in": where,
+        "required": False,
+        "schema": {"type": "string"},
+        "description": text,
+    }
+    for (where, name), text in zip(_HOLDS, (_DELAY, _AT, _DELAY, _AT), strict=True)
+]
 
 
 def _warn_if_open(http: HttpSettings) -> None:
@@ -237,7 +308,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
     )
     responses: dict[int | str, dict[str, Any]] = {
         202: {"description": "Confirmed by the broker"},
-        400: {"description": "Invalid JSON, routing key, id or header"},
+        400: {"description": "Invalid JSON, routing key, id, header or delay"},
         401: {"description": "Bearer token or signature missing, wrong, stale or used"},
         403: {"description": "Routing key not in http.allowed_keys"},
         408: {"description": "The body did not arrive within http.body_timeout"},
@@ -252,12 +323,14 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
         status_code=202,
         responses=responses,
         openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}}
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {}}}},
+            "parameters": HOLD_PARAMETERS,
         },
     )
     async def publish_event(routing_key: str, request: Request) -> JSONResponse:
         """Publish one event: the body (any JSON value) is its data. ``Idempotency-Key``
-        becomes its id, ``X-Correlation-Id`` its correlation id."""
+        becomes its id, ``X-Correlation-Id`` its correlation id. A delay or a time to
+        deliver at (at most one of the four) has the broker hold it first."""
         return await ingress.one(request, routing_key)
 
     @app.post(
@@ -268,12 +341,14 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None) -> Fas
             "requestBody": {
                 "required": True,
                 "content": {"application/x-ndjson": {"schema": {"type": "string"}}},
-            }
+            },
+            "parameters": HOLD_PARAMETERS,
         },
     )
     async def publish_batch(request: Request) -> JSONResponse:
         """Publish a batch: one ``{"routing_key", "data", "id"?, "correlation_id"?}`` object
-        per line. With ``Idempotency-Key: K``, a line without id gets ``K-<line number>``."""
+        per line. With ``Idempotency-Key: K``, a line without id gets ``K-<line number>``. A
+        delay or a time to deliver at holds every event of the batch."""
         return await ingress.batch(request)
 
     if settings.http.docs == "auth":

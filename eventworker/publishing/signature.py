@@ -4,7 +4,12 @@ The signature header (``http.signature_header``) holds ``t=<unix seconds>,v1=<he
 hex is the HMAC-SHA256, keyed with ``http.hmac_secret``, of the canonical string: these fields
 joined by one line feed each, the body last and as sent::
 
-    t  METHOD  path  Idempotency-Key  X-Correlation-Id  Content-Type  body
+    t  METHOD  path  Idempotency-Key  X-Correlation-Id  Content-Type  [hold]  body
+
+``hold`` is there only when the request asks for a delay (``delay=<value>`` or ``at=<value>``,
+from the query string or the ``X-Delay`` / ``X-Deliver-At`` header), so a request without one
+is signed as before. A JSON or NDJSON body cannot begin with ``delay=`` or ``at=``, so a
+signed request cannot be recut into one with a delay, or the other way round.
 
 ``path`` is the request path exactly as sent, percent-encoding included, without the query
 string (so the routing key is signed); an absent header is an empty field. HTTP allows no line
@@ -43,6 +48,8 @@ class Signed:
     correlation_id: bytes
     content_type: bytes
     body: bytes
+    #: ``delay=90s`` or ``at=2027-01-01T09:00:00Z`` when the request asks for a delay, else b"".
+    hold: bytes = b""
 
     def canonical(self, timestamp: int) -> bytes:
         """The bytes the HMAC is computed over, for the timestamp ``timestamp``."""
@@ -53,6 +60,7 @@ class Signed:
             self.idempotency_key,
             self.correlation_id,
             self.content_type,
+            *((self.hold,) if self.hold else ()),
         )
         return b"\n".join(fields) + b"\n" + self.body
 
@@ -138,7 +146,7 @@ class Verifier:
         if not any(matches):
             raise SignatureError(
                 f"wrong signature in {self._name}: it does not match the method, path, "
-                f"Idempotency-Key, X-Correlation-Id, Content-Type and body of this request"
+                f"Idempotency-Key, X-Correlation-Id, Content-Type, delay and body of this request"
             )
         self._remember(expected, timestamp + self._tolerance, now)
 

@@ -11,15 +11,23 @@ exchange through an exchange-to-exchange binding. Dead-lettering keeps the routi
 level of its highest ``1`` digit, so it makes no hop above it.
 
 RabbitMQ cannot rewrite a routing key, so the digits stay on to the end: the delivery exchange
-passes every message to the event exchange (binding ``#``), where each handler's queue has, for
-each of its binding keys ``K``, a second binding ``*.*. … .*.K`` (one ``*`` a digit). The
-worker takes the digits off again (the event's ``type`` property holds its own routing key) so
-a handler sees the key it was published with.
+passes every event to the event exchange (bindings ``0.#`` and ``1.#``: the first digit),
+where each handler's queue has, for each of its binding keys ``K``, a second binding
+``*.*. … .*.K`` (one ``*`` a digit). The worker takes the digits off again (the event's
+``type`` property holds its own routing key) so a handler sees the key it was published with.
+
+A retry copy that waits an exact delay goes through the same levels, but its first word is
+``return`` instead of the top digit (a retry never waits in the top level, which is the only
+one to read that word), and nothing follows the digits. The delivery exchange passes it
+(binding ``return.#``) to the return exchange, not the event exchange: there its
+``eventworker-return-to`` header reaches the failing handler's queue only, as from a retry
+tier.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from datetime import UTC, datetime, timedelta
 
 #: The fewest levels allowed: 2**25 - 1 s is a little over a year.
@@ -80,6 +88,51 @@ def skip_binding(level: int, levels: int) -> str:
     return "*." * (levels - 1 - level) + "0.#"
 
 
+#: The first word of a retry copy's routing key, in place of the top level's digit.
+RETURN_WORD = "return"
+
+
+def event_bindings() -> tuple[str, str]:
+    """The binding keys of the event exchange to the delivery exchange: an event's first
+    word is a digit (a retry copy's is ``return``)."""
+    return ("0.#", "1.#")
+
+
+def return_binding() -> str:
+    """The binding key of the return exchange to the delivery exchange: retry copies."""
+    return f"{RETURN_WORD}.#"
+
+
+def longest_retry(levels: int) -> int:
+    """The longest exact retry delay, in seconds: a retry copy never enters the top level."""
+    return longest(levels - 1)
+
+
+def return_key(delay: int, levels: int) -> str:
+    """The routing key of a retry copy that waits ``delay`` s (1 to :func:`longest_retry`):
+    ``return`` then the digits of the levels below the top one."""
+    if not 1 <= delay <= longest_retry(levels):
+        raise ValueError(f"a retry delay must be 1 to {longest_retry(levels)} s")
+    return f"{RETURN_WORD}.{digits(delay, levels - 1)}"
+
+
+def is_level_queue(exchange: str, queue: str) -> bool:
+    """True for the queue of one of ``exchange``'s levels (``<exchange>.delay.<k>``)."""
+    head = f"{exchange}.delay."
+    return queue.startswith(head) and queue[len(head) :].isdigit()
+
+
+def is_delay_exchange(exchange: str, name: str) -> bool:
+    """True for one of ``exchange``'s level exchanges or its delivery exchange: where a
+    message dead-lettered out of a level (or published into one) is said to come from."""
+    return name == delivery_exchange(exchange) or is_level_queue(exchange, name)
+
+
+def is_return_key(routing_key: str) -> bool:
+    """True for the routing key of a retry copy that waited in the levels."""
+    return routing_key.startswith(f"{RETURN_WORD}.")
+
+
 def delayed_binding(key: str, levels: int) -> str:
     """The binding key under which a queue bound with ``key`` receives delayed events."""
     return "*." * levels + key
@@ -107,6 +160,42 @@ def seconds(delay: float | timedelta | None = None, at: datetime | None = None) 
     if value < 0:
         raise ValueError(f"the delay must not be negative (got {value:g} s)")
     return math.ceil(value)
+
+
+#: ``90s``, ``15m``, ``2h``, ``3d``: a whole number and its unit.
+_DURATION = re.compile(r"(?P<n>[0-9]{1,12})(?P<unit>[smhd])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """Seconds of ``90s``, ``15m``, ``2h`` or ``3d`` (the command line's and the ingress's form).
+
+    Raises:
+        ValueError: another form; the message says which forms are good.
+    """
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(
+            f"{text[:40]!r}: give a whole number and a unit s, m, h or d (90s, 15m, 2h, 3d)"
+        )
+    return int(match["n"]) * _UNIT_SECONDS[match["unit"]]
+
+
+def parse_time(text: str) -> datetime:
+    """An ISO 8601 time with its time zone: ``2027-01-01T09:00:00Z`` or ``...+02:00``.
+
+    Raises:
+        ValueError: not ISO 8601, or no time zone; the message says which.
+    """
+    try:
+        at = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise ValueError(
+            f"{text[:40]!r}: not an ISO 8601 time (for example 2027-01-01T09:00:00Z)"
+        ) from None
+    if at.tzinfo is None:
+        raise ValueError(f"{text[:40]!r}: give the time zone (Z for UTC, or +02:00)")
+    return at
 
 
 def check(delay: int, key: str, levels: int) -> None:

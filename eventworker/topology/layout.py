@@ -10,7 +10,8 @@ Shape (RabbitMQ 3.10+, no plugins)::
                    (only with the unrouted_queue setting)
     redelivered (classic queues) --> <work queue>.probation             run one at a time
     delayed (with delay_levels) --> <exchange>.delay.<k> ... .delay.0 --> <exchange>.delay.delivery
-                   --#--> <exchange> --*. ... .*.<binding key>--> work queue (topology/delays.py)
+                   --0.#, 1.#--> <exchange> --*. ... .*.<binding key>--> work queue
+                   --return.#--> <exchange>.return (exact retry delays; topology/delays.py)
 
 A classic queue keeps no delivery count, so a message that kills its worker would come back for
 ever. On classic queues each handler also has a probation queue: a message its work queue
@@ -256,7 +257,8 @@ def _delay_levels(
 ) -> None:
     """The levels of delayed delivery for ``exchange``: level ``k`` waits ``2**k`` s in its
     queue when its digit is 1 and passes the message down when it is 0; the delivery exchange
-    hands every message on to ``exchange`` (which the handlers' delayed bindings match)."""
+    hands every event on to ``exchange`` (which the handlers' delayed bindings match), and every
+    retry copy to the return exchange (which routes it to the failing handler's queue only)."""
     delivery = delays.delivery_exchange(exchange)
     for level in range(levels):
         name = delays.level_name(exchange, level)
@@ -280,4 +282,7 @@ def _delay_levels(
             BindingDecl(below, name, delays.skip_binding(level, levels), to_exchange=True)
         )
     exchanges.append(ExchangeDecl(delivery, "topic"))
-    bindings.append(BindingDecl(exchange, delivery, "#", to_exchange=True))
+    for key in delays.event_bindings():
+        bindings.append(BindingDecl(exchange, delivery, key, to_exchange=True))
+    back = return_exchange(exchange)
+    bindings.append(BindingDecl(back, delivery, delays.return_binding(), to_exchange=True))

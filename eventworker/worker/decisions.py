@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 
 from eventworker.errors import HandlerTimeoutError, Reject, RejectedByMiddleware, Retry
 from eventworker.handlers import RetryPolicy
+from eventworker.topology import delays
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,9 +18,11 @@ class Ack:
 
 @dataclass(frozen=True, slots=True)
 class RetryIn:
-    """Send a copy to the retry tier of ``delay`` seconds, then ack the original."""
+    """Send a copy to the retry tier of ``delay`` seconds, then ack the original; ``levels``:
+    through the delay levels instead, which hold it exactly ``delay`` whole seconds."""
 
     delay: float
+    levels: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +70,13 @@ def decide(
     tiers: tuple[float, ...],
     retry_on: tuple[type[BaseException], ...] = (),
     give_up_on: tuple[type[BaseException], ...] = (),
+    delay_levels: int = 0,
 ) -> Decision:
-    """What happens after attempt ``attempt`` ended with ``error`` (None: success)."""
+    """What happens after attempt ``attempt`` ended with ``error`` (None: success).
+
+    With ``delay_levels``, a ``Retry(delay=...)`` that names no declared tier waits that delay
+    exactly (whole seconds, rounded up) in the delay levels; the policy's own delays are
+    tiers, declared exactly, and keep their one hop."""
     match error:
         case None:
             return Ack()
@@ -78,6 +87,8 @@ def decide(
         case Retry(delay=delay):
             if attempt >= policy.max_attempts:
                 return DeadLetter("retry_requested")
+            if delay and delay_levels and delay not in tiers:
+                return exact(delay, delay_levels)
             return RetryIn(tier_for(delay or policy.delay_after(attempt), tiers))
     timed_out = isinstance(error, HandlerTimeoutError | asyncio.TimeoutError)
     reason = "timeout" if timed_out else "exception"
@@ -89,6 +100,12 @@ def decide(
     if attempt >= policy.max_attempts:
         return DeadLetter(reason)
     return RetryIn(tier_for(policy.delay_after(attempt), tiers))
+
+
+def exact(delay: float, levels: int) -> RetryIn:
+    """A retry held ``delay`` s (rounded up to whole seconds: never early) in ``levels``
+    levels; a delay longer than a retry copy can wait there waits the longest it can."""
+    return RetryIn(min(math.ceil(delay), delays.longest_retry(levels)), levels=True)
 
 
 def tier_for(delay: float, tiers: tuple[float, ...]) -> float:

@@ -40,7 +40,7 @@ from eventworker.inbox.protocol import CONFLICT_REASON, AlreadyHandled, Key, Not
 from eventworker.observability import logs, tracing
 from eventworker.observability.logs import OneLine
 from eventworker.plugins.resolved import ResolvedHandler
-from eventworker.topology import layout
+from eventworker.topology import delays, layout
 from eventworker.topology.topic import compile_bindings
 from eventworker.worker._copies import (
     describe_error,
@@ -112,10 +112,15 @@ class Settle(Protocol):
 
 
 class Moves(Protocol):
-    """Where retry and dead-letter copies go: straight into a queue, confirmed (the confirm
-    channel's ``send_to_queue``)."""
+    """Where retry and dead-letter copies go: straight into a queue, or (an exact retry delay)
+    into the delay levels, confirmed (the confirm channel's ``send_to_queue`` and
+    ``send_to_exchange``)."""
 
     async def send_to_queue(self, body: bytes, properties: Properties, queue: str) -> None: ...
+
+    async def send_to_exchange(
+        self, body: bytes, properties: Properties, exchange: str, routing_key: str
+    ) -> None: ...
 
 
 class Dispatcher:
@@ -135,12 +140,17 @@ class Dispatcher:
         inbox: Inbox | None = None,
         resources: Mapping[type[Any], Any] = NO_RESOURCES,
         middleware: Sequence[Middleware] = (),
+        exchange: str = "",
+        delay_levels: int = 0,
     ) -> None:
         self.route = route
         self._moves = moves
         self._events = events
         self._return_exchange = return_exchange
         self._queue_prefix = queue_prefix
+        #: The event exchange and its delay levels (0: none): exact retry delays wait there.
+        self._exchange = exchange
+        self._delay_levels = delay_levels
         self._max_body_bytes = max_body_bytes
         self._executor = executor
         self._observers = tuple(observers)
@@ -222,17 +232,28 @@ class Dispatcher:
 
     def _from_retry_tier(self, message: Delivered) -> bool:
         """True for a copy one of our retry queues sent back: the return exchange delivered it
-        and its newest ``x-death`` says a retry queue expired it. Only then do our headers
-        (attempt, routing key, first failure) count: a producer allowed to publish to the
-        return exchange could otherwise set a high attempt and have an event dead-lettered
-        early."""
-        if message.exchange != self._return_exchange and not self._on_probation(message):
-            return False
+        and its newest ``x-death`` says a retry queue expired it; or one that waited an exact
+        delay in the levels: a level's exchange or the delivery exchange took it last, under a
+        ``return.`` routing key (which only the return exchange's binding passes on), and its
+        newest ``x-death`` says a level queue expired it. Only then do our headers (attempt,
+        routing key, first failure) count: a producer allowed to publish to the return
+        exchange (or the levels' exchanges) could otherwise set a high attempt and have an
+        event dead-lettered early."""
         death = envelope.last_death(message.headers or {})
-        return (
-            death is not None
-            and death[1] == "expired"
-            and layout.is_retry_queue(self._queue_prefix, death[0])
+        if death is None or death[1] != "expired":
+            return False
+        probation = self._on_probation(message)
+        tier = layout.is_retry_queue(self._queue_prefix, death[0])
+        if tier and (message.exchange == self._return_exchange or probation):
+            return True
+        # On probation the attempt header is the worker's own (written at the move).
+        levels = self._delay_levels and delays.is_level_queue(self._exchange, death[0])
+        return bool(levels) and (
+            probation
+            or (
+                delays.is_return_key(message.routing_key or "")
+                and delays.is_delay_exchange(self._exchange, message.exchange or "")
+            )
         )
 
     def _on_probation(self, message: Delivered) -> bool:
@@ -285,6 +306,9 @@ class Dispatcher:
                 envelope.RETURN_TO: probation,
                 envelope.ROUTING_KEY: event.type,
                 envelope.REDELIVERIES: count,
+                # As read (1 unless it came back from a retry): a producer's forged attempt
+                # header is not carried to where the probation queue trusts it.
+                envelope.ATTEMPT: event.attempt,
             }
             copy = probation_copy(message, event, extra)
             if not await self._move(message, acks, copy, probation, "probation"):
@@ -379,6 +403,7 @@ class Dispatcher:
             tiers=route.tiers,
             retry_on=route.handler.retry_on,
             give_up_on=route.handler.give_up_on,
+            delay_levels=self._delay_levels,
         )
 
     async def _run_once(
@@ -516,7 +541,7 @@ class Dispatcher:
                 logger.info("{} handed {} back to its queue unrun ({})", name, event.id, reason)
                 await _requeue(message, acks)
                 return True
-            case RetryIn(delay=delay):
+            case RetryIn(delay=delay, levels=levels):
                 copy = failure_copy(
                     message,
                     event,
@@ -525,7 +550,15 @@ class Dispatcher:
                     handler=name,
                     retried=retried,
                 )
-                if not await self._move(message, acks, copy, route.retry_queues[delay], "retry"):
+                target: str | tuple[str, str] = route.retry_queues.get(delay, "")
+                if levels:
+                    # Exact: through the levels to the return exchange, this handler's only.
+                    seconds = int(delay)
+                    target = (
+                        delays.level_name(self._exchange, delays.entry_level(seconds)),
+                        delays.return_key(seconds, self._delay_levels),
+                    )
+                if not await self._move(message, acks, copy, target, "retry"):
                     return False
                 logger.warning(
                     "{} attempt {}/{} of {} failed: {}; retry in {:g}s",
@@ -571,13 +604,16 @@ class Dispatcher:
         message: Delivered,
         acks: Settle,
         copy: Properties,
-        queue: str,
+        queue: str | tuple[str, str],
         kind: PublishKind,
     ) -> bool:
-        """Publish the body with the ``copy``'s properties to ``queue`` with a confirm; on
-        failure hand the original back."""
+        """Publish the body with the ``copy``'s properties to ``queue`` (or an ``(exchange,
+        routing key)``) with a confirm; on failure hand the original back."""
         try:
-            await self._moves.send_to_queue(message.body, copy, queue)
+            if isinstance(queue, tuple):
+                await self._moves.send_to_exchange(message.body, copy, *queue)
+            else:
+                await self._moves.send_to_queue(message.body, copy, queue)
             self._published(kind, "confirmed")
             return True
         except PublishError as exc:

@@ -357,6 +357,8 @@ class Worker:
             events=publisher.publish,
             return_exchange=layout.return_exchange(self.settings.exchange),
             queue_prefix=self.settings.queue_prefix,
+            exchange=self.settings.exchange,
+            delay_levels=self.settings.delay_levels,
             max_body_bytes=self.settings.max_body_bytes,
             executor=self.executor,
             observers=self.observers,

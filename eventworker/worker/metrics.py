@@ -38,7 +38,7 @@ from eventworker.envelope import Event
 from eventworker.observability import stats
 from eventworker.plugins.resolved import ResolvedHandler
 from eventworker.settings import Settings
-from eventworker.topology import layout
+from eventworker.topology import delays, layout
 from eventworker.worker.decisions import Ack, DeadLetter, Decision, Duplicate, Requeue, RetryIn
 
 #: Every reason a dead-letter decision can carry (retry.DeadLetter), pre-set to 0 per handler.
@@ -54,6 +54,8 @@ DEAD_LETTER_REASONS = (
     "schema_error",
     "undecodable",
 )
+#: The ``delay`` label of a retry held an exact delay in the delay levels.
+EXACT = "exact"
 PUBLISH_KINDS = ("event", "retry", "dead_letter", "probation")
 PUBLISH_STATUSES = ("confirmed", "nacked", "unroutable", "timeout", "connection_lost")
 #: Handler durations: from a few milliseconds to the default 300 s handler timeout.
@@ -201,8 +203,10 @@ class Metrics:
         match decision:
             case Ack():
                 self.acked_total.labels(name).inc()
-            case RetryIn(delay=delay):
-                self.retried_total.labels(name, layout.delay_label(delay)).inc()
+            case RetryIn(delay=delay, levels=levels):
+                # Exact delays are any number of seconds: one series for all, not one each.
+                label = EXACT if levels else layout.delay_label(delay)
+                self.retried_total.labels(name, label).inc()
             case DeadLetter(reason=reason):
                 self.dead_lettered_total.labels(name, reason).inc()
             case Duplicate():
@@ -233,6 +237,8 @@ class Metrics:
         }
         for delay, queue in worker.routes[0].retry_queues.items():
             self._live.queues[queue] = (layout.delay_label(delay), "retry")
+        for level in range(settings.delay_levels):
+            self._live.queues[delays.level_name(settings.exchange, level)] = (str(level), "delay")
         stop = asyncio.Event()
         task = asyncio.create_task(
             stats.poll(
@@ -265,7 +271,7 @@ class _Live:
     def __init__(self) -> None:
         self.worker: WorkerView | None = None
         self.in_flight: dict[str, set[asyncio.Task[Any]]] = {}
-        #: queue -> (handler name or delay label, "work" | "dead" | "retry")
+        #: queue -> (handler name, delay label or level, "work" | "dead" | "retry" | "delay")
         self.queues: dict[str, tuple[str, str]] = {}
         self._found: dict[str, stats.QueueStats] = {}
         self._read_at = 0.0
@@ -338,6 +344,11 @@ class _Live:
             "Messages waiting in a retry tier (shared by all handlers).",
             labels=["delay", "queue"],
         )
+        delayed = GaugeMetricFamily(
+            "eventworker_delayed_messages",
+            "Delayed events (and exact-delay retries) waiting in a delay level (2^level s).",
+            labels=["level", "queue"],
+        )
         now = time.time()
         for queue, (owner, kind) in self.queues.items():
             found = self._found.get(queue)
@@ -350,10 +361,12 @@ class _Live:
                 dead.add_metric([owner, queue], found.messages or 0)
                 since = self._nonempty_since.get(queue)
                 oldest.add_metric([owner, queue], now - since if since else 0.0)
-            else:
+            elif kind == "retry":
                 retry.add_metric([owner, queue], found.messages or 0)
+            else:
+                delayed.add_metric([owner, queue], found.messages or 0)
         read = GaugeMetricFamily(
             "eventworker_queue_stats_timestamp_seconds", "When the queue depths were last read."
         )
         read.add_metric([], self._read_at)
-        return iter((work, consumers, dead, oldest, retry, read))
+        return iter((work, consumers, dead, oldest, retry, delayed, read))

@@ -404,18 +404,22 @@ def test_publish_with_a_delay_needs_delay_levels(settings: Settings) -> None:
     assert "delayed publishing is off: set delay_levels" in result.stderr
 
 
-async def test_publish_with_a_delay_is_held_by_the_broker(
-    broker: Broker, settings: Settings
-) -> None:
+async def orders_queue_with_delay_levels(broker: Broker, settings: Settings) -> str:
+    """The work queue of a handler of ``orders.#``, declared with 25 delay levels."""
     from eventworker import Context, Event, handler
 
     @handler("orders.#", name="held")
     async def held(event: Event[object], ctx: Context) -> None:
         pass
 
-    delayed = settings.model_copy(update={"delay_levels": 25})
-    worker = await broker.declare(held, settings=delayed)
-    queue = worker.routes[0].queue
+    worker = await broker.declare(held, settings=settings.model_copy(update={"delay_levels": 25}))
+    return worker.routes[0].queue
+
+
+async def test_publish_with_a_delay_is_held_by_the_broker(
+    broker: Broker, settings: Settings
+) -> None:
+    queue = await orders_queue_with_delay_levels(broker, settings)
     started = time.monotonic()
     result = cli(
         settings, "publish", "orders.created", "{}", "--id", "late-1", "--delay", "2s",
@@ -429,3 +433,18 @@ async def test_publish_with_a_delay_is_held_by_the_broker(
     assert time.monotonic() - started >= 2 - 0.1
     assert message.message_id == "late-1" and message.type == "orders.created"
     assert message.routing_key == "0." * 23 + "1.0.orders.created"
+
+
+async def test_publish_at_a_time_past_is_delivered_at_once(
+    broker: Broker, settings: Settings
+) -> None:
+    queue = await orders_queue_with_delay_levels(broker, settings)
+    result = cli(
+        settings, "publish", "orders.created", "{}", "--id", "past-1",
+        "--at", "2020-01-01T09:00:00Z", EVENTWORKER_DELAY_LEVELS="25",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    # No hop through the levels: in the work queue as soon as the publish was confirmed.
+    [message] = await broker.take_all(queue, expect=1, timeout=2)
+    assert message.message_id == "past-1" and message.routing_key == "orders.created"
+    assert "x-death" not in (message.headers or {})

@@ -56,6 +56,31 @@ async def test_status_shows_the_numbers_the_broker_reports(
     assert line.split() == ["greet", route.queue, "3", "0", "2", "1s:0", "10s:0", "60s:0", "300s:1"]
 
 
+async def test_status_shows_the_delayed_events_waiting_per_level(
+    broker: Broker, settings: Settings
+) -> None:
+    greet = [reg.handler for reg in discover(names=("greet",))]
+    levels = settings.model_copy(update={"delay_levels": 25})
+    await broker.declare(*greet, settings=levels)
+    await _fill(broker, f"{settings.exchange}.delay.10", 2)  # 1024 s: still there when we look
+    env = {"EVENTWORKER_HANDLERS": "greet", "EVENTWORKER_DELAY_LEVELS": "25"}
+    result = cli(settings, "status", "--json", **env)
+    assert result.returncode == 0, result.stderr
+    waiting = json.loads(result.stdout)["delay_levels"]
+    assert [w["level"] for w in waiting] == list(range(25))
+    assert waiting[10] == {
+        "level": 10,
+        "seconds": 1024,
+        "queue": f"{settings.exchange}.delay.10",
+        "messages": 2,
+    }
+    assert sum(w["messages"] for w in waiting) == 2
+    table = cli(settings, "status", **env)
+    assert table.stdout.splitlines()[-1] == "DELAYED 2 waiting: level 10 (1024s):2"
+    off = cli(settings, "status", "--json", EVENTWORKER_HANDLERS="greet")
+    assert json.loads(off.stdout)["delay_levels"] == []
+
+
 def test_status_marks_queues_that_do_not_exist(settings: Settings) -> None:
     result = cli(settings, "status", EVENTWORKER_HANDLERS="flaky")
     assert result.returncode == 0, result.stderr

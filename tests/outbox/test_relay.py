@@ -10,15 +10,17 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from pydantic import SecretStr
 
-from eventworker import outbox
+from eventworker import Context, Event, handler, outbox
 from eventworker.outbox.relay import Relay, RelayOptions, rounds
 from eventworker.outbox.store import open_store
 from eventworker.publishing.publisher import Publisher
@@ -26,6 +28,7 @@ from eventworker.settings import Settings
 from tests.support.broker import Broker, wait_for
 from tests.support.cli import EVENTWORKER, env_for
 from tests.support.queues import drain, sink
+from tests.support.timing import TTL_EARLY
 
 
 def ordered_per_key(messages: Sequence[AbstractIncomingMessage]) -> dict[str, list[int]]:
@@ -77,10 +80,12 @@ async def pending(dsn: str, table: str) -> int:
 
 @asynccontextmanager
 async def relay_of(
-    settings: Settings, dsn: str, table: str, **options: float
+    settings: Settings, dsn: str, table: str, *, levels: int = 0, **options: float
 ) -> AsyncIterator[Relay]:
     """A relay running in this event loop; stopped (batch finished) on exit."""
-    async with Publisher.connect(settings.url, exchange=settings.exchange, timeout=5.0) as pub:
+    async with Publisher.connect(
+        settings.url, exchange=settings.exchange, timeout=5.0, delay_levels=levels
+    ) as pub:
         opts = RelayOptions(**{"poll_interval": 0.2, "batch_size": 200, **options})  # type: ignore[arg-type]
         relay = Relay(
             partial(open_store, SecretStr(dsn), table=table, delete_sent=opts.retention == 0),
@@ -297,3 +302,79 @@ def test_outbox_init_creates_the_table_and_a_bad_dsn_is_a_config_error(
     )
     assert bad.returncode == 3 and "expected postgresql" in bad.stderr
     assert "hunter2" not in bad.stderr + bad.stdout
+
+
+@handler("relay.*", name="later")
+async def later(event: Event[Any], ctx: Context) -> None:
+    pass
+
+
+async def delayed_rows(broker: Broker, settings: Settings, add: Any) -> tuple[str, float]:
+    """Declare a handler's queue with delay levels, write three rows through ``add``: one due
+    in 3 s, one at a time already past, one not delayed; the queue and when they were added."""
+    worker = await broker.declare(later, settings=settings.model_copy(update={"delay_levels": 25}))
+    added = time.monotonic()
+    await add("relay.soon", {"n": 1}, delay=3)
+    await add("relay.past", {"n": 2}, at=datetime.now(UTC) - timedelta(hours=1))
+    await add("relay.now", {"n": 3})
+    return worker.routes[0].queue, added
+
+
+async def test_a_delayed_row_is_held_until_its_due_time_on_postgresql(
+    broker: Broker, settings: Settings, pg_dsn: str, pg_table: str
+) -> None:
+    conn = await asyncpg.connect(pg_dsn)
+
+    async def add(key: str, data: Any, **when: Any) -> None:
+        async with conn.transaction():
+            await outbox.add(conn, key, data, id=key, table=pg_table, **when)
+
+    try:
+        queue, added = await delayed_rows(broker, settings, add)
+    finally:
+        await conn.close()
+    async with relay_of(settings, pg_dsn, pg_table, levels=25) as relay:
+        await wait_for(lambda: relay.sent == 3, timeout=10)
+        await broker.wait_count(queue, 2, timeout=5)  # the past one and the plain one
+        assert await broker.count(queue) == 2
+        await broker.wait_count(queue, 3, timeout=10)
+    assert time.monotonic() - added >= 3 - TTL_EARLY
+
+
+async def test_a_delayed_row_is_held_until_its_due_time_on_sqlite(
+    broker: Broker, settings: Settings, tmp_path: Path
+) -> None:
+    path = tmp_path / "app.db"
+    conn = sqlite3.connect(path)
+    outbox.create(conn)
+
+    async def add(key: str, data: Any, **when: Any) -> None:
+        outbox.add(conn, key, data, id=key, **when)
+        conn.commit()
+
+    try:
+        queue, added = await delayed_rows(broker, settings, add)
+    finally:
+        conn.close()
+    async with relay_of(settings, f"sqlite:///{path}", "eventworker_outbox", levels=25) as relay:
+        await wait_for(lambda: relay.sent == 3, timeout=10)
+        await broker.wait_count(queue, 2, timeout=5)
+        await broker.wait_count(queue, 3, timeout=10)
+    assert time.monotonic() - added >= 3 - TTL_EARLY
+
+
+async def test_a_delayed_row_waits_pending_while_the_relay_has_no_delay_levels(
+    broker: Broker, settings: Settings, tmp_path: Path
+) -> None:
+    await sink(broker, "relay.#")
+    path = tmp_path / "app.db"
+    with sqlite3.connect(path) as conn:
+        outbox.create(conn)
+        outbox.add(conn, "relay.soon", {"n": 1}, delay=60)
+    async with relay_of(settings, f"sqlite:///{path}", "eventworker_outbox") as relay:
+        await wait_for(lambda: relay.failed >= 1, timeout=10)
+    with sqlite3.connect(path) as conn:
+        [(sent_at, error)] = conn.execute(
+            "SELECT sent_at, last_error FROM eventworker_outbox"
+        ).fetchall()
+    assert sent_at is None and "delayed publishing is off" in error

@@ -3,7 +3,9 @@ only there; bad events are refused before anything is written."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import asyncpg
@@ -14,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from eventworker import outbox
 from eventworker.errors import ConfigError, InvalidInputError
+from eventworker.outbox.table import DELIVER_AT
 
 
 @pytest.fixture
@@ -59,6 +62,10 @@ def test_creating_the_table_twice_is_harmless(lite: sqlite3.Connection) -> None:
         ({"routing_key": "a.b", "data": {1, 2}}, "JSON"),
         ({"routing_key": "a.b", "data": "x" * 100, "max_body_bytes": 50}, "max_body_bytes"),
         ({"routing_key": "a.b", "data": {}, "id": "i" * 256}, "1 to 255 bytes"),
+        ({"routing_key": "a.b", "data": {}, "delay": -1}, "negative"),
+        ({"routing_key": "a.b", "data": {}, "delay": 1, "at": datetime.now(UTC)}, "not both"),
+        ({"routing_key": "a.b", "data": {}, "at": datetime(2030, 1, 1)}, "time zone"),
+        ({"routing_key": "a.b", "data": {}, "delay": 2**32}, "longer than any delay levels"),
     ],
 )
 def test_a_bad_event_is_refused_and_nothing_is_written(
@@ -68,6 +75,23 @@ def test_a_bad_event_is_refused_and_nothing_is_written(
         outbox.add(lite, **kwargs)  # type: ignore[arg-type]  # the parametrised keywords
     lite.commit()
     assert pending(lite) == []
+
+
+def test_a_delayed_row_keeps_its_due_time_absolute_in_its_headers(
+    lite: sqlite3.Connection,
+) -> None:
+    before = datetime.now(UTC)
+    outbox.add(lite, "a.b", 1, headers={"tenant": "acme"}, delay=timedelta(minutes=15))
+    outbox.add(lite, "a.c", 2, at=datetime(2027, 1, 1, 10, tzinfo=timezone(timedelta(hours=1))))
+    lite.commit()
+    [(first,), (second,)] = lite.execute(
+        "SELECT headers FROM eventworker_outbox ORDER BY seq"
+    ).fetchall()
+    held = json.loads(first)
+    assert held["tenant"] == "acme"
+    due = datetime.fromisoformat(held[DELIVER_AT])
+    assert timedelta(minutes=15) <= due - before < timedelta(minutes=15, seconds=5)
+    assert json.loads(second) == {DELIVER_AT: "2027-01-01T09:00:00+00:00"}
 
 
 def test_unknown_connections_and_unsafe_table_names_are_refused(lite: sqlite3.Connection) -> None:

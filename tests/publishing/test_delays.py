@@ -217,17 +217,57 @@ async def test_a_bad_delay_is_refused_before_sending(broker: Broker, delayed: Se
     assert await broker.count(f"{delayed.queue_prefix}first") == 0
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(180)
-async def test_a_delay_of_65_seconds(broker: Broker, delayed: Settings) -> None:
+async def one_delayed(broker: Broker, delayed: Settings, delay: int) -> Event[Any]:
+    """Publish one event ``delay`` s ahead to two handlers; check both got it on time."""
     arrivals = Arrivals()
     async with (
         running(broker, two_handlers(arrivals, "order.placed"), delayed),
         Publisher.connect(delayed.url, **options(delayed)) as publisher,
     ):
-        sent = await timed_publish(publisher, "order.placed", "late", delay=65)
-        await wait_for(lambda: arrivals.count("second") == 1, 80)
-    assert_on_time(arrivals.seen["second"]["late"][0], sent, 65)
+        sent = await timed_publish(publisher, "order.placed", "late", delay=delay)
+        both = lambda: arrivals.count("first") == 1 and arrivals.count("second") == 1  # noqa: E731
+        await wait_for(both, delay + 20)
+    for name in ("first", "second"):
+        assert_on_time(arrivals.seen[name]["late"][0], sent, delay)
+    return arrivals.seen["first"]["late"][1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+async def test_a_delay_of_65_seconds(broker: Broker, delayed: Settings) -> None:
+    await one_delayed(broker, delayed, 65)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+async def test_a_delay_through_many_levels(broker: Broker, delayed: Settings) -> None:
+    """171 s = 10101011 in binary: waits in levels 7, 5, 3, 1 and 0, passes 6, 4 and 2."""
+    event = await one_delayed(broker, delayed, 171)
+    waited = {d["queue"] for d in event.headers["x-death"]}  # one entry per queue left
+    assert waited == {f"{delayed.exchange}.delay.{k}" for k in (0, 1, 3, 5, 7)}
+
+
+async def test_held_events_survive_a_worker_restart(broker: Broker, delayed: Settings) -> None:
+    """One falls due while no worker runs (delivered when one is back), one after."""
+    arrivals = Arrivals()
+    await broker.declare(*two_handlers(arrivals, "order.placed"), settings=delayed)
+    async with Publisher.connect(delayed.url, **options(delayed)) as publisher:
+        async with running(broker, two_handlers(arrivals, "order.placed"), delayed):
+            early = await timed_publish(publisher, "order.placed", "early", delay=2)
+            later = await timed_publish(publisher, "order.placed", "later", delay=7)
+        stopped = time.monotonic()
+        await asyncio.sleep(4)  # the early one falls due meanwhile, into the work queues
+        assert arrivals.count("first") == 0
+        assert await broker.count(f"{delayed.queue_prefix}first") == 1
+        back = time.monotonic()
+        async with running(broker, two_handlers(arrivals, "order.placed"), delayed):
+            await wait_for(
+                lambda: arrivals.count("first") == 2 and arrivals.count("second") == 2, 15
+            )
+    assert stopped < early[0] + 2  # the worker was stopped before it fell due
+    for name in ("first", "second"):
+        assert back <= arrivals.seen[name]["early"][0]  # kept, then handled by the new worker
+        assert_on_time(arrivals.seen[name]["later"][0], later, 7)
 
 
 async def test_held_events_survive_a_broker_killed_and_restarted() -> None:

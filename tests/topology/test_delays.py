@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventworker.topology import delays, layout
@@ -46,6 +46,34 @@ def test_a_queue_bound_with_a_key_receives_the_delayed_event(delay: int, key: st
     assert bindings.matches(routing_key) or key == "#"
     assert compile_bindings([delays.delayed_binding("#", 25)]).matches(routing_key)
     assert not compile_bindings([delays.delayed_binding("other", 25)]).matches(routing_key)
+
+
+@settings(deadline=None)  # compiles bindings per level: slow on a loaded machine
+@given(st.integers(min_value=1, max_value=2 ** (LEVELS - 1) - 1))
+def test_a_retry_copy_waits_its_delay_and_ends_at_the_return_exchange(delay: int) -> None:
+    routing_key = delays.return_key(delay, LEVELS)
+    waited: list[int] = []
+    for level in range(delays.entry_level(delay), -1, -1):
+        if compile_bindings([delays.wait_binding(level, LEVELS)]).matches(routing_key):
+            waited.append(level)
+        else:
+            assert compile_bindings([delays.skip_binding(level, LEVELS)]).matches(routing_key)
+    assert sum(2**level for level in waited) == delay
+    assert compile_bindings([delays.return_binding()]).matches(routing_key)
+    assert not compile_bindings(delays.event_bindings()).matches(routing_key)
+    event_key = delays.routing_key(delay, "return.x", LEVELS)
+    assert compile_bindings(delays.event_bindings()).matches(event_key)
+    assert not compile_bindings([delays.return_binding()]).matches(event_key)
+
+
+def test_a_retry_delay_never_enters_the_top_level() -> None:
+    assert delays.longest_retry(25) == 2**24 - 1
+    assert delays.return_key(5, 25) == "return." + "0." * 21 + "1.0.1"
+    with pytest.raises(ValueError, match="1 to 16777215 s"):
+        delays.return_key(2**24, 25)
+    assert delays.is_level_queue("ev", "ev.delay.7")
+    assert not delays.is_level_queue("ev", "ev.delay.delivery")
+    assert not delays.is_level_queue("ev", "other.delay.7")
 
 
 def test_five_seconds_is_101_in_binary_and_skips_level_one() -> None:
@@ -102,8 +130,11 @@ def test_the_plan_has_the_levels_once_per_exchange() -> None:
     assert exchanges.count("ev.delay.delivery") == 1
     assert len([e for e in exchanges if e.startswith("ev.delay.")]) == 26
     hops = [b for b in plan.bindings if b.to_exchange]
-    assert len(hops) == 26  # 25 skips and the delivery exchange to the event exchange
-    assert layout.BindingDecl("ev", "ev.delay.delivery", "#", to_exchange=True) in hops
+    assert len(hops) == 28  # 25 skips, the delivery exchange to the event and return exchanges
+    for key in ("0.#", "1.#"):
+        assert layout.BindingDecl("ev", "ev.delay.delivery", key, to_exchange=True) in hops
+    back = layout.BindingDecl("ev.return", "ev.delay.delivery", "return.#", to_exchange=True)
+    assert back in hops
     delayed = {(b.queue, b.routing_key) for b in plan.bindings if b.exchange == "ev"}
     assert ("p.b", "*." * 25 + "x.#") in delayed
     assert ("p.a", "*." * 25 + "order.*") in delayed

@@ -206,7 +206,8 @@ async def test_plan_shows_the_delay_levels_and_apply_declares_them_once(
         assert f"missing   exchange  {x}.delay.{level}\n" in planned.stdout
     assert f"missing   exchange  {x}.delay.delivery\n" in planned.stdout
     assert f"{x}.delay.1 -> exchange {x}.delay.0 '{'*.' * 23}0.#'" in planned.stdout
-    assert f"{x}.delay.delivery -> exchange {x} '#'" in planned.stdout
+    assert f"{x}.delay.delivery -> exchange {x} '0.#'" in planned.stdout
+    assert f"{x}.delay.delivery -> exchange {x}.return 'return.#'" in planned.stdout
     assert planned.stdout.count(f"missing   queue     {x}.delay.") == 25
 
     applied = cli(settings, "topology", "apply", "--handler", "greet", **levels)
@@ -226,6 +227,18 @@ async def test_plan_shows_the_delay_levels_and_apply_declares_them_once(
     live = bindings.from_rabbitmqctl("/", timeout=60)
     skip = LiveBinding.of(f"{x}.delay.1", f"{x}.delay.0", "*." * 23 + "0.#", {}, to_exchange=True)
     assert skip in live
+
+    # The delivery exchange's binding of every message to the event exchange, as declared
+    # before exact retry delays, would pass retry copies on to it: stale, removed.
+    channel = await broker.connection.channel()
+    events = await channel.get_exchange(x, ensure=False)
+    await events.bind(f"{x}.delay.delivery", "#")
+    await channel.close()
+    stale = cli(settings, "topology", "plan", "--handler", "greet", **levels)
+    assert f"{x}.delay.delivery -> exchange {x} '#'" in stale.stdout
+    assert "stale: apply removes it" in stale.stdout
+    removed = cli(settings, "topology", "apply", "--handler", "greet", **levels)
+    assert f"removed stale binding {x}.delay.delivery -> exchange {x} '#'" in removed.stdout
 
 
 def discover_greet() -> list[Any]:

@@ -62,6 +62,21 @@ def test_retry_with_a_delay_matching_a_tier_waits_exactly_that_tier() -> None:
     assert decide(1, POLICY, Retry(delay=60), tiers=TIERS) == RetryIn(60.0)
 
 
+def test_with_delay_levels_a_retry_delay_waits_exactly_in_the_levels() -> None:
+    assert decide(1, POLICY, Retry(delay=7), tiers=TIERS, delay_levels=25) == RetryIn(7, True)
+    assert decide(1, POLICY, Retry(delay=6.2), tiers=TIERS, delay_levels=25) == RetryIn(7, True)
+    # A tier it names keeps its single hop; the policy's own delays are tiers.
+    assert decide(1, POLICY, Retry(delay=10), tiers=TIERS, delay_levels=25) == RetryIn(10.0)
+    assert decide(2, POLICY, RuntimeError("x"), tiers=TIERS, delay_levels=25) == RetryIn(10.0)
+    assert decide(2, POLICY, Retry(), tiers=TIERS, delay_levels=25) == RetryIn(10.0)
+    # Longer than a retry copy can wait in the levels (never the top one): the longest.
+    longest = decide(1, POLICY, Retry(delay=2**30), tiers=TIERS, delay_levels=25)
+    assert longest == RetryIn(2**24 - 1, True)
+    # Still bounded by max_attempts.
+    last = decide(3, POLICY, Retry(delay=7), tiers=TIERS, delay_levels=25)
+    assert last == DeadLetter("retry_requested")
+
+
 def test_retry_on_the_last_attempt_dead_letters_as_retry_requested() -> None:
     assert decide(3, POLICY, Retry(delay=1), tiers=TIERS) == DeadLetter("retry_requested")
 

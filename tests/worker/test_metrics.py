@@ -236,3 +236,51 @@ async def test_run_serves_metrics_and_probes_and_logs_json_lines(
     )
     assert any("serving /metrics, /healthz and /readyz" in line["message"] for line in lines)
     assert any(line["message"].startswith("drained") for line in lines)
+
+
+async def test_exact_retries_are_counted_as_exact_and_the_delay_levels_depths_are_read(
+    broker: Broker, settings: Settings
+) -> None:
+    from eventworker import Publisher, Retry
+    from eventworker.topology import delays
+
+    @handler("wait.event", name="waits")
+    async def waits(event: Event[Any], ctx: Context) -> None:
+        if event.data["kind"] == "retry":
+            raise Retry(delay=40)
+
+    s = settings.model_copy(update={"metrics_poll_interval": 0.2, "delay_levels": 25})
+    async with observed(broker, [waits], s) as (_, _, port):
+        async with Publisher.connect(s.url, exchange=s.exchange, delay_levels=25) as publisher:
+            await publisher.publish("wait.event", {"kind": "retry"})
+            await publisher.publish("wait.event", {"kind": "later"}, delay=3)
+        level = {k: delays.level_name(s.exchange, k) for k in (1, 5)}
+        samples: Samples = {}
+
+        async def waiting() -> bool:
+            nonlocal samples
+            samples = await scrape(port)
+            # 40 s = 101000: the retry copy waits in level 5 first; 3 s = 11: level 1 first.
+            return (
+                samples.get(
+                    (
+                        "eventworker_delayed_messages",
+                        frozenset({"level": "5", "queue": level[5]}.items()),
+                    )
+                )
+                == 1
+                and samples.get(
+                    (
+                        "eventworker_delayed_messages",
+                        frozenset({"level": "1", "queue": level[1]}.items()),
+                    )
+                )
+                == 1
+            )
+
+        await eventually(waiting)
+    assert value(samples, "eventworker_messages_retried_total", handler="waits", delay="exact") == 1
+    assert (
+        value(samples, "eventworker_delayed_messages", level="0", queue=f"{s.exchange}.delay.0")
+        == 0
+    )
