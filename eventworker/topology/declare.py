@@ -64,6 +64,7 @@ async def apply(plan: Plan, target: AbstractChannel | AbstractConnection) -> Non
             await _declare_exchanges(plan, target)
             await _declare_queues(plan.queues, target)
             await _bind(plan.bindings, target)
+            await _unbind(plan.retired, target)
     except ChannelPreconditionFailed as exc:
         conflict = conflict_error(exc)
         if conflict is None:
@@ -81,6 +82,7 @@ async def _apply_parallel(plan: Plan, connection: AbstractConnection) -> None:
         await _declare_exchanges(plan, channels[0])
         await _lanes(channels, plan.queues, _declare_queues)
         await _lanes(channels, plan.bindings, _bind)
+        await _unbind(plan.retired, channels[0])
     finally:
         for channel in channels:
             with contextlib.suppress(AMQPError, ConnectionError, RuntimeError):  # failed one
@@ -129,3 +131,14 @@ async def _bind(bindings: Sequence[BindingDecl], channel: AbstractChannel) -> No
             continue
         queue = await channel.get_queue(b.queue, ensure=False)
         await queue.bind(b.exchange, routing_key=b.routing_key, arguments=b.arguments or None)
+
+
+async def _unbind(bindings: Sequence[BindingDecl], channel: AbstractChannel) -> None:
+    for b in bindings:
+        arguments = b.arguments or None
+        if b.to_exchange:
+            destination = await channel.get_exchange(b.queue, ensure=False)
+            await destination.unbind(b.exchange, routing_key=b.routing_key, arguments=arguments)
+        else:
+            queue = await channel.get_queue(b.queue, ensure=False)
+            await queue.unbind(b.exchange, routing_key=b.routing_key, arguments=arguments)

@@ -81,6 +81,9 @@ class Plan:
     queues: tuple[QueueDecl, ...]
     bindings: tuple[BindingDecl, ...]
     retry_queues: dict[float, str]
+    #: Bindings an earlier layout made that would now route wrongly: every declaration removes
+    #: them (removing one that is not there does nothing), so an upgrade needs no manual step.
+    retired: tuple[BindingDecl, ...] = ()
 
 
 def work_queue(prefix: str, handler_name: str, explicit: str | None = None) -> str:
@@ -233,8 +236,13 @@ def plan(
                 },
             )
         )
+    retired: list[BindingDecl] = []
     if delay_levels:
         _delay_levels(exchange, delay_levels, quorum, exchanges, queues, bindings)
+        # The delivery exchange once passed everything on with "#": it would hand retry copies
+        # (return.<digits>) to the event exchange too, where a queue bound with "#" takes them.
+        delivery = delays.delivery_exchange(exchange)
+        retired.append(BindingDecl(exchange, delivery, "#", to_exchange=True))
     names = [q.name for q in queues]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:
@@ -244,6 +252,7 @@ def plan(
         queues=tuple(queues),
         bindings=tuple(bindings),
         retry_queues=retry_queues,
+        retired=tuple(retired),
     )
 
 

@@ -245,3 +245,36 @@ def discover_greet() -> list[Any]:
     from eventworker.plugins.discovery import discover
 
     return discover(names=["greet"])
+
+
+@needs_rabbitmqctl
+async def test_every_declaration_removes_the_delivery_binding_of_earlier_releases(
+    broker: Broker, settings: Settings
+) -> None:
+    """The delivery exchange once passed every message on with "#"; it would hand retry copies
+    to the event exchange as well. A worker (any declaration) removes it with no manual step."""
+    from eventworker.topology import layout
+
+    x = settings.exchange
+    plan = layout.plan(
+        [],
+        exchange=x,
+        prefix=settings.queue_prefix,
+        queue_type="quorum",
+        delivery_limit=20,
+        tiers=[1.0],
+        delay_levels=25,
+    )
+    await declare.apply(plan, broker.connection)
+    channel = await broker.connection.channel()
+    events = await channel.get_exchange(x, ensure=False)
+    await events.bind(f"{x}.delay.delivery", "#")
+    await channel.close()
+    old = LiveBinding.of(f"{x}.delay.delivery", x, "#", {}, to_exchange=True)
+    assert old in bindings.from_rabbitmqctl("/", timeout=60)
+
+    await declare.apply(plan, broker.connection)
+    live = bindings.from_rabbitmqctl("/", timeout=60)
+    assert old not in live
+    assert LiveBinding.of(f"{x}.delay.delivery", x, "0.#", {}, to_exchange=True) in live
+    await declare.apply(plan, await broker.connection.channel())  # again, with it gone: fine
