@@ -13,7 +13,7 @@ import pytest
 from eventworker import BlockingPublisher, NewEvent, Publisher
 from eventworker.errors import BrokerError, BrokerUnreachableError, InvalidInputError, PublishError
 from eventworker.publishing.channel import Outgoing, PublishResult
-from eventworker.publishing.publisher import Stop
+from eventworker.publishing.publisher import Stop, prepare
 from eventworker.settings import Settings
 from tests.support.broker import Broker
 from tests.support.queues import drain, sink
@@ -252,3 +252,28 @@ async def test_the_blocking_publisher_publishes_from_threads(
         "s-1",
         "s-2",
     ]
+
+
+async def test_a_window_of_batched_writes_confirms_and_delivers_each_event_once_in_order(
+    broker: Broker, settings: Settings
+) -> None:
+    # Many windows' worth of events written a batch at a time, an unroutable one among them
+    # every 97: each has its own result, and the queue holds the others once each, in order.
+    queue = await sink(broker, "orders.created")
+    events = [
+        NewEvent("nobody.listens" if n % 97 == 0 else "orders.created", {"n": n}, id=f"e-{n}")
+        for n in range(3000)
+    ]
+    heard: list[str] = []
+    async with Publisher.connect(settings.url, **options(settings)) as pub:
+        prepared = [prepare(e, max_body_bytes=pub.max_body_bytes) for e in events]
+        results = await pub.send_many(
+            prepared, window=64, on_result=lambda r: heard.append(r.event_id)
+        )
+    expected = [
+        (e.id, "unroutable" if e.routing_key == "nobody.listens" else "confirmed") for e in events
+    ]
+    assert [(r.event_id, r.status) for r in results] == expected
+    assert sorted(heard) == sorted(e.id for e in prepared)  # each result heard once
+    delivered = [m.message_id for m in await drain(broker, queue, expect=2969)]
+    assert delivered == [e.id for e in events if e.routing_key == "orders.created"]
