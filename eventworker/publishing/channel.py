@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -53,6 +52,9 @@ CHANNEL_CLOSE_TIMEOUT = 0.5
 DEFAULT_WINDOW = 1024
 #: A publish of at least this many body bytes is followed by a heartbeat frame (see _let_go).
 LARGE_PUBLISH = 1_048_576
+#: The body bytes one socket write of a batch gathers at most (plus its last event's): a
+#: window of large events goes out in several writes, never as one copy of all of them.
+WRITE_BYTES = 1_048_576
 _HEARTBEAT = ChannelFrame.marshall(channel_number=0, frames=[Heartbeat()])
 
 
@@ -70,6 +72,22 @@ class Outgoing:
     timestamp: datetime | None = None
     #: Whole seconds the broker holds the event before routing it (0: at once).
     delay: int = 0
+
+
+def _take(
+    pending: Iterator[tuple[int, Outgoing]], room: int
+) -> tuple[list[tuple[int, Outgoing]], bool]:
+    """Up to ``room`` events from ``pending`` for one write, fewer once their bodies reach
+    :data:`WRITE_BYTES`; and whether ``pending`` may hold more."""
+    batch: list[tuple[int, Outgoing]] = []
+    size = 0
+    while len(batch) < room and size < WRITE_BYTES:
+        item = next(pending, None)
+        if item is None:
+            return batch, False
+        batch.append(item)
+        size += len(item[1].body)
+    return batch, True
 
 
 class _Sent(NamedTuple):
@@ -292,10 +310,10 @@ class ConfirmChannel:
         order. ``on_result`` hears each result as it comes, with the event's position in
         ``events`` (the results of a batch cancelled mid-way are the ones it heard).
 
-        The events that fit in the window go out together, in one socket write
-        (:func:`eventworker.amqp.publishes.write`); each confirm that comes back makes room
-        for the next ones. An event whose confirm takes longer than the timeout is reported
-        ``timeout``."""
+        The events that fit in the window go out together, in one socket write of at most
+        about :data:`WRITE_BYTES` (:func:`eventworker.amqp.publishes.write`); each confirm that
+        comes back makes room for the next ones. An event whose confirm takes longer than the
+        timeout is reported ``timeout``."""
         loop = asyncio.get_running_loop()
         pending = iter(enumerate(events))
         results: dict[int, PublishResult] = {}
@@ -310,10 +328,8 @@ class ConfirmChannel:
         more = True
         try:
             while True:
-                room = window - len(in_flight)
-                if more and room > 0:
-                    batch = list(itertools.islice(pending, room))
-                    more = len(batch) == room
+                while more and len(in_flight) < window:
+                    batch, more = _take(pending, window - len(in_flight))
                     if batch:
                         await self._write(batch, in_flight, report, loop)
                 if not in_flight:
@@ -354,6 +370,8 @@ class ConfirmChannel:
         except BaseException:
             self._in_flight -= len(batch)
             raise
+        if sum(len(m.body) for m in messages) >= LARGE_PUBLISH:
+            self._let_go()
         deadline = loop.time() + self._timeout
         for (index, event), message, future in zip(batch, messages, futures, strict=True):
             in_flight.append(_Sent(index, event.id, message.routing_key, deadline, future))
