@@ -18,7 +18,6 @@ bytes against pamqp's.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import struct
 from collections.abc import Sequence
 from functools import partial
@@ -84,22 +83,32 @@ def encode(message: Message, channel: int, max_content: int, *, mandatory: bool 
     return b"".join(parts)
 
 
+def _quiet(drained: asyncio.Future[None]) -> None:
+    """Read a failed drain's exception (the channel's close reason, which every confirm future
+    carries too), so that asyncio does not log it as never retrieved."""
+    if not drained.cancelled():
+        drained.exception()
+
+
 def _forget(channel: aiormq.Channel, message_id: str, tag: int, _: object) -> None:
     if channel.message_id_delivery_tag.get(message_id) == tag:
         channel.message_id_delivery_tag.pop(message_id)
 
 
 async def write(
-    channel: aiormq.Channel, messages: Sequence[Message]
+    channel: aiormq.Channel, messages: Sequence[Message], *, timeout: float | None = None
 ) -> list[asyncio.Future[object]]:
     """Publish ``messages`` (mandatory) on ``channel``, a confirm channel, in one socket write,
-    in order; returns each one's confirm future, in order, once the write drained (or the
-    channel closed, which ends every future with its reason). A future
-    ends as aiormq's own ``basic_publish`` would: a frame on an ack, ``DeliveryError`` on a
-    nack, ``PublishError`` on a return, the channel's close exception when it closes.
+    in order; returns each one's confirm future, in order, once the write drained, the channel
+    closed, or ``timeout`` seconds passed (a broker that blocks publishers reads nothing
+    more). A future ends as aiormq's own ``basic_publish`` would: a frame on an ack,
+    ``DeliveryError`` on a nack, ``PublishError`` on a return, the channel's close exception
+    when it closes.
 
     Raises:
         ChannelInvalidStateError: the channel is closed (nothing was written).
+        TimeoutError: no turn on the channel, or no room in the connection's write queue,
+            within ``timeout`` seconds (nothing was written).
         ValueError, TypeError: a message could not be encoded (nothing was written).
     """
     if channel.is_closed:
@@ -107,7 +116,7 @@ async def write(
     futures: list[asyncio.Future[object]] = []
     # Every ``max_content`` a frame holds: the frame size less its 8 bytes of framing.
     max_content = channel.max_content_size
-    async with channel.lock:  # tags and frames in the same order as other publishers'
+    async with asyncio.timeout(timeout), channel.lock:  # tags in other publishers' order
         first = channel.delivery_tag + 1
         sent = False
         try:
@@ -123,6 +132,7 @@ async def write(
                 future.add_done_callback(partial(_forget, channel, message_id, tag))
                 futures.append(future)
             drained: asyncio.Future[None] = channel.create_future()
+            drained.add_done_callback(_quiet)
             await channel.write_queue.put(
                 ChannelFrame(payload=b"".join(parts), should_close=False, drain_future=drained)
             )
@@ -134,6 +144,7 @@ async def write(
                 for future in futures:
                     future.cancel()
                 channel.delivery_tag = first - 1
-    with contextlib.suppress(Exception):  # the channel closed: every future carries its reason
-        await drained
+    # Closed meanwhile (every future then carries the reason), or not drained in time (their
+    # confirms will not come in time either): the futures say which.
+    await asyncio.wait((drained,), timeout=timeout)
     return futures

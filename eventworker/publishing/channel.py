@@ -55,6 +55,8 @@ LARGE_PUBLISH = 1_048_576
 #: The body bytes one socket write of a batch gathers at most (plus its last event's): a
 #: window of large events goes out in several writes, never as one copy of all of them.
 WRITE_BYTES = 1_048_576
+#: What a publish can end in that :meth:`ConfirmChannel._failure` turns into a result.
+_FAILED = (TimeoutError, ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError)
 _HEARTBEAT = ChannelFrame.marshall(channel_number=0, frames=[Heartbeat()])
 
 
@@ -359,11 +361,12 @@ class ConfirmChannel:
         """Write ``batch`` at once and add its confirms to ``in_flight``; when the channel is
         gone, report each event as a publish on it would."""
         assert isinstance(self._underlay, aiormq.Channel)  # what aio-pika's channel wraps
-        self._in_flight += len(batch)
         messages = [self._message(event) for _, event in batch]
+        self._in_flight += len(batch)
+        deadline = loop.time() + self._timeout  # the write's time counts, as in basic_publish
         try:
-            futures = await publishes.write(self._underlay, messages)
-        except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError) as exc:
+            futures = await publishes.write(self._underlay, messages, timeout=self._timeout)
+        except _FAILED as exc:
             for (index, event), message in zip(batch, messages, strict=True):
                 report(index, self._failure(event.id, message.routing_key, exc))
             return
@@ -372,7 +375,6 @@ class ConfirmChannel:
             raise
         if sum(len(m.body) for m in messages) >= LARGE_PUBLISH:
             self._let_go()
-        deadline = loop.time() + self._timeout
         for (index, event), message, future in zip(batch, messages, futures, strict=True):
             in_flight.append(_Sent(index, event.id, message.routing_key, deadline, future))
 
@@ -464,13 +466,7 @@ class ConfirmChannel:
                 mandatory=True,
                 timeout=self._timeout,
             )
-        except (
-            TimeoutError,
-            ChannelInvalidStateError,
-            AMQPError,
-            ConnectionError,
-            RuntimeError,
-        ) as exc:
+        except _FAILED as exc:
             return self._failure(event_id, routing_key, exc)
         finally:
             self._in_flight -= 1

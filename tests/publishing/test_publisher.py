@@ -13,7 +13,7 @@ import pytest
 
 from eventworker import BlockingPublisher, NewEvent, Publisher
 from eventworker.errors import BrokerError, BrokerUnreachableError, InvalidInputError, PublishError
-from eventworker.publishing.channel import Outgoing, PublishResult
+from eventworker.publishing.channel import ConfirmChannel, Outgoing, PublishResult
 from eventworker.publishing.publisher import Stop, prepare
 from eventworker.settings import Settings
 from tests.support.broker import Broker
@@ -293,3 +293,24 @@ async def test_large_events_go_out_in_several_writes_each_confirmed_in_order(
     delivered = await drain(broker, queue, expect=6)
     assert [m.message_id for m in delivered] == [r.event_id for r in results]
     assert [json.loads(m.body)["n"] for m in delivered] == list(range(6))
+
+
+async def test_a_batch_that_gets_no_turn_on_the_channel_in_time_is_reported_timeout(
+    broker: Broker, settings: Settings
+) -> None:
+    # Another publish holds the channel (as one stuck on a broker that blocks publishers
+    # would): the batch waits no longer than the timeout, sends nothing and says so per event.
+    queue = await sink(broker, "orders.created")
+    events = [Outgoing("orders.created", b"{}", f"e-{n}") for n in range(3)]
+    async with ConfirmChannel.connect(
+        settings.url, exchange=settings.exchange, timeout=0.5
+    ) as channel:
+        async with channel._underlay.lock:
+            results = await asyncio.wait_for(channel.send_many(events), 10)
+        assert [(r.event_id, r.status) for r in results] == [
+            ("e-0", "timeout"),
+            ("e-1", "timeout"),
+            ("e-2", "timeout"),
+        ]
+        assert (await channel.send(Outgoing("orders.created", b"{}", "e-after"))).ok
+    assert [m.message_id for m in await drain(broker, queue, expect=1)] == ["e-after"]
