@@ -127,6 +127,14 @@ def _shortstr(value: str | None, what: str) -> None:
     help="Seconds to wait for each confirm (default: publish_timeout).",
 )
 @click.option(
+    "--window",
+    type=click.IntRange(min=1, max=65_535),
+    default=None,
+    metavar="N",
+    help="Confirms in flight at once (default: 1024). The events go out in their order on "
+    "one channel, a window's worth per socket write.",
+)
+@click.option(
     "--failed-out",
     type=click.Path(dir_okay=False, writable=True),
     default=None,
@@ -161,6 +169,7 @@ def publish(
     correlation_id: str | None,
     exchange: str | None,
     timeout: float | None,
+    window: int | None,
     failed_out: str | None,
     delay_text: str | None,
     at_text: str | None,
@@ -213,7 +222,7 @@ def publish(
 
         started = time.perf_counter()
         with progress(len(outgoing), label="publishing") as advance:
-            sent = run_async(send_all(settings, outgoing, lambda _: advance(1)))
+            sent = run_async(send_all(settings, outgoing, lambda _: advance(1), window=window))
         elapsed = time.perf_counter() - started
     results = sent.results
     failed = [r for r in results if not r.ok]

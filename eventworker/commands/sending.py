@@ -70,10 +70,15 @@ class SignalStop(Stop):
 
 
 async def send_all(
-    settings: Settings, outgoing: Sequence[Outgoing], on_result: Callable[[PublishResult], None]
+    settings: Settings,
+    outgoing: Sequence[Outgoing],
+    on_result: Callable[[PublishResult], None],
+    *,
+    window: int | None = None,
 ) -> Sent:
-    """Publish ``outgoing`` with the library publisher; ``on_result`` hears each final result
-    once (a progress bar). A lost connection is opened again — the next node of a cluster —
+    """Publish ``outgoing`` with the library publisher, up to ``window`` confirms in flight
+    (None: the publisher's default); ``on_result`` hears each final result once (a progress
+    bar). A lost connection is opened again — the next node of a cluster —
     and the unconfirmed events are sent again with the same ids. A SIGINT or SIGTERM stops
     the sending as the module says.
 
@@ -98,7 +103,7 @@ async def send_all(
         publisher = Publisher.from_settings(settings, source="eventworker")
         stack.push_async_callback(publisher.close)
         await stop.settle(asyncio.ensure_future(publisher.open()))
-        results = await publisher.send_many(outgoing, on_result=on_result, stop=stop)
+        results = await publisher.send_many(outgoing, window=window, on_result=on_result, stop=stop)
         confirmed = [r.event_id for r in results if r.ok]
         went_unrouted = await watch.unrouted(confirmed) if watch else set()
     return Sent(results, went_unrouted, stop.requested.is_set())

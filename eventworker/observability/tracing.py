@@ -12,21 +12,30 @@ stay in the producer's trace.
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-try:  # the optional extra ``eventworker[otel]``
-    from opentelemetry import propagate as _propagate
-    from opentelemetry import trace as _trace
-except ImportError:  # pragma: no cover - the suite runs with the extra; see test_tracing
-    _propagate = None  # type: ignore[assignment]  # absent extra: the W3C-only path
-    _trace = None  # type: ignore[assignment]  # absent extra: the W3C-only path
 
-#: True when OpenTelemetry spans are made; tests switch it off to prove the fallback.
-OTEL = _trace is not None
+def _installed() -> bool:
+    """Whether the optional extra ``eventworker[otel]`` is there, without importing it."""
+    if "opentelemetry" in sys.modules:  # imported already, or blocked (None)
+        return sys.modules["opentelemetry"] is not None
+    try:
+        importlib.metadata.distribution("opentelemetry-api")
+    except importlib.metadata.PackageNotFoundError:  # absent extra: the W3C-only path
+        return False
+    return True
+
+
+#: True when OpenTelemetry is installed, so spans can be made; tests switch it off to prove
+#: the fallback.
+OTEL = _installed()
 #: The tracer provider of eventworker's spans; None is OpenTelemetry's global one (tests set a
 #: provider of their own rather than the process-wide one, which can be set only once).
 TRACER_PROVIDER: Any = None
@@ -95,12 +104,37 @@ class Handling:
         A handler error marks the span as failed; the exception's message is not recorded,
         only its type, because it may quote the event's body.
         """
-        if self._span is None or _trace is None:
+        otel = _otel()
+        if self._span is None or otel is None:
             return
+        trace = otel[0]
         self._span.set_attribute("eventworker.outcome", outcome)
         if error is not None:
             self._span.set_attribute("error.type", type(error).__name__)
-            self._span.set_status(_trace.Status(_trace.StatusCode.ERROR, type(error).__name__))
+            self._span.set_status(trace.Status(trace.StatusCode.ERROR, type(error).__name__))
+
+
+def _otel() -> tuple[Any, Any] | None:
+    """OpenTelemetry's ``trace`` and ``propagate`` modules, imported on first need, or None
+    when nothing can make them matter: the extra is absent, or no code has imported
+    OpenTelemetry and no tracer provider is named (``TRACER_PROVIDER``, the
+    ``OTEL_PYTHON_TRACER_PROVIDER`` variable). A tracer provider, a propagator or a current
+    span can only be set by code that imported it, so without one the spans would be no-ops
+    and the propagated headers those of the received event: the W3C-only path gives the same
+    headers, and a worker without tracing never loads OpenTelemetry."""
+    if not OTEL:
+        return None
+    if (
+        TRACER_PROVIDER is None
+        and "opentelemetry.trace" not in sys.modules
+        and not os.environ.get("OTEL_PYTHON_TRACER_PROVIDER")
+    ):
+        return None
+    try:
+        from opentelemetry import propagate, trace
+    except ImportError:  # pragma: no cover - a broken install: the W3C-only path
+        return None
+    return trace, propagate
 
 
 def _carrier(headers: Mapping[str, Any]) -> dict[str, str]:
@@ -108,12 +142,12 @@ def _carrier(headers: Mapping[str, Any]) -> dict[str, str]:
     return {k: v for k, v in ((k, _text(v)) for k, v in headers.items()) if v is not None}
 
 
-def _tracing() -> bool:
+def _tracing(trace: Any) -> bool:
     """Whether any tracer provider is configured. Without one, OpenTelemetry's spans are
     no-ops that still cost about a tenth of a no-op handling's CPU: skip them. Follow-up events
     then carry the received trace headers as without the extra (``producing`` falls back)."""
     return TRACER_PROVIDER is not None or not isinstance(
-        _trace.get_tracer_provider(), _trace.ProxyTracerProvider
+        trace.get_tracer_provider(), trace.ProxyTracerProvider
     )
 
 
@@ -123,17 +157,19 @@ def consuming(
 ) -> Iterator[Handling]:
     """The span of one handling; its OpenTelemetry context is current inside the block, so
     follow-up publishes (and a plugin's own spans) become its children."""
-    if not OTEL or _trace is None or _propagate is None or not _tracing():
+    otel = _otel()
+    if otel is None or not _tracing(otel[0]):
         yield Handling(trace_id(headers))
         return
-    producer = _propagate.extract(_carrier(headers))
-    producer_span = _trace.get_current_span(producer).get_span_context()
-    links = [_trace.Link(producer_span)] if producer_span.is_valid else []
-    tracer = _trace.get_tracer("eventworker", tracer_provider=TRACER_PROVIDER)
+    trace, propagate = otel
+    producer = propagate.extract(_carrier(headers))
+    producer_span = trace.get_current_span(producer).get_span_context()
+    links = [trace.Link(producer_span)] if producer_span.is_valid else []
+    tracer = trace.get_tracer("eventworker", tracer_provider=TRACER_PROVIDER)
     with tracer.start_as_current_span(
         f"process {queue}",
         context=producer,
-        kind=_trace.SpanKind.CONSUMER,
+        kind=trace.SpanKind.CONSUMER,
         links=links,
         attributes={
             "messaging.system": "rabbitmq",
@@ -148,7 +184,7 @@ def consuming(
         set_status_on_exception=False,
     ) as span:
         context = span.get_span_context()
-        found = _trace.format_trace_id(context.trace_id) if context.is_valid else None
+        found = trace.format_trace_id(context.trace_id) if context.is_valid else None
         yield Handling(found or trace_id(headers), span)
 
 
@@ -159,13 +195,15 @@ def producing(routing_key: str, *, received: Mapping[str, Any]) -> Iterator[dict
     With OpenTelemetry: a PRODUCER span around the publish, its context injected. Without: the
     received event's valid ``traceparent``/``tracestate``, carried unchanged.
     """
-    if not OTEL or _trace is None or _propagate is None:
+    otel = _otel()
+    if otel is None:
         yield trace_headers(received)
         return
-    tracer = _trace.get_tracer("eventworker", tracer_provider=TRACER_PROVIDER)
+    trace, propagate = otel
+    tracer = trace.get_tracer("eventworker", tracer_provider=TRACER_PROVIDER)
     with tracer.start_as_current_span(
         f"send {routing_key}",
-        kind=_trace.SpanKind.PRODUCER,
+        kind=trace.SpanKind.PRODUCER,
         attributes={
             "messaging.system": "rabbitmq",
             "messaging.operation.type": "send",
@@ -173,6 +211,6 @@ def producing(routing_key: str, *, received: Mapping[str, Any]) -> Iterator[dict
         },
     ):
         carrier: dict[str, str] = {}
-        _propagate.inject(carrier)
+        propagate.inject(carrier)
         # No recording tracer and no trace in the context: carry what came in, if anything.
         yield carrier if TRACEPARENT in carrier else {**trace_headers(received), **carrier}

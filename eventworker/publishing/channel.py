@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence, Sized
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
+import aiormq
 import aiormq.abc
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 from aiormq.abc import ChannelFrame
@@ -31,6 +33,7 @@ from pamqp.heartbeat import Heartbeat
 from pydantic import SecretStr
 
 from eventworker import envelope
+from eventworker.amqp import publishes
 from eventworker.amqp.connection import connect
 from eventworker.amqp.properties import PERSISTENT, Properties
 from eventworker.errors import BrokerError, InvalidInputError, PublishError
@@ -49,6 +52,11 @@ CHANNEL_CLOSE_TIMEOUT = 0.5
 DEFAULT_WINDOW = 1024
 #: A publish of at least this many body bytes is followed by a heartbeat frame (see _let_go).
 LARGE_PUBLISH = 1_048_576
+#: The body bytes one socket write of a batch gathers at most (plus its last event's): a
+#: window of large events goes out in several writes, never as one copy of all of them.
+WRITE_BYTES = 1_048_576
+#: What a publish can end in that :meth:`ConfirmChannel._failure` turns into a result.
+_FAILED = (TimeoutError, ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError)
 _HEARTBEAT = ChannelFrame.marshall(channel_number=0, frames=[Heartbeat()])
 
 
@@ -66,6 +74,32 @@ class Outgoing:
     timestamp: datetime | None = None
     #: Whole seconds the broker holds the event before routing it (0: at once).
     delay: int = 0
+
+
+def _take(
+    pending: Iterator[tuple[int, Outgoing]], room: int
+) -> tuple[list[tuple[int, Outgoing]], bool]:
+    """Up to ``room`` events from ``pending`` for one write, fewer once their bodies reach
+    :data:`WRITE_BYTES`; and whether ``pending`` may hold more."""
+    batch: list[tuple[int, Outgoing]] = []
+    size = 0
+    while len(batch) < room and size < WRITE_BYTES:
+        item = next(pending, None)
+        if item is None:
+            return batch, False
+        batch.append(item)
+        size += len(item[1].body)
+    return batch, True
+
+
+class _Sent(NamedTuple):
+    """An event of a batch written and not yet settled: its confirm and its deadline."""
+
+    position: int
+    event_id: str
+    routing_key: str
+    deadline: float
+    confirm: asyncio.Future[object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +268,9 @@ class ConfirmChannel:
         )
         result.check(f"event {result.event_id} to {routing_key!r}")
 
-    async def send(self, event: Outgoing) -> PublishResult:
-        """Publish one event to the exchange; the result says whether it was confirmed."""
+    def _message(self, event: Outgoing) -> publishes.Message:
+        """Where ``event`` goes (the exchange, or the delay level that holds it first), its
+        body and its properties."""
         fields = envelope.properties(
             event_id=event.id,
             routing_key=event.routing_key,
@@ -251,15 +286,19 @@ class ConfirmChannel:
             # Checked by the callers; the levels keep the event's own key in ``type``.
             levels = self.delay_levels
             delays.check(event.delay, event.routing_key, levels)
-            return await self._confirmed(
+            return publishes.Message(
                 delays.level_name(self._exchange.name, delays.entry_level(event.delay)),
+                delays.routing_key(event.delay, event.routing_key, levels),
                 event.body,
                 properties,
-                delays.routing_key(event.delay, event.routing_key, levels),
-                event.id,
             )
+        return publishes.Message(self._exchange.name, event.routing_key, event.body, properties)
+
+    async def send(self, event: Outgoing) -> PublishResult:
+        """Publish one event to the exchange; the result says whether it was confirmed."""
+        message = self._message(event)
         return await self._confirmed(
-            self._exchange.name, event.body, properties, event.routing_key, event.id
+            message.exchange, message.body, message.properties, message.routing_key, event.id
         )
 
     async def send_many(
@@ -269,26 +308,110 @@ class ConfirmChannel:
         window: int = DEFAULT_WINDOW,
         on_result: Callable[[int, PublishResult], None] | None = None,
     ) -> list[PublishResult]:
-        """Publish many events with up to ``window`` confirms in flight; results in order.
-        ``on_result`` hears each result as it comes, with the event's position in ``events``
-        (the results of a batch cancelled mid-way are the ones it heard)."""
-        # ``window`` publishers pull from one iterator: at most ``window`` confirms in flight,
-        # one task per slot rather than per event. The channel's lock keeps the publishes in
-        # the iterator's order.
+        """Publish many events, in order, with up to ``window`` confirms in flight; results in
+        order. ``on_result`` hears each result as it comes, with the event's position in
+        ``events`` (the results of a batch cancelled mid-way are the ones it heard).
+
+        The events that fit in the window go out together, in one socket write of at most
+        about :data:`WRITE_BYTES` (:func:`eventworker.amqp.publishes.write`); each confirm that
+        comes back makes room for the next ones. An event whose confirm takes longer than the
+        timeout is reported ``timeout``."""
+        loop = asyncio.get_running_loop()
         pending = iter(enumerate(events))
         results: dict[int, PublishResult] = {}
+        in_flight: deque[_Sent] = deque()  # oldest first
 
-        async def slot() -> None:
-            for index, event in pending:
-                result = await self.send(event)
-                results[index] = result
-                if on_result is not None:
-                    on_result(index, result)
+        def report(index: int, result: PublishResult) -> None:
+            results[index] = result
+            self._in_flight -= 1
+            if on_result is not None:
+                on_result(index, result)
 
-        # No more slots than events: the relay sends a round of a few events at a time.
-        slots = min(window, len(events)) if isinstance(events, Sized) else window
-        await asyncio.gather(*(slot() for _ in range(slots)))
+        more = True
+        try:
+            while True:
+                while more and len(in_flight) < window:
+                    batch, more = _take(pending, window - len(in_flight))
+                    if batch:
+                        await self._write(batch, in_flight, report, loop)
+                if not in_flight:
+                    break
+                head = in_flight[0]
+                if not head.confirm.done():
+                    wait = max(head.deadline - loop.time(), 0)
+                    await asyncio.wait((head.confirm,), timeout=wait)
+                while in_flight and (
+                    in_flight[0].confirm.done() or in_flight[0].deadline <= loop.time()
+                ):
+                    sent = in_flight.popleft()
+                    report(sent.position, self._outcome(sent))
+        finally:
+            for sent in in_flight:  # cancelled part-way: no one waits for them
+                sent.confirm.cancel()
+                self._in_flight -= 1
         return [results[i] for i in range(len(results))]
+
+    async def _write(
+        self,
+        batch: list[tuple[int, Outgoing]],
+        in_flight: deque[_Sent],
+        report: Callable[[int, PublishResult], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        """Write ``batch`` at once and add its confirms to ``in_flight``; when the channel is
+        gone, report each event as a publish on it would."""
+        assert isinstance(self._underlay, aiormq.Channel)  # what aio-pika's channel wraps
+        messages = [self._message(event) for _, event in batch]
+        self._in_flight += len(batch)
+        deadline = loop.time() + self._timeout  # the write's time counts, as in basic_publish
+        try:
+            futures = await publishes.write(self._underlay, messages, timeout=self._timeout)
+        except _FAILED as exc:
+            for (index, event), message in zip(batch, messages, strict=True):
+                report(index, self._failure(event.id, message.routing_key, exc))
+            return
+        except BaseException:
+            self._in_flight -= len(batch)
+            raise
+        if sum(len(m.body) for m in messages) >= LARGE_PUBLISH:
+            self._let_go()
+        for (index, event), message, future in zip(batch, messages, futures, strict=True):
+            in_flight.append(_Sent(index, event.id, message.routing_key, deadline, future))
+
+    def _outcome(self, sent: _Sent) -> PublishResult:
+        """The result of a publish whose confirm ended, or did not in time."""
+        future = sent.confirm
+        if not future.done():
+            future.cancel()  # aiormq ignores a confirm that comes later
+            return self._failure(sent.event_id, sent.routing_key, TimeoutError())
+        if future.cancelled():
+            return PublishResult(sent.event_id, "connection_lost", "its confirm was cancelled")
+        exc = future.exception()
+        if exc is None:
+            return PublishResult(sent.event_id, "confirmed")
+        return self._failure(sent.event_id, sent.routing_key, exc)
+
+    def _failure(self, event_id: str, routing_key: str, exc: BaseException) -> PublishResult:
+        """What a publish to ``routing_key`` that ended in ``exc`` became (see :data:`Status`)."""
+        if isinstance(exc, ReturnedError):
+            return PublishResult(event_id, "unroutable", f"no queue is bound to {routing_key!r}")
+        if isinstance(exc, DeliveryError):
+            return PublishResult(event_id, "nacked", "the broker refused it")
+        if isinstance(exc, TimeoutError):
+            return PublishResult(
+                event_id,
+                "timeout",
+                f"no confirm within {self._timeout:g}s (broker blocked by a resource alarm?)",
+            )
+        if isinstance(exc, AMQPChannelError):
+            # The channel's close reason, given to every publish in flight on it at once: the
+            # first to see it sees the others still counted in flight.
+            reply = " ".join(str(arg) for arg in exc.args if arg is not None) or repr(exc)
+            if not self.refused:
+                self.refused = reply
+                self.refused_id = event_id if self._in_flight == 1 else ""
+            return PublishResult(event_id, "connection_lost", reply)
+        return PublishResult(event_id, "connection_lost", type(exc).__name__)
 
     async def send_to_queue(self, body: bytes, properties: Properties, queue: str) -> None:
         """Put a message straight into ``queue`` (retry tier or dead-letter queue), confirmed.
@@ -358,26 +481,8 @@ class ConfirmChannel:
                 mandatory=True,
                 timeout=self._timeout,
             )
-        except ReturnedError:
-            return PublishResult(event_id, "unroutable", f"no queue is bound to {routing_key!r}")
-        except DeliveryError:
-            return PublishResult(event_id, "nacked", "the broker refused it")
-        except TimeoutError:
-            return PublishResult(
-                event_id,
-                "timeout",
-                f"no confirm within {self._timeout:g}s (broker blocked by a resource alarm?)",
-            )
-        except AMQPChannelError as exc:
-            # The channel's close reason, given to every publish in flight on it at once: the
-            # first to see it sees the others still counted in flight.
-            reply = " ".join(str(arg) for arg in exc.args if arg is not None) or repr(exc)
-            if not self.refused:
-                self.refused = reply
-                self.refused_id = event_id if self._in_flight == 1 else ""
-            return PublishResult(event_id, "connection_lost", reply)
-        except (ChannelInvalidStateError, AMQPError, ConnectionError, RuntimeError) as exc:
-            return PublishResult(event_id, "connection_lost", type(exc).__name__)
+        except _FAILED as exc:
+            return self._failure(event_id, routing_key, exc)
         finally:
             self._in_flight -= 1
             if len(body) >= LARGE_PUBLISH:

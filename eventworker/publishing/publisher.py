@@ -110,9 +110,6 @@ class _Batch:
         self._outgoing, self._todo, self._stop = outgoing, todo, stop
         self.handed: list[int] = []
 
-    def __len__(self) -> int:  # so that a channel starts no more slots than events
-        return len(self._todo)
-
     def __iter__(self) -> Iterator[Outgoing]:
         for i in self._todo:
             if self._stop is not None and self._stop.requested.is_set():

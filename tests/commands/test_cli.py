@@ -16,6 +16,7 @@ from eventworker.errors import ExitCode
 from eventworker.settings import Settings
 from tests.support.broker import Broker, wait_for
 from tests.support.cli import CANARY, EVENTWORKER, bound_queue, cli, env_for
+from tests.support.queues import drain
 
 
 def test_version_and_help_work_as_a_module_too(settings: Settings) -> None:
@@ -167,6 +168,21 @@ async def test_publish_of_ten_thousand_events_from_a_file_confirms_all(
     assert "10000 event(s)" in result.stdout and "10000 confirmed" in result.stdout
     assert "events/s" in result.stdout
     assert await broker.count(queue) == 10_000
+
+
+async def test_publish_window_sends_the_file_in_order_and_refuses_a_window_of_none(
+    broker: Broker, settings: Settings, tmp_path: Path
+) -> None:
+    queue = await bound_queue(broker, "bulk.#")
+    events = tmp_path / "bulk.jsonl"
+    events.write_text("".join(json.dumps({"n": n}) + "\n" for n in range(500)))
+    refused = cli(settings, "publish", "bulk.load", "--file", str(events), "--window", "0")
+    assert refused.returncode == 2 and "--window" in refused.stderr
+    result = cli(settings, "publish", "bulk.load", "--file", str(events), "--window", "7")
+    assert result.returncode == 0, result.stderr
+    assert "500 confirmed" in result.stdout
+    taken = await drain(broker, queue, expect=500)
+    assert [json.loads(m.body)["n"] for m in taken] == list(range(500))
 
 
 def test_handlers_json_lists_the_installed_plugin(settings: Settings) -> None:

@@ -4,6 +4,7 @@ and nothing lost when the broker closes its connection mid-batch."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -12,8 +13,8 @@ import pytest
 
 from eventworker import BlockingPublisher, NewEvent, Publisher
 from eventworker.errors import BrokerError, BrokerUnreachableError, InvalidInputError, PublishError
-from eventworker.publishing.channel import Outgoing, PublishResult
-from eventworker.publishing.publisher import Stop
+from eventworker.publishing.channel import ConfirmChannel, Outgoing, PublishResult
+from eventworker.publishing.publisher import Stop, prepare
 from eventworker.settings import Settings
 from tests.support.broker import Broker
 from tests.support.queues import drain, sink
@@ -252,3 +253,64 @@ async def test_the_blocking_publisher_publishes_from_threads(
         "s-1",
         "s-2",
     ]
+
+
+async def test_a_window_of_batched_writes_confirms_and_delivers_each_event_once_in_order(
+    broker: Broker, settings: Settings
+) -> None:
+    # Many windows' worth of events written a batch at a time, an unroutable one among them
+    # every 97: each has its own result, and the queue holds the others once each, in order.
+    queue = await sink(broker, "orders.created")
+    events = [
+        NewEvent("nobody.listens" if n % 97 == 0 else "orders.created", {"n": n}, id=f"e-{n}")
+        for n in range(3000)
+    ]
+    heard: list[str] = []
+    async with Publisher.connect(settings.url, **options(settings)) as pub:
+        prepared = [prepare(e, max_body_bytes=pub.max_body_bytes) for e in events]
+        results = await pub.send_many(
+            prepared, window=64, on_result=lambda r: heard.append(r.event_id)
+        )
+    expected = [
+        (e.id, "unroutable" if e.routing_key == "nobody.listens" else "confirmed") for e in events
+    ]
+    assert [(r.event_id, r.status) for r in results] == expected
+    assert sorted(heard) == sorted(e.id for e in prepared)  # each result heard once
+    delivered = [m.message_id for m in await drain(broker, queue, expect=2969)]
+    assert delivered == [e.id for e in events if e.routing_key == "orders.created"]
+
+
+async def test_large_events_go_out_in_several_writes_each_confirmed_in_order(
+    broker: Broker, settings: Settings
+) -> None:
+    # 600 KB bodies: a window's worth would be megabytes, so the batch is cut into writes of
+    # about WRITE_BYTES; every event still confirmed and delivered once, in order.
+    queue = await sink(broker, "orders.created")
+    events = [NewEvent("orders.created", {"n": n, "pad": "x" * 600_000}) for n in range(6)]
+    async with Publisher.connect(settings.url, **options(settings)) as pub:
+        results = await pub.publish_many(events)
+    assert [r.status for r in results] == ["confirmed"] * 6
+    delivered = await drain(broker, queue, expect=6)
+    assert [m.message_id for m in delivered] == [r.event_id for r in results]
+    assert [json.loads(m.body)["n"] for m in delivered] == list(range(6))
+
+
+async def test_a_batch_that_gets_no_turn_on_the_channel_in_time_is_reported_timeout(
+    broker: Broker, settings: Settings
+) -> None:
+    # Another publish holds the channel (as one stuck on a broker that blocks publishers
+    # would): the batch waits no longer than the timeout, sends nothing and says so per event.
+    queue = await sink(broker, "orders.created")
+    events = [Outgoing("orders.created", b"{}", f"e-{n}") for n in range(3)]
+    async with ConfirmChannel.connect(
+        settings.url, exchange=settings.exchange, timeout=0.5
+    ) as channel:
+        async with channel._underlay.lock:
+            results = await asyncio.wait_for(channel.send_many(events), 10)
+        assert [(r.event_id, r.status) for r in results] == [
+            ("e-0", "timeout"),
+            ("e-1", "timeout"),
+            ("e-2", "timeout"),
+        ]
+        assert (await channel.send(Outgoing("orders.created", b"{}", "e-after"))).ok
+    assert [m.message_id for m in await drain(broker, queue, expect=1)] == ["e-after"]
