@@ -213,6 +213,56 @@ class HttpSettings(BaseModel):
     )
 
 
+class ConsoleSettings(BaseModel):
+    """The operator console (``eventworker console``, ``[console]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to listen on; anything but a loopback address is refused unless "
+        "tokens or trusted_user_header is set.",
+    )
+    port: int = Field(8025, ge=1, le=65_535, description="Port to listen on.")
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Named tokens, one per operator: a browser signs in with one, a script sends "
+        "Authorization: Bearer <token>; the name is who the audit log says acted.",
+    )
+    trusted_user_header: str = Field(
+        "",
+        max_length=100,
+        description="A header a reverse proxy in front of the console sets to the signed-in "
+        "user (e.g. X-Forwarded-User); a request without it is refused. Only behind a proxy "
+        "that strips it from its clients' requests.",
+    )
+    allow_actions: bool = Field(
+        False,
+        description="Let the console's users replay and purge dead letters (the operator "
+        "role); off, the console is read-only.",
+    )
+    poll_interval: float = Field(
+        5.0, gt=0, le=3600, description="Seconds between two reads of the queue depths."
+    )
+    rate_window: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="Seconds of depth history kept in memory for the rates shown.",
+    )
+    scan_limit: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Dead letters read, at most, for one page of a handler's dead letters "
+        "(filters and pages apply to these).",
+    )
+    body_limit: int = Field(
+        65_536, ge=1, description="Bytes of a dead letter's body shown on its page."
+    )
+
+
 class OutboxSettings(BaseModel):
     """The outbox relay (``eventworker outbox relay``, ``[outbox]``)."""
 
@@ -280,6 +330,7 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", min_length=1)
     metrics_poll_interval: float = Field(15.0, ge=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     # -- dead letters and topology ----------------------------------------------------------
     #: A queue for events no binding matches, fed by the exchange's alternate exchange; "" = off.
