@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from eventworker import envelope
 from eventworker.deadletters import letter
 from eventworker.deadletters import operations as ops
 from eventworker.deadletters.letter import Letter
@@ -104,6 +105,7 @@ async def open_letter(
                 body, truncated = pretty(message.body, body_limit)
                 _, bad = letter.undecodable(message)
                 headers = orjson.loads(letter.export_record(message)).get("headers", {})
+                headers.pop(envelope.TRACEBACK, None)  # shown on its own
                 found = Opened(
                     n,
                     described,
