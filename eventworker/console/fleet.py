@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from loguru import logger
 
 from eventworker.amqp.connection import connect
+from eventworker.console.letters import settled
 from eventworker.console.rates import History
 from eventworker.deadletters import operations as ops
 from eventworker.deadletters.operations import Connection, DeadLetterQueue, DeadLetterStats
@@ -74,6 +75,7 @@ class Fleet:
         self._connection: Connection | None = None
         self._lock = asyncio.Lock()
         self._reader: stats.StatsReader | None = None
+        self._reading = asyncio.Lock()
 
     def queue_names(self) -> list[str]:
         names = [q for m in self.members.values() for q in (m.route.queue, m.dlq.queue)]
@@ -92,9 +94,10 @@ class Fleet:
             BrokerError, BrokerUnreachableError, BrokerAuthError: the broker could not be read.
         """
         connection = await self.connection()
-        if self._reader is None or self._reader.is_closed:
-            self._reader = stats.StatsReader(connection)
-        self.on_read(await self._reader.read(self.queue_names()), time.time())
+        async with self._reading:  # one read at a time on the reader's channel
+            if self._reader is None or self._reader.is_closed:
+                self._reader = stats.StatsReader(connection)
+            self.on_read(await self._reader.read(self.queue_names()), time.time())
 
     async def poll(self, stop: asyncio.Event) -> None:
         """Read every queue's depth each ``console.poll_interval`` seconds until ``stop``; a
@@ -147,7 +150,9 @@ class Fleet:
             and cached[1].count == depth.messages
         ):
             return cached[1]
-        found = await ops.stats(await self.connection(), member.dlq, sample=SAMPLE)
+        connection = await self.connection()
+        found = await ops.stats(connection, member.dlq, sample=SAMPLE)
+        await settled(connection, member.dlq, found.sampled)
         self._samples[member.name] = (time.monotonic(), found)
         return found
 

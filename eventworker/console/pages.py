@@ -7,6 +7,7 @@ import json
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -125,10 +126,15 @@ async def dead_letters(request: Request, name: str) -> HTMLResponse:
         pages=max(1, -(-len(matching) // PAGE_SIZE)),
         reasons=sorted({x.letter.reason for x in found}),
         filter=chosen,
-        query=request.url.query,
+        previous=_page_url(request, page - 1) if page > 1 else None,
+        following=_page_url(request, page + 1) if start + PAGE_SIZE < len(matching) else None,
         min_age=request.query_params.get("min_age", ""),
         age=lambda p: age(p.age(now)),
     )
+
+
+def _page_url(request: Request, page: int) -> str:
+    return "?" + urlencode({**request.query_params, "page": str(page)})
 
 
 async def _depth(fleet: Fleet, member: Member) -> int:

@@ -36,6 +36,9 @@ class History:
         return (d1 - d0) * 60.0 / (t1 - t0) if t1 > t0 else None
 
     def growing(self, queue: str) -> bool:
-        """True when the depth rose over the window."""
-        rate = self.per_minute(queue)
-        return rate is not None and rate > 0
+        """True when the depth rose within the window: it is above its lowest point there
+        (messages arrived since, whatever was taken out before)."""
+        points = self._points.get(queue)
+        if not points:
+            return False
+        return points[-1][1] > min(d for _, d in points)

@@ -175,6 +175,22 @@ async def test_an_operator_finds_reads_replays_and_purges_dead_letters_in_a_brow
             await page.goto(base + "/handlers/take_payment")
             await playwright.expect(page.locator("#dead-count")).to_have_text("1")
             await playwright.expect(page.locator("a.letter")).to_have_text(["pay-2"])
+            await _screenshot(page, tmp_path, "after-purge")
+            # The handlers page follows the broker without a reload: a new dead letter shows.
+            await page.goto(base + "/")
+            dead_cell = page.locator('tr[data-handler="take_payment"] td.dead')
+            await playwright.expect(dead_cell).to_contain_text("1")
+            FAILING["now"] = True
+            await broker.publish(
+                "payments.requested",
+                b'{"order_id": "o-3", "amount": 300}',
+                message_id="pay-3",
+                content_type="application/json",
+            )
+            await playwright.expect(dead_cell).to_contain_text("2", timeout=20_000)
+            await playwright.expect(
+                page.locator('tr[data-handler="take_payment"]')
+            ).to_contain_text("dead letters growing")
             # The catalogue and the workers.
             await page.goto(base + "/catalogue")
             await playwright.expect(page.locator("section.event")).to_contain_text(
@@ -212,6 +228,7 @@ async def test_an_operator_finds_reads_replays_and_purges_dead_letters_in_a_brow
             "job",
             "catalogue",
             "workers",
+            "after-purge",
             "phone-handlers",
             "phone-dead-letters",
             "phone-dead-letter",

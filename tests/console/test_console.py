@@ -165,3 +165,18 @@ async def test_tokens_sign_in_and_name_the_user(broker: Broker, settings: Settin
         assert "alice" in (await client.get("/")).text
     async with console_client(secured, target, authorization="Bearer s3cret") as client:
         assert (await client.get("/workers")).status_code == 200
+
+
+async def test_a_trusted_proxy_header_names_the_user_and_is_required(
+    broker: Broker, settings: Settings
+) -> None:
+    await declare(broker, settings)
+    proxied = settings.model_copy(
+        update={"console": ConsoleSettings(trusted_user_header="X-Forwarded-User")}
+    )
+    async with console_client(proxied, target) as client:
+        assert (await client.get("/")).status_code == 401
+        assert (await post(client, "/handlers/target/export")).status_code == 401
+    async with console_client(proxied, target, **{"x-forwarded-user": "bob"}) as client:
+        page = await client.get("/")
+        assert page.status_code == 200 and "bob · operator" in page.text
