@@ -8,6 +8,7 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from loguru import logger
 
@@ -23,13 +24,30 @@ from eventworker.observability.stats import QueueStats
 from eventworker.plugins.discovery import Registration
 from eventworker.plugins.resolved import ResolvedHandler, resolve
 from eventworker.settings import Settings
-from eventworker.topology import layout
+from eventworker.topology import layout, management
 
 #: Messages read per dead-letter queue for the oldest age and top reasons of the overview.
 SAMPLE = 20
 #: Seconds a dead-letter sample is shown before it is read again (reads are not free: see
 #: deadletters.reader on delivery counts).
 SAMPLE_TTL = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConsumer:
+    """One consumer on a handler's queue, as the management API lists it."""
+
+    queue: str
+    handler: str
+    connection: str
+    peer: str
+    prefetch: int
+    active: bool
+
+
+def _connection_name(consumer: dict[str, Any], named: dict[Any, Any]) -> str:
+    broker_name = consumer.get("channel_details", {}).get("connection_name", "")
+    return str(named.get(broker_name) or broker_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +93,10 @@ class Fleet:
         self._connection: Connection | None = None
         self._lock = asyncio.Lock()
         self._reader: stats.StatsReader | None = None
+        #: From the management API, when ``management_url`` is set.
+        self.unacked: dict[str, int] = {}
+        self.consumers: list[BrokerConsumer] = []
+        self.management_error = ""
         self._reading = asyncio.Lock()
 
     def queue_names(self) -> list[str]:
@@ -98,6 +120,57 @@ class Fleet:
             if self._reader is None or self._reader.is_closed:
                 self._reader = stats.StatsReader(connection)
             self.on_read(await self._reader.read(self.queue_names()), time.time())
+        if self.settings.management_url.get_secret_value():
+            await self._read_management()
+
+    async def _read_management(self) -> None:
+        """Unacked counts and the consumer list; a failure is shown, never fatal."""
+        timeout = self.settings.connect_timeout
+        where = management.vhost_path(self.settings)
+        handlers = {
+            q: m.name
+            for m in self.members.values()
+            for q in (m.route.queue, m.route.probation_queue)
+            if q
+        }
+        try:
+            queues = await management.get(
+                self.settings,
+                f"queues/{where}?columns=name,messages_unacknowledged",
+                timeout=timeout,
+            )
+            consumers = await management.get(self.settings, f"consumers/{where}", timeout=timeout)
+            connections = await management.get(
+                self.settings,
+                f"vhosts/{where}/connections?columns=name,user_provided_name",
+                timeout=timeout,
+            )
+        except EventworkerError as exc:
+            self.management_error = str(exc)
+            return
+        self.management_error = ""
+        # The name a client gave its connection (eventworker's say role, host and pid).
+        named = {c.get("name"): c.get("user_provided_name") for c in connections}
+        self.unacked = {
+            q["name"]: int(q.get("messages_unacknowledged") or 0)
+            for q in queues
+            if q.get("name") in handlers
+        }
+        self.consumers = sorted(
+            (
+                BrokerConsumer(
+                    queue=c["queue"]["name"],
+                    handler=handlers[c["queue"]["name"]],
+                    connection=str(_connection_name(c, named)),
+                    peer=str(c.get("channel_details", {}).get("peer_host", "")),
+                    prefetch=int(c.get("prefetch_count") or 0),
+                    active=bool(c.get("active", True)),
+                )
+                for c in consumers
+                if c.get("queue", {}).get("name") in handlers
+            ),
+            key=lambda c: (c.connection, c.handler),
+        )
 
     async def poll(self, stop: asyncio.Event) -> None:
         """Read every queue's depth each ``console.poll_interval`` seconds until ``stop``; a

@@ -45,6 +45,7 @@ def _row(fleet: Fleet, m: Member, sample: DeadLetterStats | None) -> dict[str, A
         "queue": m.route.queue,
         "exists": depth is not None and depth.exists,
         "ready": depth.messages if depth else None,
+        "unacked": fleet.unacked.get(m.route.queue),
         "consumers": depth.consumers if depth else None,
         "dead": dead.messages if dead else None,
         "oldest": age(sample.oldest_age) if sample else "-",
@@ -179,7 +180,18 @@ async def workers(request: Request) -> HTMLResponse:
     if fleet.polled_at is None:
         await fleet.refresh()
     rows = [_row(fleet, m, None) for m in fleet.members.values()]
-    return render(request, "workers.html", rows=rows, polled=_polled(fleet))
+    by_connection: dict[str, list[Any]] = {}
+    for c in fleet.consumers:
+        by_connection.setdefault(c.connection or "(unnamed connection)", []).append(c)
+    return render(
+        request,
+        "workers.html",
+        rows=rows,
+        polled=_polled(fleet),
+        connections=by_connection,
+        management=bool(fleet.settings.management_url.get_secret_value()),
+        management_error=fleet.management_error,
+    )
 
 
 def _entries(doc: dict[str, Any]) -> list[dict[str, Any]]:
