@@ -335,7 +335,8 @@ class Settings(BaseSettings):
     # -- dead letters and topology ----------------------------------------------------------
     #: A queue for events no binding matches, fed by the exchange's alternate exchange; "" = off.
     unrouted_queue: str = Field("", max_length=255)
-    #: The management API (http://user:password@host:15672), for ``topology`` to read bindings.
+    #: The management API (http://user:password@host:15672): bindings for ``topology``,
+    #: consumers and unacked counts for the console.
     management_url: SecretStr = SecretStr("")
     #: Levels of broker-held delayed delivery (0: off; 25 to 32, a delay up to 2**levels - 1 s).
     delay_levels: int = Field(0, ge=0, le=32)
