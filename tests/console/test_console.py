@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import html
+import signal
 
 import aio_pika
+import httpx
 import orjson
 import pytest
 
 from eventworker.console.auth import check_bind
 from eventworker.deadletters import operations
-from eventworker.errors import ConfigError
+from eventworker.errors import ConfigError, ExitCode
 from eventworker.settings import ConsoleSettings, Settings
 from tests.support.broker import Broker
+from tests.support.cli import EVENTWORKER, cli, env_for
 from tests.support.console import console_client, post
 from tests.support.deadletters import IDS, declare, fill_dead_letters, ids_in, target
+from tests.support.private_node import free_port
+from tests.support.raw_amqp import RawClient, properties, shortstr
 
 
 async def test_listing_and_one_letter_match_what_dlq_show_reports(
@@ -180,3 +185,59 @@ async def test_a_trusted_proxy_header_names_the_user_and_is_required(
     async with console_client(proxied, target, **{"x-forwarded-user": "bob"}) as client:
         page = await client.get("/")
         assert page.status_code == 200 and "bob · operator" in page.text
+
+
+async def test_a_message_whose_header_cannot_be_decoded_shows_what_could_be_read(
+    broker: Broker, settings: Settings
+) -> None:
+    dlq = await declare(broker, settings)
+    raw = await RawClient.open(settings.url.get_secret_value())
+    try:
+        bad = properties(
+            content_type=shortstr(b"application/json\xe9"), message_id=shortstr(b"bad-1")
+        )
+        await raw.publish("", dlq.return_to or "", b'{"hostile": true}', bad)
+        assert await raw.get(dlq.return_to or "", settle="reject") is not None
+    finally:
+        await raw.close()
+    await broker.wait_count(dlq.queue, 1)
+    async with console_client(settings, target) as client:
+        listing = (await client.get("/handlers/target")).text
+        await broker.wait_count(dlq.queue, 1)
+        one = (await client.get("/handlers/target/letter", params={"id": "bad-1"})).text
+    assert "undecodable" in listing and ">bad-1</a>" in listing
+    assert "Undecodable header" in one and "is not UTF-8" in one
+    assert "application/json\\xe9" in html.unescape(one)  # what could be read, escaped
+
+
+async def test_the_console_command_serves_until_sigterm_and_refuses_an_open_bind(
+    broker: Broker, settings: Settings
+) -> None:
+    refused = cli(settings, "console", "--host", "0.0.0.0")
+    assert refused.returncode == int(ExitCode.CONFIG), refused.stderr
+    assert "no authentication" in refused.stderr
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        EVENTWORKER,
+        "console",
+        "--port",
+        str(port),
+        env=env_for(settings),
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with httpx.AsyncClient() as http:
+            for _ in range(200):
+                try:
+                    page = await http.get(f"http://127.0.0.1:{port}/")
+                    break
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)
+            else:
+                raise AssertionError("the console never answered")
+        assert page.status_code == 200 and "Handlers" in page.text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0, err.decode()
+    assert f"console on http://127.0.0.1:{port}/ (read-only)" in err.decode()
