@@ -242,6 +242,11 @@ class ConsoleSettings(BaseModel):
         description="Let the console's users replay and purge dead letters (the operator "
         "role); off, the console is read-only.",
     )
+    allow_publish: bool = Field(
+        False,
+        description="Let operators publish a test event from the catalogue page (each "
+        "confirmed by the broker, with an audit log line); off by default.",
+    )
     poll_interval: float = Field(
         5.0, gt=0, le=3600, description="Seconds between two reads of the queue depths."
     )

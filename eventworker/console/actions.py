@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from datetime import UTC, datetime
 
+import orjson
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from loguru import logger
@@ -25,6 +26,8 @@ from eventworker.console.context import (
 from eventworker.console.fleet import Member
 from eventworker.deadletters import operations as ops
 from eventworker.deadletters.operations import Selection
+from eventworker.errors import InvalidInputError
+from eventworker.publishing.publisher import Publisher
 
 router = APIRouter()
 ACTIONS = ("replay", "purge")
@@ -159,3 +162,31 @@ async def export(request: Request, name: str) -> Response:
         media_type="application/x-ndjson",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
+
+
+@router.post("/publish", response_class=HTMLResponse)
+async def publish(request: Request) -> HTMLResponse:
+    """A test event to the exchange, confirmed (``console.allow_publish`` and the operator role)."""
+    given = await form(request)
+    who = operator(request)
+    settings = console(request).settings
+    if not settings.console.allow_publish:
+        raise HTTPException(403, "publishing from the console is off (console.allow_publish)")
+    key = given.get("routing_key")
+    if not key or "*" in key or "#" in key:
+        raise HTTPException(400, f"routing key {key!r}: give a concrete key, without * or #")
+    try:
+        data = orjson.loads(given.get("data") or "null")
+    except orjson.JSONDecodeError as exc:
+        raise HTTPException(400, f"the event is not JSON: {exc}") from None
+    publisher = Publisher.from_settings(settings, source="console")
+    try:
+        result = await publisher.publish(key, data)
+    except InvalidInputError as exc:
+        raise HTTPException(400, str(exc)) from None
+    finally:
+        await publisher.close()
+    logger.bind(audit=True).info(
+        "console audit: {} published test event {} to {!r}", who.name, result.event_id, key
+    )
+    return render(request, "published.html", key=key, event_id=result.event_id)

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from eventworker.console import letters
-from eventworker.console.context import console, letter_filter, member_of, render
+from eventworker.console.context import console, letter_filter, member_of, render, user
 from eventworker.console.fleet import Fleet, Member
 from eventworker.deadletters.letter import age_label as age
 from eventworker.deadletters.operations import DeadLetterStats
@@ -226,7 +226,13 @@ def _entries(doc: dict[str, Any]) -> list[dict[str, Any]]:
 async def event_catalogue(request: Request) -> HTMLResponse:
     fleet = console(request).fleet
     doc = catalogue.document(fleet.registrations, fleet.routes, fleet.settings)
-    return render(request, "catalogue.html", entries=_entries(doc), title=doc["info"]["title"])
+    return render(
+        request,
+        "catalogue.html",
+        entries=_entries(doc),
+        title=doc["info"]["title"],
+        can_publish=fleet.settings.console.allow_publish and user(request).operator,
+    )
 
 
 @router.get("/catalogue.json")

@@ -241,3 +241,24 @@ async def test_the_console_command_serves_until_sigterm_and_refuses_an_open_bind
         _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0, err.decode()
     assert f"console on http://127.0.0.1:{port}/ (read-only)" in err.decode()
+
+
+async def test_a_test_event_is_published_only_when_allowed(
+    broker: Broker, settings: Settings
+) -> None:
+    dlq = await declare(broker, settings)
+    async with console_client(settings, target) as client:
+        off = await post(client, "/publish", routing_key="dlq.event", data="{}")
+        assert off.status_code == 403
+        assert "Publish a test event" not in (await client.get("/catalogue")).text
+    allowed = settings.model_copy(
+        update={"console": settings.console.model_copy(update={"allow_publish": True})}
+    )
+    async with console_client(allowed, target) as client:
+        assert "Publish a test event" in (await client.get("/catalogue")).text
+        bad = await post(client, "/publish", routing_key="dlq.event", data="{nope")
+        assert bad.status_code == 400 and "not JSON" in bad.text
+        done = await post(client, "/publish", routing_key="dlq.event", data='{"n": 7}')
+        assert done.status_code == 200 and "confirmed by the broker" in done.text
+    [event] = await broker.take_all(dlq.return_to or "", expect=1)
+    assert orjson.loads(event.body) == {"n": 7} and event.routing_key == "dlq.event"
