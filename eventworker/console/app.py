@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from importlib.resources import files
 
 from fastapi import FastAPI, HTTPException, Request
+from fastapi.middleware.trustedhost import TrustedHostMiddleware
 from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -26,6 +27,8 @@ from eventworker.errors import EventworkerError
 from eventworker.plugins.discovery import Registration
 from eventworker.settings import Settings
 
+#: Host names a console without authentication answers to.
+LOCAL_NAMES = ("127.0.0.1", "localhost", "[::1]", "::1")
 #: Paths served before sign-in.
 OPEN_PATHS = ("/login", "/static/")
 
@@ -60,6 +63,10 @@ def create_app(
         openapi_url=None,
     )
     app.state.console = state
+    if not state.access.authenticates:
+        # Without authentication only this machine may use the console: a page of another site
+        # whose name resolves to 127.0.0.1 (DNS rebinding) is refused by its Host header.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(LOCAL_NAMES))
     app.mount(
         "/static",
         StaticFiles(directory=str(files("eventworker.console") / "static")),

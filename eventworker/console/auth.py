@@ -67,6 +67,11 @@ class Access:
         self._operator = allow_actions or settings.allow_actions
 
     @property
+    def authenticates(self) -> bool:
+        """True when requests are authenticated (tokens or a trusted proxy header)."""
+        return bool(self._settings.tokens or self._settings.trusted_user_header)
+
+    @property
     def needs_sign_in(self) -> bool:
         return bool(self._settings.tokens)
 

@@ -124,6 +124,9 @@ async def test_forms_without_csrf_token_or_operator_role_are_refused(
     async with console_client(settings, target, allow_actions=False) as client:
         refused = await post(client, "/handlers/target/replay", **fields)
         assert refused.status_code == 403 and "read-only" in refused.text
+        # Another site's name resolving to this machine (DNS rebinding) gets nothing.
+        rebound = await client.get("/", headers={"host": "evil.example:8025"})
+        assert rebound.status_code == 400
     assert await ids_in(broker, dlq.queue) == IDS[:3]
 
 
