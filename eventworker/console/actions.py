@@ -47,7 +47,7 @@ async def login(request: Request) -> Response:
     response = RedirectResponse("/", status_code=303)
     response.set_cookie(
         TOKEN_COOKIE,
-        given.get("token"),
+        console(request).access.session(name),
         httponly=True,
         samesite="strict",
         secure=request.url.scheme == "https",

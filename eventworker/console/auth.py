@@ -3,6 +3,7 @@ trusted header, the operator role, CSRF tokens (double submit), and the security
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -11,8 +12,10 @@ from dataclasses import dataclass
 from eventworker.errors import ConfigError
 from eventworker.settings import ConsoleSettings
 
-#: The cookie a browser signed in with a token carries (the token itself, HttpOnly).
-TOKEN_COOKIE = "eventworker_console_token"
+#: The cookie a browser signed in with a token carries (HttpOnly): the token's name and a MAC
+#: keyed with the token, so the cookie never holds the token itself.
+TOKEN_COOKIE = "eventworker_console_session"
+_SESSION = b"eventworker console session"
 #: The cookie and the form field of the CSRF token: a form is accepted only when both agree.
 CSRF_COOKIE = "eventworker_console_csrf"
 CSRF_FIELD = "csrf"
@@ -83,12 +86,25 @@ class Access:
                 found = name
         return found
 
+    def session(self, name: str) -> str:
+        """The sign-in cookie's value for token ``name``."""
+        secret = self._settings.tokens[name].get_secret_value().encode()
+        return f"{name}.{hmac.new(secret, _SESSION, hashlib.sha256).hexdigest()}"
+
+    def _session_name(self, cookie: str) -> str | None:
+        name = cookie.rpartition(".")[0]
+        if name not in self._settings.tokens:
+            return None
+        return name if hmac.compare_digest(cookie, self.session(name)) else None
+
     def user(self, headers: dict[str, str], cookies: dict[str, str]) -> User | None:
         """The user a request comes from; None when it must sign in first."""
         if self._settings.tokens:
             given = headers.get("authorization", "")
-            token = given[7:] if given.lower().startswith("bearer ") else cookies.get(TOKEN_COOKIE)
-            name = self.token_name(token) if token else None
+            if given.lower().startswith("bearer "):
+                name = self.token_name(given[7:])
+            else:
+                name = self._session_name(cookies.get(TOKEN_COOKIE, ""))
             return User(name, self._operator) if name else None
         header = self._settings.trusted_user_header
         if header:

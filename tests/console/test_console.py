@@ -13,7 +13,7 @@ import httpx
 import orjson
 import pytest
 
-from eventworker.console.auth import check_bind
+from eventworker.console.auth import TOKEN_COOKIE, check_bind
 from eventworker.deadletters import operations
 from eventworker.errors import ConfigError, ExitCode
 from eventworker.settings import ConsoleSettings, Settings
@@ -171,6 +171,10 @@ async def test_tokens_sign_in_and_name_the_user(broker: Broker, settings: Settin
         assert (await post(client, "/login", token="wrong")).status_code == 401
         assert (await post(client, "/login", token="s3cret")).status_code == 303
         assert "alice" in (await client.get("/")).text
+        assert "s3cret" not in str(client.cookies)  # the cookie holds a MAC, not the token
+        client.cookies.clear()
+        client.cookies.set(TOKEN_COOKIE, "alice.forged")
+        assert (await client.get("/")).status_code == 303
     async with console_client(secured, target, authorization="Bearer s3cret") as client:
         assert (await client.get("/workers")).status_code == 200
 
