@@ -16,16 +16,15 @@ from eventworker.console.auth import TOKEN_COOKIE
 from eventworker.console.context import (
     Form,
     console,
+    dead_letters_of,
     form,
     letter_filter,
-    member_of,
     operator,
     render,
     user,
 )
-from eventworker.console.fleet import Member
 from eventworker.deadletters import operations as ops
-from eventworker.deadletters.operations import Selection
+from eventworker.deadletters.operations import DeadLetterQueue, Selection
 from eventworker.errors import InvalidInputError
 from eventworker.publishing.publisher import Publisher
 
@@ -56,7 +55,7 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def _targets(request: Request, member: Member, given: Form) -> tuple[str, list[str]]:
+async def _targets(request: Request, dlq: DeadLetterQueue, given: Form) -> tuple[str, list[str]]:
     """What a form asks to act on: ``all``, or the ids of the selected or filtered letters."""
     scope = given.get("scope") or given.get("do").partition(":")[2]
     if scope == "all":
@@ -72,7 +71,7 @@ async def _targets(request: Request, member: Member, given: Form) -> tuple[str, 
             raise HTTPException(400, "no filter set: set one, or act on all")
         state = console(request)
         found = await letters.listing(
-            await state.fleet.connection(), member.dlq, limit=state.settings.console.scan_limit
+            await state.fleet.connection(), dlq, limit=state.settings.console.scan_limit
         )
         now = datetime.now(UTC)
         ids = sorted({x.letter.id for x in found if x.letter.id and chosen(x.letter, now)})
@@ -88,11 +87,11 @@ async def confirm(request: Request, name: str) -> HTMLResponse:
     action = given.get("action") or given.get("do").partition(":")[0]
     if action not in ACTIONS:
         raise HTTPException(400, f"action {action!r}: expected replay or purge")
-    member = member_of(request, name)
-    scope, ids = await _targets(request, member, given)
+    dlq = dead_letters_of(request, name)
+    scope, ids = await _targets(request, dlq, given)
     if scope == "all" and action == "purge":
         raise HTTPException(400, "purge takes selected or filtered dead letters, not all")
-    depth = console(request).fleet.depths.get(member.dlq.queue)
+    depth = console(request).fleet.depths.get(dlq.queue)
     return render(
         request,
         "confirm.html",
@@ -107,7 +106,7 @@ async def confirm(request: Request, name: str) -> HTMLResponse:
 async def _act(request: Request, name: str, action: str) -> Response:
     given = await form(request)
     who = operator(request)
-    member = member_of(request, name)
+    dlq = dead_letters_of(request, name)
     if given.get("confirmed") != "yes":
         raise HTTPException(400, "not confirmed: use the confirmation page")
     scope = given.get("scope")
@@ -121,7 +120,7 @@ async def _act(request: Request, name: str, action: str) -> Response:
     state = console(request)
     job = state.jobs.start(
         "replay" if action == "replay" else "purge",
-        member.dlq,
+        dlq,
         select,
         user=who.name,
         what=what,
@@ -146,10 +145,10 @@ async def purge(request: Request, name: str) -> Response:
 async def export(request: Request, name: str) -> Response:
     """Every dead letter of the handler as NDJSON (``eventworker dlq export``'s records)."""
     await form(request)
-    member = member_of(request, name)
+    dlq = dead_letters_of(request, name)
     state = console(request)
     out = io.BytesIO()
-    written = await ops.export(await state.fleet.connection(), member.dlq, out, limit=None)
+    written = await ops.export(await state.fleet.connection(), dlq, out, limit=None)
     logger.bind(audit=True).info(
         "console audit: {} exported {} dead letter(s) of handler {!r}",
         user(request).name,

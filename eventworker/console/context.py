@@ -14,9 +14,10 @@ from fastapi import HTTPException, Request
 from fastapi.responses import HTMLResponse
 
 from eventworker.console.auth import CSRF_COOKIE, CSRF_FIELD, Access, User, csrf_ok
-from eventworker.console.fleet import Fleet, Member
+from eventworker.console.fleet import Fleet
 from eventworker.console.jobs import Jobs
 from eventworker.console.letters import Filter
+from eventworker.deadletters.operations import DeadLetterQueue
 from eventworker.settings import Settings
 
 #: Largest form body read (ids of selected dead letters and filters).
@@ -110,13 +111,13 @@ def operator(request: Request) -> User:
     return found
 
 
-def member_of(request: Request, name: str) -> Member:
-    """The installed handler ``name``.
+def dead_letters_of(request: Request, name: str) -> DeadLetterQueue:
+    """The dead-letter queue of handler ``name``, or the unrouted queue by its name.
 
     Raises:
         HTTPException: 404, no such handler.
     """
-    found = console(request).fleet.members.get(name)
+    found = console(request).fleet.dead_letter_queues.get(name)
     if found is None:
         raise HTTPException(404, f"no handler {name!r} is installed here")
     return found

@@ -85,6 +85,20 @@ class Fleet:
             )
             for reg, r in zip(self.registrations, self.routes, strict=True)
         }
+        #: Every dead-letter queue by the name `eventworker dlq` takes: the handlers', and the
+        #: unrouted queue (by its own name) when one is configured.
+        self.dead_letter_queues = {name: m.dlq for name, m in self.members.items()}
+        self.unrouted: DeadLetterQueue | None = None
+        if settings.unrouted_queue:
+            self.unrouted = DeadLetterQueue(
+                "(unrouted)",
+                settings.unrouted_queue,
+                settings.exchange,
+                None,
+                "unrouted",
+                settings.queue_type,
+            )
+            self.dead_letter_queues.setdefault(settings.unrouted_queue, self.unrouted)
         self.tiers: dict[float, str] = self.routes[0].retry_queues if self.routes else {}
         self.history = History(settings.console.rate_window)
         self.depths: dict[str, QueueStats] = {}
@@ -101,7 +115,8 @@ class Fleet:
 
     def queue_names(self) -> list[str]:
         names = [q for m in self.members.values() for q in (m.route.queue, m.dlq.queue)]
-        return names + list(self.tiers.values())
+        unrouted = [self.unrouted.queue] if self.unrouted else []
+        return names + list(self.tiers.values()) + unrouted
 
     def on_read(self, found: dict[str, QueueStats], at: float) -> None:
         self.depths.update(found)

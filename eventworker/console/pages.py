@@ -13,10 +13,10 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from eventworker.console import letters
-from eventworker.console.context import console, letter_filter, member_of, render, user
+from eventworker.console.context import console, dead_letters_of, letter_filter, render, user
 from eventworker.console.fleet import Fleet, Member
 from eventworker.deadletters.letter import age_label as age
-from eventworker.deadletters.operations import DeadLetterStats
+from eventworker.deadletters.operations import DeadLetterQueue, DeadLetterStats
 from eventworker.plugins import catalogue
 from eventworker.topology.layout import delay_label
 
@@ -81,7 +81,16 @@ async def overview(request: Request) -> HTMLResponse:
     fleet = console(request).fleet
     rows = await _rows(request, sample=True)
     warn = await fleet.reads_count() if any(r["dead"] for r in rows) else False
-    return render(request, "overview.html", rows=rows, polled=_polled(fleet), reads_count=warn)
+    unrouted = fleet.depths.get(fleet.unrouted.queue) if fleet.unrouted else None
+    return render(
+        request,
+        "overview.html",
+        rows=rows,
+        polled=_polled(fleet),
+        reads_count=warn,
+        unrouted=fleet.unrouted,
+        unrouted_count=unrouted.messages if unrouted else None,
+    )
 
 
 @router.get("/fragments/handlers", response_class=HTMLResponse)
@@ -98,16 +107,16 @@ async def overview_rows(request: Request) -> HTMLResponse:
 @router.get("/handlers/{name}", response_class=HTMLResponse)
 async def dead_letters(request: Request, name: str) -> HTMLResponse:
     state = console(request)
-    member = member_of(request, name)
+    dlq = dead_letters_of(request, name)
     chosen = letter_filter(lambda key: request.query_params.get(key, "").strip())
     try:
         page = max(1, int(request.query_params.get("page", "1")))
     except ValueError:
         page = 1
     connection = await state.fleet.connection()
-    depth = await _depth(state.fleet, member)
+    depth = await _depth(state.fleet, dlq)
     found = (
-        await letters.listing(connection, member.dlq, limit=state.settings.console.scan_limit)
+        await letters.listing(connection, dlq, limit=state.settings.console.scan_limit)
         if depth
         else []
     )
@@ -118,7 +127,7 @@ async def dead_letters(request: Request, name: str) -> HTMLResponse:
         request,
         "letters.html",
         handler=name,
-        queue=member.dlq.queue,
+        queue=dlq.queue,
         depth=depth,
         read=len(found),
         letters=matching[start : start + PAGE_SIZE],
@@ -138,16 +147,16 @@ def _page_url(request: Request, page: int) -> str:
     return "?" + urlencode({**request.query_params, "page": str(page)})
 
 
-async def _depth(fleet: Fleet, member: Member) -> int:
+async def _depth(fleet: Fleet, dlq: DeadLetterQueue) -> int:
     await fleet.refresh()
-    dead = fleet.depths.get(member.dlq.queue)
+    dead = fleet.depths.get(dlq.queue)
     return dead.messages or 0 if dead else 0
 
 
 @router.get("/handlers/{name}/letter", response_class=HTMLResponse)
 async def dead_letter(request: Request, name: str) -> HTMLResponse:
     state = console(request)
-    member = member_of(request, name)
+    dlq = dead_letters_of(request, name)
     message_id = request.query_params.get("id") or None
     try:
         position = int(request.query_params.get("position", "-1"))
@@ -155,7 +164,7 @@ async def dead_letter(request: Request, name: str) -> HTMLResponse:
         position = -1
     opened = await letters.open_letter(
         await state.fleet.connection(),
-        member.dlq,
+        dlq,
         message_id=message_id,
         position=None if message_id else position,
         scan=state.settings.console.scan_limit,

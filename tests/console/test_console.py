@@ -269,3 +269,34 @@ async def test_a_test_event_is_published_only_when_allowed(
         assert done.status_code == 200 and "confirmed by the broker" in done.text
     [event] = await broker.take_all(dlq.return_to or "", expect=1)
     assert orjson.loads(event.body) == {"n": 7} and event.routing_key == "dlq.event"
+
+
+async def test_unrouted_events_are_listed_and_replayed_to_the_exchange(
+    broker: Broker, settings: Settings
+) -> None:
+    unrouted = settings.model_copy(update={"unrouted_queue": f"{settings.queue_prefix}unrouted"})
+    await declare(broker, unrouted)
+    await broker.publish("nobody.listens", b'{"lost": 1}', message_id="u1")
+    await broker.wait_count(unrouted.unrouted_queue, 1)
+    async with console_client(unrouted, target) as client:
+        overview = (await client.get("/")).text
+        assert f'href="/handlers/{unrouted.unrouted_queue}">1</a>' in overview
+        listing = (await client.get(f"/handlers/{unrouted.unrouted_queue}")).text
+        assert ">u1</a>" in listing and "nobody.listens" in listing and "unrouted" in listing
+        await broker.wait_count(unrouted.unrouted_queue, 1)
+        # Replayed with its routing key to the exchange: now a binding matches, it is routed.
+        channel = await broker.connection.channel()
+        listener = (await channel.declare_queue(f"{settings.queue_prefix}listener")).name
+        broker._queues.add(listener)  # deleted with the test's other queues
+        await (await channel.get_queue(listener)).bind(settings.exchange, "nobody.listens")
+        await channel.close()
+        done = await post(
+            client,
+            f"/handlers/{unrouted.unrouted_queue}/replay",
+            scope="all",
+            confirmed="yes",
+        )
+        await _finished(client, done.headers["location"])
+    [event] = await broker.take_all(listener, expect=1)
+    assert event.message_id == "u1" and event.body == b'{"lost": 1}'
+    await broker.wait_count(unrouted.unrouted_queue, 0)
