@@ -22,6 +22,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "Write an AsyncAPI 3.0 document of the installed handlers: the exchange, each handler's "
         "channel and operation, and the events they publish.",
     ),
+    "console": (
+        "console",
+        "console",
+        "Serve the operator console: handlers, backlogs, dead letters with their diagnosis, "
+        "replay and purge, and the event catalogue, as web pages.",
+    ),
     "deploy": (
         "deploy",
         "deploy",

@@ -213,6 +213,61 @@ class HttpSettings(BaseModel):
     )
 
 
+class ConsoleSettings(BaseModel):
+    """The operator console (``eventworker console``, ``[console]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    host: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        description="Address to listen on; anything but a loopback address is refused unless "
+        "tokens or trusted_user_header is set.",
+    )
+    port: int = Field(8025, ge=1, le=65_535, description="Port to listen on.")
+    tokens: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="Named tokens, one per operator: a browser signs in with one, a script sends "
+        "Authorization: Bearer <token>; the name is who the audit log says acted.",
+    )
+    trusted_user_header: str = Field(
+        "",
+        max_length=100,
+        description="A header a reverse proxy in front of the console sets to the signed-in "
+        "user (e.g. X-Forwarded-User); a request without it is refused. Only behind a proxy "
+        "that strips it from its clients' requests.",
+    )
+    allow_actions: bool = Field(
+        False,
+        description="Let the console's users replay and purge dead letters (the operator "
+        "role); off, the console is read-only.",
+    )
+    allow_publish: bool = Field(
+        False,
+        description="Let operators publish a test event from the catalogue page (each "
+        "confirmed by the broker, with an audit log line); off by default.",
+    )
+    poll_interval: float = Field(
+        5.0, gt=0, le=3600, description="Seconds between two reads of the queue depths."
+    )
+    rate_window: float = Field(
+        300.0,
+        gt=0,
+        le=86_400,
+        description="Seconds of depth history kept in memory for the rates shown.",
+    )
+    scan_limit: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="Dead letters read, at most, for one page of a handler's dead letters "
+        "(filters and pages apply to these).",
+    )
+    body_limit: int = Field(
+        65_536, ge=1, description="Bytes of a dead letter's body shown on its page."
+    )
+
+
 class OutboxSettings(BaseModel):
     """The outbox relay (``eventworker outbox relay``, ``[outbox]``)."""
 
@@ -307,12 +362,14 @@ class Settings(BaseSettings):
     metrics_host: str = Field("0.0.0.0", min_length=1)
     metrics_poll_interval: float = Field(15.0, ge=0)
     http: HttpSettings = Field(default_factory=HttpSettings)
+    console: ConsoleSettings = Field(default_factory=ConsoleSettings)
     outbox: OutboxSettings = Field(default_factory=OutboxSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
     # -- dead letters and topology ----------------------------------------------------------
     #: A queue for events no binding matches, fed by the exchange's alternate exchange; "" = off.
     unrouted_queue: str = Field("", max_length=255)
-    #: The management API (http://user:password@host:15672), for ``topology`` to read bindings.
+    #: The management API (http://user:password@host:15672): bindings for ``topology``,
+    #: consumers and unacked counts for the console.
     management_url: SecretStr = SecretStr("")
     #: Levels of broker-held delayed delivery (0: off; 25 to 32, a delay up to 2**levels - 1 s).
     delay_levels: int = Field(0, ge=0, le=32)

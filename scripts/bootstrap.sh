@@ -262,5 +262,15 @@ ensure_crd_models() {
   fi
 }
 
+# --- A browser for the console's tests (scripts/test.sh calls ensure_browser) -----------------
+# Debian's chromium, which Playwright (the test extra) drives through its executable_path; the
+# browser Playwright would download itself is not used. Without it the browser tests are
+# skipped, saying why.
+ensure_browser() {
+  [ -x /usr/bin/chromium ] || { can_apt && say "installing chromium for the console's browser tests" \
+    && apt_install chromium; } \
+    || say "chromium could not be installed: the console's browser tests will be skipped"
+}
+
 setup_venv
 ensure_rabbitmq

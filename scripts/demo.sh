@@ -27,6 +27,9 @@ $EW publish orders.eu.created '{"order_id": "o-2", "total": "n/a"}' # fails its 
 $EW publish users.signed_up '{"email": "ada@example.com", "name": "Ada"}' # the mailer resource
 $EW publish users.signed_up '{"email": "grace@example.com"}'      # fails its inferred model
 say "watch the log; Ctrl-C drains and stops the worker"
+say "console: in another shell run \`EVENTWORKER_EXCHANGE=$EVENTWORKER_EXCHANGE" \
+  "EVENTWORKER_QUEUE_PREFIX=$EVENTWORKER_QUEUE_PREFIX $EW console --allow-actions\`," \
+  "then open http://127.0.0.1:8025/"
 if [ -n "${DEMO_SECONDS:-}" ]; then
   sleep "$DEMO_SECONDS"; kill -TERM $worker
 fi

@@ -29,7 +29,7 @@ EXAMPLE = ROOT / "config.example.toml"
 #: Option names that set a setting of another name.
 ALIASES = {"timeout": "publish_timeout", "handler_names": "handlers"}
 #: The settings section a command's options fall in before the top level.
-SECTIONS = {"outbox": "outbox", "serve": "http", "deploy": "kubernetes"}
+SECTIONS = {"outbox": "outbox", "serve": "http", "deploy": "kubernetes", "console": "console"}
 
 
 def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:

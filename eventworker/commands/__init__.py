@@ -69,3 +69,21 @@ def run_async(main: Coroutine[Any, Any, T]) -> T:
     except ImportError:
         return asyncio.run(main)
     return uvloop.run(main)
+
+
+def serve_until_signal(server: Any, where: str) -> None:
+    """Run a uvicorn ``server`` until SIGTERM/SIGINT.
+
+    uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the
+    handler that was there before: a no-op one makes a clean stop exit 0, like `run`.
+
+    Raises:
+        EventworkerError: the server could not start (uvicorn logged why).
+    """
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
+    asyncio.run(server.serve())
+    if not server.started:
+        raise EventworkerError(f"could not serve on {where} (see above)")

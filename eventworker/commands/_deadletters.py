@@ -132,12 +132,9 @@ def _warn_about_read_counts(settings: Settings, connection: Connection) -> None:
 
 
 def age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.1f}{unit}"
-    return f"{seconds:.0f}s"
+    from eventworker.deadletters.letter import age_label
+
+    return age_label(seconds)
 
 
 def line(p: Letter) -> str:

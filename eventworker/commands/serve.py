@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
 import click
 
-from eventworker.commands import config_option, errors, examples, url_option
-from eventworker.errors import ConfigError, EventworkerError
+from eventworker.commands import (
+    config_option,
+    errors,
+    examples,
+    serve_until_signal,
+    url_option,
+)
+from eventworker.errors import ConfigError
 from eventworker.settings import load_settings
 
 
@@ -74,12 +77,4 @@ def serve(
             ", ".join(settings.http.allowed_keys),
         )
         server = http_server(app, settings.http)
-        # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again for the
-        # handler that was there before: a no-op one makes a clean stop exit 0, like `run`.
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: None)
-        asyncio.run(server.serve())
-        if not server.started:
-            raise EventworkerError(
-                f"could not serve on {settings.http.host}:{settings.http.port} (see above)"
-            )
+        serve_until_signal(server, f"{settings.http.host}:{settings.http.port}")

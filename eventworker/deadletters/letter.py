@@ -68,6 +68,16 @@ class Letter:
         return (now - self.dead_lettered_at).total_seconds() if self.dead_lettered_at else None
 
 
+def age_label(seconds: float | None) -> str:
+    """An age as operators read it: 42s, 3.5m, 2.0h, 1.5d ("-" when unknown)."""
+    if seconds is None:
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")

@@ -15,12 +15,12 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, unquote, urlsplit
-
-import aiohttp
+from urllib.parse import urlsplit
 
 from eventworker.errors import BrokerError
-from eventworker.settings import Settings, redact_url
+from eventworker.settings import Settings
+from eventworker.topology import management
+from eventworker.topology.management import vhost
 
 #: Hosts for which ``rabbitmqctl`` (which talks to the local node) sees the broker of the URL.
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
@@ -56,12 +56,6 @@ class Reading:
 
     bindings: tuple[LiveBinding, ...] | None
     source: str
-
-
-def vhost(amqp_url: str) -> str:
-    """The virtual host of an AMQP URL: its path, percent-decoded; ``/`` when empty."""
-    path = urlsplit(amqp_url).path
-    return unquote(path[1:]) if len(path) > 1 else "/"
 
 
 async def read(settings: Settings, *, timeout: float = 30.0) -> Reading:
@@ -124,33 +118,9 @@ async def from_management(settings: Settings, *, timeout: float) -> list[LiveBin
     Raises:
         BrokerError: the API could not be reached or refused; the message shows no password.
     """
-    base = settings.management_url.get_secret_value()
-    parts = urlsplit(base)
-    user, password = parts.username, parts.password
-    if user is None:
-        amqp = urlsplit(settings.url.get_secret_value())
-        user, password = amqp.username or "guest", amqp.password or "guest"
-    netloc = parts.hostname or ""
-    if parts.port:
-        netloc += f":{parts.port}"
-    virtual_host = vhost(settings.url.get_secret_value())
-    endpoint = parts._replace(netloc=netloc).geturl().rstrip("/")
-    endpoint += f"/api/bindings/{quote(virtual_host, safe='')}"
-    # The header, not ClientSession(auth=BasicAuth(...)): aiohttp deprecates both.
-    auth = {"Authorization": aiohttp.encode_basic_auth(unquote(user), unquote(password or ""))}
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as http,
-            http.get(endpoint, headers=auth) as response,
-        ):
-            if response.status != 200:
-                raise BrokerError(
-                    f"management API at {redact_url(base)} answered {response.status}"
-                )
-            rows = await response.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-        reason = type(exc).__name__ if isinstance(exc, TimeoutError) else exc
-        raise BrokerError(f"management API at {redact_url(base)} failed: {reason}") from None
+    rows = await management.get(
+        settings, f"bindings/{management.vhost_path(settings)}", timeout=timeout
+    )
     return [
         LiveBinding.of(
             row["source"],
