@@ -1,7 +1,8 @@
 """The broker's bindings, which AMQP 0-9-1 cannot list: read from the management HTTP API when
 ``management_url`` is set, else with ``rabbitmqctl`` when the broker runs on this host.
 
-Only ``topology plan|apply`` needs them, to find bindings that are missing or left over. Without
+``topology plan|apply`` needs them, to find bindings that are missing or left over
+(``eventworker schedules`` asks the same API which consumer of a queue is the active one). Without
 a source, the plan says bindings were not compared, and ``apply`` still declares every binding
 it needs (declaring one is idempotent) but cannot remove stale ones.
 """
@@ -119,7 +120,30 @@ def from_rabbitmqctl(virtual_host: str, *, timeout: float) -> list[LiveBinding]:
 
 async def from_management(settings: Settings, *, timeout: float) -> list[LiveBinding]:
     """Bindings to queues and exchanges, from ``GET <management_url>/api/bindings/<vhost>``.
-    Credentials are the ones in ``management_url``, else those of the broker URL.
+
+    Raises:
+        BrokerError: the API could not be reached or refused; the message shows no password.
+    """
+    rows = await management_get(settings, "bindings", timeout=timeout)
+    return [
+        LiveBinding.of(
+            row["source"],
+            row["destination"],
+            row["routing_key"],
+            row.get("arguments") or {},
+            to_exchange=row.get("destination_type") == "exchange",
+        )
+        for row in rows
+        if row.get("destination_type") in ("queue", "exchange")
+    ]
+
+
+async def management_get(
+    settings: Settings, kind: str, name: str = "", *, timeout: float = 30.0
+) -> Any:
+    """The JSON of ``GET <management_url>/api/<kind>/<vhost>[/<name>]`` (``bindings``, or
+    ``queues`` and a queue's name). Credentials are the ones in ``management_url``, else
+    those of the broker URL.
 
     Raises:
         BrokerError: the API could not be reached or refused; the message shows no password.
@@ -135,7 +159,9 @@ async def from_management(settings: Settings, *, timeout: float) -> list[LiveBin
         netloc += f":{parts.port}"
     virtual_host = vhost(settings.url.get_secret_value())
     endpoint = parts._replace(netloc=netloc).geturl().rstrip("/")
-    endpoint += f"/api/bindings/{quote(virtual_host, safe='')}"
+    endpoint += f"/api/{kind}/{quote(virtual_host, safe='')}"
+    if name:
+        endpoint += f"/{quote(name, safe='')}"
     # The header, not ClientSession(auth=BasicAuth(...)): aiohttp deprecates both.
     auth = {"Authorization": aiohttp.encode_basic_auth(unquote(user), unquote(password or ""))}
     try:
@@ -147,18 +173,7 @@ async def from_management(settings: Settings, *, timeout: float) -> list[LiveBin
                 raise BrokerError(
                     f"management API at {redact_url(base)} answered {response.status}"
                 )
-            rows = await response.json(content_type=None)
+            return await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         reason = type(exc).__name__ if isinstance(exc, TimeoutError) else exc
         raise BrokerError(f"management API at {redact_url(base)} failed: {reason}") from None
-    return [
-        LiveBinding.of(
-            row["source"],
-            row["destination"],
-            row["routing_key"],
-            row.get("arguments") or {},
-            to_exchange=row.get("destination_type") == "exchange",
-        )
-        for row in rows
-        if row.get("destination_type") in ("queue", "exchange")
-    ]
