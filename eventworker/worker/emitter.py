@@ -171,6 +171,8 @@ class Emitter:
         closed: asyncio.Event,
     ) -> None:
         while not closed.is_set():
+            # Cleared before the round: a token delivered during it wakes the next at once.
+            self._wake.clear()
             pause = MAX_PAUSE
             if self.active:
                 if self._dirty and not self._token:
@@ -182,7 +184,6 @@ class Emitter:
                 if (emitted or self._dirty) and not closed.is_set():
                     await self._rotate(publisher, underlay)
                 pause = self._pause(datetime.now(UTC))
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), pause)
 

@@ -303,6 +303,12 @@ class Worker:
             ]
             if self.state is State.STARTING:
                 _banner.log_start(self.settings, self.routes, self.registrations, self.middleware)
+                if self.schedules:
+                    logger.info(
+                        "schedules: {}; standing for election as their emitter on {}",
+                        ", ".join(f"{s.name} ({s.cron})" for s in self.schedules),
+                        self.emitter.queue if self.emitter else "",
+                    )
             else:
                 self.reconnects += 1
                 logger.info("reconnected: {} queue(s) consuming again", len(consumers))

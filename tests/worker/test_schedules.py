@@ -195,6 +195,9 @@ async def test_three_workers_one_killed_emit_each_tick_once(
     for process in [w for w in workers if w not in (first, second)] + [second]:
         fleet.stop(process)
     assert NO_LONGER in fleet.log(second)
+    # One token is left in the queue: the seeds of the three starts and the killed emitter's
+    # token were absorbed into the state of the last one.
+    await broker.wait_count(f"{settings.queue_prefix}schedules.leader", 1)
 
     ticks = await _ticks(broker, queue)
     times = [t for t, _ in ticks]
@@ -251,3 +254,38 @@ async def test_catch_up_after_a_stop_spanning_ticks(
     else:
         # Each tick of the gap, late.
         assert caught_up == missed and len(caught_up) >= 5
+
+
+async def test_an_in_process_worker_emits_and_counts_its_ticks(
+    broker: Broker, settings: Settings, prefix: str
+) -> None:
+    from eventworker import Context, Event, handler
+    from eventworker.schedules import schedule
+    from eventworker.worker.metrics import Metrics
+    from tests.support.broker import running, wait_for
+
+    received: list[str] = []
+
+    @handler(f"{prefix}.beat", name="beat")
+    async def beat(event: Event[dict[str, int]], ctx: Context) -> None:
+        received.append(event.id)
+
+    metrics = Metrics()
+    every = schedule("* * * * * *", f"{prefix}.beat", data={"n": 1}, name="beat")
+    async with running(broker, [beat], settings, observers=[metrics], schedules=[every]) as w:
+        metrics.watch(w)
+        await wait_for(lambda: len(received) >= 3, timeout=20)
+        sample = metrics.registry.get_sample_value
+        assert sample("eventworker_schedule_emitter") == 1
+        emitted = sample(
+            "eventworker_schedule_ticks_total", {"schedule": "beat", "outcome": "emitted"}
+        )
+        assert emitted is not None and emitted >= 3
+        assert (
+            sample("eventworker_schedule_ticks_total", {"schedule": "beat", "outcome": "missed"})
+            == 0
+        )
+    assert metrics.registry.get_sample_value("eventworker_schedule_emitter") == 0
+    assert all(i.startswith("beat@") and i.endswith("Z") for i in received), received
+    # The queue keeps one token, with the state, for the next emitter.
+    await broker.wait_count(f"{settings.queue_prefix}schedules.leader", 1)
