@@ -15,6 +15,7 @@ from eventworker.errors import ExitCode, RegistryError
 from eventworker.plugins.discovery import Plugin, Registration
 from eventworker.plugins.schedules import gather
 from eventworker.settings import Settings
+from tests.support import distributions
 from tests.support.broker import registrations
 
 EVERY_MINUTE = {"name": "close", "cron": "* * * * *", "routing_key": "books.close"}
@@ -63,3 +64,38 @@ def test_run_exits_4_on_a_bad_settings_schedule_naming_it(tmp_path: Path) -> Non
     )
     assert done.returncode == ExitCode.PLUGIN, done.stderr
     assert "schedule 'nightly': unknown timezone 'Mars/Olympus'" in done.stderr
+
+
+def test_run_exits_4_on_a_plugin_schedule_with_a_bad_cron_naming_file_and_line(
+    tmp_path: Path,
+) -> None:
+    site = tmp_path / "site"
+    distributions.install(
+        site,
+        distribution="bad-schedule",
+        entry_points={"eventworker.handlers": "bad = bad_schedule.handlers"},
+        files={
+            "bad_schedule/handlers.py": (
+                "from eventworker import handler, schedule\n"
+                "\n"
+                'hourly = schedule("0 25 * * *", "reports.hourly")\n'
+                "\n"
+                '@handler("reports.hourly")\n'
+                "async def report(event, ctx): ...\n"
+            )
+        },
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTWORKER_")}
+    env.update(PYTHONPATH=str(site), EVENTWORKER_PLUGINS="bad")
+    done = subprocess.run(
+        [sys.executable, "-m", "eventworker", "run"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert done.returncode == ExitCode.PLUGIN, done.stderr
+    assert "plugin 'bad'" in done.stderr
+    assert "bad_schedule/handlers.py:3" in done.stderr
+    assert "schedule 'reports.hourly': bad cron expression '0 25 * * *': Bad hour" in done.stderr

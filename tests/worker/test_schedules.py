@@ -22,6 +22,7 @@ import pytest
 
 from eventworker.settings import Settings
 from eventworker.worker.emitter import CAUGHT_UP_HEADER
+from tests.support import distributions
 from tests.support.broker import Broker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,26 +30,67 @@ NOW_EMITTER = "this worker is now the emitter"
 NO_LONGER = "this worker is no longer the emitter"
 
 
-class Fleet:
-    """`eventworker run --handler greet` processes with one every-second schedule."""
+#: A plugin whose module declares the every-second schedule and a handler of its ticks.
+TICKS_PLUGIN = """
+import os
 
-    def __init__(self, settings: Settings, folder: Path, routing_key: str, catch_up: str) -> None:
+from eventworker import Context, Event, handler, schedule
+
+
+@schedule(
+    "* * * * * *",
+    os.environ["TICKS_KEY"],
+    name="every-second",
+    data={"hello": "tick"},
+    catch_up=os.environ["TICKS_CATCH_UP"],
+)
+@handler(os.environ["TICKS_KEY"], name="ticker")
+async def ticker(event: Event[dict[str, str]], ctx: Context) -> None:
+    pass
+"""
+
+
+class Fleet:
+    """`eventworker run` processes with one every-second schedule: declared by a plugin
+    (``ticks``, with its handler ``ticker``) or in the settings (next to the example plugin's
+    ``greet``)."""
+
+    def __init__(
+        self, settings: Settings, folder: Path, routing_key: str, catch_up: str, *, plugin: bool
+    ) -> None:
         self.folder = folder
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("EVENTWORKER_")}
-        schedule = {
-            "name": "every-second",
-            "cron": "* * * * * *",
-            "routing_key": routing_key,
-            "data": {"hello": "tick"},
-            "catch_up": catch_up,
-        }
         self.env.update(
             EVENTWORKER_URL=settings.url.get_secret_value(),
             EVENTWORKER_EXCHANGE=settings.exchange,
             EVENTWORKER_QUEUE_PREFIX=settings.queue_prefix,
             EVENTWORKER_LOG_LEVEL="INFO",
-            EVENTWORKER_SCHEDULES=json.dumps([schedule]),
         )
+        if plugin:
+            site = folder / "site"
+            distributions.install(
+                site,
+                distribution="ticks-plugin",
+                entry_points={"eventworker.handlers": "ticks = ticks_plugin.handlers"},
+                files={"ticks_plugin/handlers.py": TICKS_PLUGIN},
+            )
+            self.env.update(
+                PYTHONPATH=str(site),
+                EVENTWORKER_PLUGINS="ticks",
+                TICKS_KEY=routing_key,
+                TICKS_CATCH_UP=catch_up,
+            )
+            self.args = ["run"]
+        else:
+            schedule = {
+                "name": "every-second",
+                "cron": "* * * * * *",
+                "routing_key": routing_key,
+                "data": {"hello": "tick"},
+                "catch_up": catch_up,
+            }
+            self.env["EVENTWORKER_SCHEDULES"] = json.dumps([schedule])
+            self.args = ["run", "--handler", "greet"]
         self.started = 0
         self.processes: list[tuple[subprocess.Popen[bytes], Path]] = []
 
@@ -56,7 +98,7 @@ class Fleet:
         self.started += 1
         log = self.folder / f"worker-{self.started}.log"
         process = subprocess.Popen(
-            [sys.executable, "-m", "eventworker", "run", "--handler", "greet"],
+            [sys.executable, "-m", "eventworker", *self.args],
             cwd=self.folder,
             env=self.env,
             stdout=subprocess.DEVNULL,
@@ -90,11 +132,11 @@ class Fleet:
 
 
 @pytest.fixture
-def fleet_of(settings: Settings, tmp_path: Path) -> Iterator[Callable[[str, str], Fleet]]:
+def fleet_of(settings: Settings, tmp_path: Path) -> Iterator[Callable[..., Fleet]]:
     made: list[Fleet] = []
 
-    def make(routing_key: str, catch_up: str) -> Fleet:
-        fleet = Fleet(settings, tmp_path, routing_key, catch_up)
+    def make(routing_key: str, catch_up: str, *, plugin: bool = False) -> Fleet:
+        fleet = Fleet(settings, tmp_path, routing_key, catch_up, plugin=plugin)
         made.append(fleet)
         return fleet
 
@@ -121,7 +163,10 @@ async def _tick_queue(broker: Broker, settings: Settings, routing_key: str) -> s
     await queue.bind(exchange, routing_key)
     await channel.close()
     broker._queues.update({name, f"{settings.queue_prefix}schedules.leader"})
-    broker._queues.update({f"{settings.queue_prefix}greet", f"{settings.queue_prefix}greet.dead"})
+    for handler in ("greet", "ticker"):
+        broker._queues.update(
+            {f"{settings.queue_prefix}{handler}", f"{settings.queue_prefix}{handler}.dead"}
+        )
     return name
 
 
@@ -165,18 +210,18 @@ def _holes(ticks: list[datetime]) -> list[datetime]:
 
 @pytest.mark.timeout(180)
 async def test_three_workers_one_killed_emit_each_tick_once(
-    broker: Broker, settings: Settings, fleet_of: Callable[[str, str], Fleet], prefix: str
+    broker: Broker, settings: Settings, fleet_of: Callable[..., Fleet], prefix: str
 ) -> None:
     key = f"{prefix}.tick"
     queue = await _tick_queue(broker, settings, key)
-    fleet = fleet_of(key, "all")
+    fleet = fleet_of(key, "all", plugin=True)
     workers = [fleet.start() for _ in range(3)]
     await _until(lambda: len(fleet.emitters()) == 1, 60, "one emitter")
     document = _listing(fleet)
     (row,) = document["schedules"]
     assert (row["name"], row["source"], len(row["next"])) == (
         "every-second",
-        "settings [[schedules]]",
+        "plugin 'ticks'",
         2,
     )
     # Without management_url AMQP tells that a worker is active, not which one (nor how many
@@ -218,7 +263,7 @@ async def test_three_workers_one_killed_emit_each_tick_once(
 async def test_catch_up_after_a_stop_spanning_ticks(
     broker: Broker,
     settings: Settings,
-    fleet_of: Callable[[str, str], Fleet],
+    fleet_of: Callable[..., Fleet],
     prefix: str,
     catch_up: str,
 ) -> None:
