@@ -12,7 +12,8 @@ ticks (confirmed) the emitter publishes a new token with the new state (confirme
 the tokens it held: the queue never loses the state, and a crash in between leaves two tokens,
 which the next emitter merges (the latest tick per schedule wins). Each worker puts an empty
 token in at start, so the queue is never without one; the emitter absorbs the extras the same
-way.
+way. It also replaces its token every :data:`REFRESH` seconds when no tick came: the broker
+closes a channel holding a delivery unacked past its ``consumer_timeout``.
 
 Each tick is published with a deterministic message id, ``<schedule name>@<UTC ISO time>``: a
 tick published but not yet recorded when the emitter died is published again by the next one,
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,6 +56,9 @@ GRACE = timedelta(seconds=2)
 SETTLE = 0.2
 #: The longest pause between two rounds (a schedule with distant ticks still wakes up).
 MAX_PAUSE = 30.0
+#: The emitter replaces its token at least this often, ticks or not: RabbitMQ closes a channel
+#: that holds a delivery unacked longer than its consumer_timeout (30 minutes by default).
+REFRESH = 60.0
 #: Headers of a tick: the schedule's name, the tick's time (UTC ISO), whether it came late.
 SCHEDULE_HEADER = "x-eventworker-schedule"
 TICK_HEADER = "x-eventworker-tick"
@@ -109,6 +114,7 @@ class Emitter:
         self._held: dict[int, str] = {}
         self._token = ""
         self._dirty = False
+        self._rotated_at = 0.0
         self._wake = asyncio.Event()
 
     async def run(self, connection: AbstractConnection, publisher: ConfirmChannel) -> None:
@@ -181,7 +187,8 @@ class Emitter:
                 emitted = False
                 for item in self.schedules:
                     emitted = await self._emit(item, now, publisher) or emitted
-                if (emitted or self._dirty) and not closed.is_set():
+                stale = time.monotonic() - self._rotated_at >= REFRESH
+                if (emitted or self._dirty or stale) and not closed.is_set():
                     await self._rotate(publisher, underlay)
                 pause = self._pause(datetime.now(UTC))
             with contextlib.suppress(TimeoutError):
@@ -256,6 +263,7 @@ class Emitter:
     ) -> None:
         """Put the state in a new token (confirmed), then let go of the tokens held before."""
         self._dirty = False
+        self._rotated_at = time.monotonic()
         before = list(self._held)
         # Known before it is sent: the broker may deliver it back before the confirm comes.
         self._token = uuid.uuid4().hex

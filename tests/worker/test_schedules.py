@@ -334,3 +334,30 @@ async def test_an_in_process_worker_emits_and_counts_its_ticks(
     assert all(i.startswith("beat@") and i.endswith("Z") for i in received), received
     # The queue keeps one token, with the state, for the next emitter.
     await broker.wait_count(f"{settings.queue_prefix}schedules.leader", 1)
+
+
+async def test_the_emitter_replaces_its_token_with_no_tick_due(
+    broker: Broker, settings: Settings, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ticks the token would stay unacked until the broker's consumer_timeout closed
+    the channel: the emitter replaces it every REFRESH seconds (shortened here)."""
+    from eventworker import Context, Event, handler
+    from eventworker.schedules import schedule
+    from eventworker.worker import emitter
+    from tests.support.broker import running, wait_for
+
+    monkeypatch.setattr(emitter, "REFRESH", 0.3)
+    monkeypatch.setattr(emitter, "MAX_PAUSE", 0.1)
+
+    @handler(f"{prefix}.yearly", name="yearly")
+    async def yearly(event: Event[None], ctx: Context) -> None: ...
+
+    new_year = schedule("0 0 1 1 *", f"{prefix}.yearly", name="new-year")
+    async with running(broker, [yearly], settings, schedules=[new_year]) as worker:
+        elected = worker.emitter
+        assert elected is not None
+        await wait_for(lambda: elected.active and bool(elected._token), timeout=20)
+        first = elected._token
+        await wait_for(lambda: elected._token != first, timeout=10)
+        # The one it holds is the new one: the old was acked.
+        await wait_for(lambda: set(elected._held.values()) == {elected._token}, timeout=10)
