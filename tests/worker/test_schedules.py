@@ -19,6 +19,7 @@ from typing import Any
 
 import aio_pika
 import pytest
+from pydantic import SecretStr
 
 from eventworker.settings import Settings
 from eventworker.worker.emitter import CAUGHT_UP_HEADER
@@ -361,3 +362,58 @@ async def test_the_emitter_replaces_its_token_with_no_tick_due(
         await wait_for(lambda: elected._token != first, timeout=10)
         # The one it holds is the new one: the old was acked.
         await wait_for(lambda: set(elected._held.values()) == {elected._token}, timeout=10)
+
+
+async def test_the_emitter_shown_is_the_active_consumer_the_management_api_reports(
+    broker: Broker, settings: Settings, prefix: str
+) -> None:
+    """With management_url, the emitter is the queue's single_active_consumer_tag among its
+    consumer_details (an HTTP stand-in answers for the management plugin)."""
+    from aiohttp import web
+
+    from eventworker import Context, Event, handler
+    from eventworker.schedules import schedule
+    from eventworker.worker.emitter import elected
+    from tests.support.broker import running, wait_for
+
+    leader = f"{settings.queue_prefix}schedules.leader"
+    asked: list[str] = []
+
+    async def queue(request: web.Request) -> web.Response:
+        asked.append(request.raw_path)
+        return web.json_response(
+            {
+                "single_active_consumer_tag": "amq.ctag-B",
+                "consumer_details": [
+                    {"consumer_tag": "amq.ctag-A", "channel_details": {"connection_name": "a"}},
+                    {"consumer_tag": "amq.ctag-B", "channel_details": {"connection_name": "b"}},
+                ],
+            }
+        )
+
+    app = web.Application()
+    app.router.add_get("/api/queues/{vhost}/{name}", queue)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+
+    @handler(f"{prefix}.beat", name="beat")
+    async def beat(event: Event[None], ctx: Context) -> None: ...
+
+    every = schedule("* * * * *", f"{prefix}.beat", name="beat")
+    try:
+        async with running(broker, [beat], settings, schedules=[every]) as worker:
+            assert worker.emitter is not None
+            await wait_for(lambda: worker.emitter is not None and worker.emitter.active, 20)
+            without = await elected(settings)
+            assert without.connection is None and without.detail.startswith("unknown: a worker")
+            managed = settings.model_copy(
+                update={"management_url": SecretStr(f"http://127.0.0.1:{port}")}
+            )
+            found = await elected(managed)
+    finally:
+        await runner.cleanup()
+    assert (found.connection, found.candidates) == ("b", 2)
+    assert asked == [f"/api/queues/%2F/{leader}"]
