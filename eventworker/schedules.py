@@ -9,6 +9,7 @@ and how each is published once across a fleet, is the schedule emitter's busines
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -111,20 +112,30 @@ class Schedule:
         self, start: datetime, end: datetime, limit: int
     ) -> tuple[list[datetime], int]:
         """The latest ``limit`` ticks ``t`` with ``start < t <= end``, oldest first, and how
-        many ticks that interval holds (counted up to :data:`COUNT_LIMIT`)."""
-        zone = ZoneInfo(self.timezone)
+        many ticks that interval holds (counted up to :data:`COUNT_LIMIT`).
+
+        The ticks are those of :meth:`ticks_after` (cronsim forwards, which defines DST
+        changes); a backward pass only finds where the latest ``limit`` begin, so that a long
+        outage of an every-second schedule is not walked tick by tick from its start.
+        """
         # Backwards from just after ``end``: cronsim then yields ticks up to ``end`` itself.
-        latest = end.astimezone(zone).replace(microsecond=1)
-        found: list[datetime] = []
-        count = 0
+        latest = end.astimezone(self.zone).replace(microsecond=1)
+        count, anchor = 0, start
         for local in CronSim(self.cron, latest, reverse=True):
             tick = local.astimezone(UTC)
             if tick <= start or count >= COUNT_LIMIT:
                 break
             count += 1
-            if len(found) < limit:
-                found.append(tick)
-        return found[::-1], count
+            if count == limit + 1:
+                anchor = tick  # older than the latest ``limit``: start listing after it
+        found: collections.deque[datetime] = collections.deque(maxlen=limit)
+        listed = 0
+        for tick in self.ticks_after(anchor):
+            if tick > end:
+                break
+            found.append(tick)
+            listed += 1
+        return list(found), listed if anchor == start else max(count, listed)
 
     def message_id(self, tick: datetime) -> str:
         """The tick's event id: the same from every worker, ``<name>@<UTC ISO time>``."""

@@ -3,7 +3,8 @@ DST changes in Europe/Berlin, the catch-up window and the deterministic message 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import itertools
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -94,3 +95,27 @@ def test_a_module_declares_by_assignment_and_by_decoration() -> None:
     names = [s.name for s in declared_in(module)]
     assert names == ["reports.hourly", "probe"]
     assert module.probe.name == "probe"  # the @handler under @schedule, unchanged
+
+
+@pytest.mark.parametrize(
+    ("cron", "timezone", "day"),
+    [
+        ("30 2 * * *", "Europe/Berlin", _utc(2026, 3, 27)),
+        ("0 * * * *", "Europe/Berlin", _utc(2026, 10, 23)),
+        ("15 2,3 * * *", "America/New_York", _utc(2026, 3, 6)),
+        # Lord Howe Island moves its clocks by half an hour: cronsim backwards would list one
+        # tick more here than forwards; the catch-up window lists the forward ticks.
+        ("0 */2 * * *", "Australia/Lord_Howe", _utc(2026, 4, 3)),
+    ],
+)
+@pytest.mark.parametrize("limit", [1, 3, 1000])
+def test_the_ticks_of_a_window_are_those_cronsim_lists_forwards(
+    cron: str, timezone: str, day: datetime, limit: int
+) -> None:
+    item = schedule(cron, "r.k", timezone=timezone)
+    end = day + timedelta(days=4)
+    forwards = list(itertools.takewhile(lambda t: t <= end, item.ticks_after(day)))
+    ticks, count = item.ticks_between(day, end, limit)
+    assert ticks == forwards[-limit:]
+    if limit >= len(forwards):
+        assert count == len(forwards)
