@@ -30,6 +30,7 @@ if typing.TYPE_CHECKING:  # the lazily imported names, for type checkers
     from eventworker.publishing.blocking import BlockingPublisher
     from eventworker.publishing.channel import PublishResult
     from eventworker.publishing.publisher import NewEvent, Publisher
+    from eventworker.schedules import Schedule, schedule
 
 #: Public names imported on first use: the publishers pull in aio-pika, which a plugin module
 #: that only declares handlers does not need; the handler API pulls in pydantic (about 200 ms),
@@ -45,6 +46,8 @@ _LAZY = {
     "Publisher": "eventworker.publishing.publisher",
     "Resource": "eventworker.handlers",
     "RetryPolicy": "eventworker.handlers",
+    "Schedule": "eventworker.schedules",
+    "schedule": "eventworker.schedules",
     "handler": "eventworker.handlers",
     "resource": "eventworker.handlers",
 }
@@ -67,8 +70,10 @@ __all__ = [
     "Resource",
     "Retry",
     "RetryPolicy",
+    "Schedule",
     "handler",
     "resource",
+    "schedule",
 ]
 
 

@@ -75,6 +75,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "run",
         "Run the installed handlers until SIGTERM or SIGINT.",
     ),
+    "schedules": (
+        "schedules",
+        "schedules",
+        "List every periodic event (the installed plugins' and [[schedules]]): cron, timezone, "
+        "routing key, where it is declared, its next ticks, and the worker that emits them now.",
+    ),
     "serve": (
         "serve",
         "serve",

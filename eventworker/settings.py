@@ -318,6 +318,21 @@ class KubernetesSettings(BaseModel):
     keda_host_key: str = Field("url", min_length=1, max_length=253)
 
 
+class ScheduleSettings(BaseModel):
+    """One periodic event declared in the settings (``[[schedules]]``); checked further (cron
+    expression, timezone, routing key, unique name) where the worker gathers its schedules."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=200)
+    cron: str = Field(min_length=1, max_length=200)
+    routing_key: str = Field(min_length=1, max_length=255)
+    #: The event's data: any JSON value (a TOML table or array, a string, a number).
+    data: Any = None
+    timezone: str = Field("UTC", min_length=1, max_length=100)
+    catch_up: Literal["none", "last", "all"] = "last"
+
+
 class Settings(BaseSettings):
     """Every setting of eventworker; ``config.example.toml`` documents each one."""
 
@@ -373,6 +388,9 @@ class Settings(BaseSettings):
     management_url: SecretStr = SecretStr("")
     #: Levels of broker-held delayed delivery (0: off; 25 to 32, a delay up to 2**levels - 1 s).
     delay_levels: int = Field(0, ge=0, le=32)
+    # -- periodic events ----------------------------------------------------------------------
+    #: Periodic events (``[[schedules]]``), emitted once across all workers (docs/time.md).
+    schedules: tuple[ScheduleSettings, ...] = ()
 
     @field_validator("plugins", "handlers", "middleware", mode="before")
     @classmethod

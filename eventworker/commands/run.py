@@ -115,6 +115,7 @@ def run(
     """
     from eventworker.observability import logs
     from eventworker.plugins import discovery
+    from eventworker.plugins.schedules import gather
 
     if reload and not _have_watchfiles():
         click.echo(
@@ -144,6 +145,7 @@ def run(
                 f"{discovery.GROUP!r}"
             )
         middleware = discovery.load_middleware(settings.middleware)
+        schedules = gather(registrations, settings)
         if reload:
             # Plugins were checked above; the child imports them afresh at every restart.
             sys.exit(
@@ -174,14 +176,20 @@ def run(
             from eventworker.worker.metrics import Metrics
 
             metrics = Metrics()
-            worker = Worker(registrations, settings, observers=[metrics], middleware=middleware)
+            worker = Worker(
+                registrations,
+                settings,
+                observers=[metrics],
+                middleware=middleware,
+                schedules=schedules,
+            )
             run_async(
                 _serve(
                     worker, health.run_worker(worker, metrics, settings, port=settings.metrics_port)
                 )
             )
         else:
-            worker = Worker(registrations, settings, middleware=middleware)
+            worker = Worker(registrations, settings, middleware=middleware, schedules=schedules)
             run_async(_serve(worker, worker.run(handle_signals=True)))
     code = ExitCode.INTERRUPTED if worker.interrupted else ExitCode.OK
     if any(t.name.startswith("eventworker-handler") for t in threading.enumerate()):

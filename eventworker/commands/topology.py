@@ -38,11 +38,13 @@ def _handler_option(func: Any) -> Any:
 def _plan(settings: Settings) -> Plan:
     from eventworker.plugins import discovery
     from eventworker.plugins.resolved import resolve, topology_plan
+    from eventworker.plugins.schedules import gather
 
     registrations = discovery.discover(plugins=settings.plugins, names=settings.handlers)
     if not registrations:
         raise InvalidInputError("no handlers installed: there is no topology to compare")
-    return topology_plan(resolve(registrations, settings), settings)
+    scheduled = bool(gather(registrations, settings))
+    return topology_plan(resolve(registrations, settings), settings, schedules=scheduled)
 
 
 def _inspect(settings: Settings, *, apply: bool) -> tuple[Reading, list[Finding], list[str]]:

@@ -20,6 +20,7 @@ from typing import Any
 from eventworker.errors import RegistryError
 from eventworker.handlers import Handler, Middleware, Resource
 from eventworker.observability.logs import one_line
+from eventworker.schedules import Schedule, declared_in
 
 #: The entry-point group plugins register their handlers under.
 GROUP = "eventworker.handlers"
@@ -37,6 +38,8 @@ class Plugin:
     distribution: str
     version: str
     resources: tuple[Resource[Any], ...] = ()
+    #: The periodic events its module declares (``schedule()``, ``@schedule``).
+    schedules: tuple[Schedule, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +199,10 @@ def load(ep: EntryPoint) -> list[Registration]:
     found = resources_of(obj)
     if found:
         plugin = replace(plugin, resources=found)
+    module = sys.modules.get(obj.module) if isinstance(obj, Handler) else obj
+    if isinstance(module, ModuleType) and (declared := declared_in(module)):
+        where = f"plugin {plugin.entry_point!r}"
+        plugin = replace(plugin, schedules=tuple(replace(s, source=where) for s in declared))
     return [Registration(h, plugin) for h in handlers]
 
 

@@ -81,7 +81,10 @@ def resolve(registrations: Sequence[Registration], settings: Settings) -> list[R
     return result
 
 
-def topology_plan(route_list: Sequence[ResolvedHandler], settings: Settings) -> layout.Plan:
+def topology_plan(
+    route_list: Sequence[ResolvedHandler], settings: Settings, *, schedules: bool = False
+) -> layout.Plan:
+    """What to declare for these handlers; ``schedules``: with the emitters' election queue."""
     tiers = {d for r in route_list for d in r.retry_queues}
     return layout.plan(
         [
@@ -102,6 +105,7 @@ def topology_plan(route_list: Sequence[ResolvedHandler], settings: Settings) -> 
         initial_group_size=settings.quorum_initial_group_size,
         unrouted_queue=settings.unrouted_queue,
         delay_levels=settings.delay_levels,
+        schedules=schedules,
     )
 
 

@@ -12,6 +12,7 @@ Shape (RabbitMQ 3.10+, no plugins)::
     delayed (with delay_levels) --> <exchange>.delay.<k> ... .delay.0 --> <exchange>.delay.delivery
                    --0.#, 1.#--> <exchange> --*. ... .*.<binding key>--> work queue
                    --return.#--> <exchange>.return (exact retry delays; topology/delays.py)
+    <prefix>schedules.leader       the schedule emitters' election (only with schedules)
 
 A classic queue keeps no delivery count, so a message that kills its worker would come back for
 ever. On classic queues each handler also has a probation queue: a message its work queue
@@ -121,6 +122,12 @@ def is_retry_queue(prefix: str, queue: str) -> bool:
     return queue.startswith(prefix) and _RETRY_TIER.fullmatch(queue[len(prefix) :]) is not None
 
 
+def schedules_queue(prefix: str) -> str:
+    """The schedule emitters' election queue: quorum, single active consumer; it holds the
+    token that carries the last tick of each schedule (see ``worker/emitter.py``)."""
+    return f"{prefix}schedules.leader"
+
+
 def return_exchange(exchange: str) -> str:
     return f"{exchange}.return"
 
@@ -159,6 +166,7 @@ def plan(
     initial_group_size: int = 0,
     unrouted_queue: str = "",
     delay_levels: int = 0,
+    schedules: bool = False,
 ) -> Plan:
     """Everything to declare for ``handlers``; idempotent to apply again.
 
@@ -167,7 +175,8 @@ def plan(
     an alternate exchange that feeds that queue every event no binding matches (an exchange
     argument: every worker and the broker's exchange must agree on it, see
     docs/operating-dead-letters.md). ``delay_levels`` (0: none) adds the levels of delayed
-    delivery (see :mod:`eventworker.topology.delays`), once for the exchange.
+    delivery (see :mod:`eventworker.topology.delays`), once for the exchange. ``schedules``
+    adds the schedule emitters' election queue.
     """
     back = return_exchange(exchange)
     replicas: dict[str, Any] = (
@@ -243,6 +252,10 @@ def plan(
         # (return.<digits>) to the event exchange too, where a queue bound with "#" takes them.
         delivery = delays.delivery_exchange(exchange)
         retired.append(BindingDecl(exchange, delivery, "#", to_exchange=True))
+    if schedules:
+        queues.append(
+            QueueDecl(schedules_queue(prefix), {**quorum, "x-single-active-consumer": True})
+        )
     names = [q.name for q in queues]
     duplicates = {n for n in names if names.count(n) > 1}
     if duplicates:

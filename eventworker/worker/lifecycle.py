@@ -24,15 +24,17 @@ from loguru import logger
 from eventworker.amqp.connection import CHANNEL_GONE, connect
 from eventworker.amqp.delivery import Delivery
 from eventworker.backoff import Backoff
-from eventworker.errors import BrokerUnreachableError
+from eventworker.errors import BrokerUnreachableError, PublishError
 from eventworker.handlers import Middleware
 from eventworker.inbox.claims import Inbox
 from eventworker.inbox.protocol import InboxStore
 from eventworker.inbox.stores import build_inbox
+from eventworker.observability.logs import one_line
 from eventworker.plugins import lifespan
 from eventworker.plugins.discovery import Registration, declared_resources
 from eventworker.plugins.resolved import ResolvedHandler, resolve, topology_plan
 from eventworker.publishing.channel import ConfirmChannel
+from eventworker.schedules import Schedule
 from eventworker.settings import Settings
 from eventworker.topology import declare, layout
 from eventworker.worker import _banner
@@ -40,6 +42,7 @@ from eventworker.worker._acks import Acks
 from eventworker.worker._budget import ByteBudget
 from eventworker.worker._consumer import Consumer, unserved
 from eventworker.worker.dispatch import Dispatcher, Observer
+from eventworker.worker.emitter import Emitter, ScheduleObserver
 
 #: Reconnection back-off: first pause, growth factor and the longest pause, in seconds.
 BACKOFF_FIRST, BACKOFF_FACTOR, BACKOFF_MAX = 0.5, 2.0, 15.0
@@ -70,7 +73,8 @@ class Worker:
     inbox of idempotent handlers cannot be opened, ResourceError when a plugin's resource fails
     to start. ``inbox_store`` replaces the store the settings name (tests, embedding);
     ``resources`` maps resource types to stand-ins used instead of entering the plugins' own;
-    ``middleware`` runs around every handling, the first outermost.
+    ``middleware`` runs around every handling, the first outermost; with ``schedules``, the
+    worker stands for election as the emitter of those periodic events (``worker/emitter.py``).
 
     Raises from the constructor: ConfigError for an inbox URL that names no usable store.
     """
@@ -85,13 +89,25 @@ class Worker:
         inbox_store: InboxStore | None = None,
         resources: Mapping[type[Any], Any] | None = None,
         middleware: Sequence[Middleware] = (),
+        schedules: Sequence[Schedule] = (),
     ) -> None:
         if not registrations:
             raise ValueError("a worker needs at least one handler")
         self.settings = settings
         self.registrations = list(registrations)
         self.routes = resolve(registrations, settings)
-        self.plan = topology_plan(self.routes, settings)
+        self.plan = topology_plan(self.routes, settings, schedules=bool(schedules))
+        #: The periodic events this worker stands for election to emit (none: it does not).
+        self.schedules = list(schedules)
+        self.emitter = (
+            Emitter(
+                schedules,
+                queue_prefix=settings.queue_prefix,
+                observers=[o for o in observers if isinstance(o, ScheduleObserver)],
+            )
+            if schedules
+            else None
+        )
         self.state = State.STARTING
         self.reconnect_timeout = reconnect_timeout
         self.observers = tuple(observers)
@@ -287,6 +303,12 @@ class Worker:
             ]
             if self.state is State.STARTING:
                 _banner.log_start(self.settings, self.routes, self.registrations, self.middleware)
+                if self.schedules:
+                    logger.info(
+                        "schedules: {}; standing for election as their emitter on {}",
+                        ", ".join(f"{s.name} ({s.cron})" for s in self.schedules),
+                        self.emitter.queue if self.emitter else "",
+                    )
             else:
                 self.reconnects += 1
                 logger.info("reconnected: {} queue(s) consuming again", len(consumers))
@@ -297,6 +319,8 @@ class Worker:
                 asyncio.ensure_future(lost.wait()),
                 asyncio.ensure_future(self._watchdog(consuming, consumers, lost)),
             }
+            if self.emitter is not None:
+                waits.add(asyncio.ensure_future(self._emitting(consuming, publisher)))
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             for waiting in waits:
                 waiting.cancel()
@@ -323,6 +347,15 @@ class Worker:
                     # Closing a broken connection: the broker requeues regardless.
                     with contextlib.suppress(TimeoutError, *CHANNEL_GONE):
                         await asyncio.wait_for(conn.close(), CONNECTION_CLOSE_TIMEOUT)
+
+    async def _emitting(self, connection: AbstractConnection, publisher: ConfirmChannel) -> None:
+        """The schedule emitter for this session; when it fails, the session ends (and the
+        next one stands for election again)."""
+        assert self.emitter is not None
+        try:
+            await self.emitter.run(connection, publisher)
+        except (PublishError, AMQPError, ConnectionError, RuntimeError, *CHANNEL_GONE) as exc:
+            logger.warning("schedule emitter: {}; connecting again", one_line(exc, 300))
 
     async def _subscribe(
         self,

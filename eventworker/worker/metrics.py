@@ -25,6 +25,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     GCCollector,
     Histogram,
     PlatformCollector,
@@ -148,6 +149,18 @@ class Metrics:
             buckets=AGE_BUCKETS,
             registry=r,
         )
+        self.schedule_ticks_total = Counter(
+            "eventworker_schedule_ticks",
+            "Ticks of periodic events, by schedule and outcome: emitted on time, caught_up "
+            "(published late, as catch_up allows) or missed (not published: no worker ran).",
+            ["schedule", "outcome"],
+            registry=r,
+        )
+        self.schedule_emitter_gauge = Gauge(
+            "eventworker_schedule_emitter",
+            "1 while this worker is the elected emitter of periodic events.",
+            registry=r,
+        )
         self._live = _Live()
         r.register(self._live)
 
@@ -168,6 +181,9 @@ class Metrics:
                 for status in PUBLISH_STATUSES:
                     self.publishes_total.labels(name, kind, status)
             self.age.labels(name)
+        for item in getattr(worker, "schedules", ()):
+            for outcome in ("emitted", "caught_up", "missed"):
+                self.schedule_ticks_total.labels(item.name, outcome)
 
     # -- Observer -----------------------------------------------------------------------
     def received(self, route: ResolvedHandler, event: Event[Any]) -> None:
@@ -220,6 +236,13 @@ class Metrics:
     def duplicate(self, route: ResolvedHandler) -> None:
         """A delivery skipped as a duplicate (the idempotency inbox calls this)."""
         self.duplicates_total.labels(route.handler.name).inc()
+
+    # -- ScheduleObserver (worker/emitter.py) -------------------------------------------------
+    def schedule_ticks(self, schedule: str, outcome: str, count: int) -> None:
+        self.schedule_ticks_total.labels(schedule, outcome).inc(count)
+
+    def schedule_emitter(self, active: bool) -> None:
+        self.schedule_emitter_gauge.set(1 if active else 0)
 
     # -- the broker ---------------------------------------------------------------------
     @asynccontextmanager

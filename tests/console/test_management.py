@@ -42,4 +42,5 @@ async def test_the_workers_page_lists_each_connection_consuming_from_the_managem
         finally:
             await connection.close()
     assert "consuming" in page and "target" in page and "127.0.0.1" in page
-    assert 'class="num unacked">0<' in overview  # read from the management API
+    # Read from the management API ("-" without it).
+    assert 'class="num unacked" data-label="Unacked">0<' in overview

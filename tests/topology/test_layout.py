@@ -259,3 +259,23 @@ def test_a_single_active_consumer_handler_gets_that_queue_argument() -> None:
 )
 def test_a_retry_queue_is_known_by_its_name_whatever_its_delay(queue: str, expected: bool) -> None:
     assert is_retry_queue(PREFIX, queue) is expected
+
+
+def test_with_schedules_the_plan_has_the_election_queue_single_active_and_quorum() -> None:
+    without = _plan(BILL)
+    assert "ew.schedules.leader" not in [q.name for q in without.queues]
+    with_schedules = plan(
+        [BILL],
+        exchange=EXCHANGE,
+        prefix=PREFIX,
+        queue_type="classic",
+        delivery_limit=20,
+        tiers=(1.0,),
+        initial_group_size=3,
+        schedules=True,
+    )
+    assert _args(with_schedules, "ew.schedules.leader") == {
+        "x-queue-type": "quorum",
+        "x-quorum-initial-group-size": 3,
+        "x-single-active-consumer": True,
+    }
