@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 from benchmarks.harness import Case, Group
-from benchmarks.scenarios import drain, latency, memory, publish, retry, startup
+from benchmarks.scenarios import (
+    drain,
+    features,
+    latency,
+    memory,
+    publish,
+    retry,
+    startup,
+    waiting,
+)
 
-MODULES = (drain, publish, latency, memory, retry, startup)
+MODULES = (drain, publish, latency, memory, retry, startup, features, waiting)
 
 
 def groups() -> list[Group]:
