@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import shutil
 import signal
@@ -129,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         runner.select(scenarios.all_cases(), args.only, peers=args.peers)
     except runner.UnknownScenario as exc:
         print(f"error: no scenario matches {exc}; see --list", file=sys.stderr)
+        return 2
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("error: --plot needs matplotlib: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:

@@ -70,7 +70,6 @@ async def model_logged(event: Event[Order], ctx: Context) -> None:
 
 @handler(ROUTING_KEY, name="bench_model_idempotent", idempotent=True)
 async def model_idempotent(event: Event[Order], ctx: Context) -> None:
-    ctx.logger.info("order {} charged {}", event.data.order_id, event.data.total)
     probe.hit()
 
 

@@ -21,9 +21,9 @@ from tests.support.stores import drop
 #: The stores of the inbox cases; PostgreSQL and Redis where the tests find them, unless set.
 PG_DSN = os.environ.get("EVENTWORKER_BENCH_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("EVENTWORKER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-#: The inbox cases drain this fraction of the profile's backlog (a store round trip or two per
-#: message: PostgreSQL commits each claim and done mark).
-INBOX_SHARE = 10
+#: The cases drain half the profile's drain backlog; the inbox cases a tenth (a store round
+#: trip or two per message: PostgreSQL commits each claim and done mark).
+SHARE, INBOX_SHARE = 2, 10
 #: What ``--log-format json`` and ``--log-level INFO`` add to the model case.
 JSON_LOGS = ("--log-format", "json", "--log-level", "INFO")
 
@@ -35,9 +35,11 @@ GROUP = Group(
         Metric("msgs_per_s", "msgs/s", "higher"),
         Metric("peak_rss_mb", "peak RSS MB", "lower"),
     ),
-    "The drain of the drain group with features switched on one after another, each on top of "
-    "the one before: a handler taking a pydantic model of 10 fields; the same logging one INFO "
-    "line per event through ctx.logger, as JSON; plus --metrics-port; plus the inbox "
+    "The drain of the drain group (half its backlog) with features switched on one after "
+    "another, each on top of the one before: a handler taking a pydantic model of 10 fields; "
+    "JSON logs at INFO (the worker writes no line for a handling that succeeds); plus "
+    "--metrics-port; then either the handler writing one INFO line per event through "
+    "ctx.logger, or the inbox "
     "(idempotent=True) on SQLite, PostgreSQL or Redis, draining a tenth of the backlog. x: "
     "against raw aio-pika acking each without awaiting the write, filled with the same bodies; "
     "the derived figures give each against the no-op handler.",
@@ -95,9 +97,15 @@ def metrics() -> tuple[str, ...]:
     return ("--metrics-port", str(free_port()))
 
 
-async def _featured(bench: Bench, handler: str, logs: bool, with_metrics: bool) -> Sample:
+async def _featured(
+    bench: Bench, bench_handler: str, logs: bool = False, with_metrics: bool = False
+) -> Sample:
     args = (*(JSON_LOGS if logs else ()), *(metrics() if with_metrics else ()))
-    return await drain(bench, Orders(Worker((handler,), args=args)))
+    return await _orders(bench, Worker((bench_handler,), args=args))
+
+
+async def _orders(bench: Bench, consumer: Consumer) -> Sample:
+    return await drain(bench, Orders(consumer), count=bench.profile.drain // SHARE)
 
 
 async def _inbox(bench: Bench, url: str) -> Sample:
@@ -118,28 +126,33 @@ def cases() -> list[Case]:
         case(
             "raw-nowait",
             "raw aio-pika, ack each without awaiting the write (wait=False)",
-            partial(drain, consumer=Orders(Raw("nowait"))),
+            partial(_orders, consumer=Raw("nowait")),
             baseline=True,
         ),
         case(
             "noop",
             "eventworker run, no-op handler (Event[Any])",
-            partial(_featured, handler="bench_noop", logs=False, with_metrics=False),
+            partial(_featured, bench_handler="bench_noop"),
         ),
         case(
             "model",
             "pydantic model, 10 fields",
-            partial(_featured, handler="bench_model", logs=False, with_metrics=False),
+            partial(_featured, bench_handler="bench_model"),
         ),
         case(
-            "model-logs",
-            "model + one INFO line per event, JSON",
-            partial(_featured, handler="bench_model_logged", logs=True, with_metrics=False),
+            "model-json",
+            "model + --log-format json --log-level INFO",
+            partial(_featured, bench_handler="bench_model", logs=True),
         ),
         case(
-            "model-logs-metrics",
+            "model-json-metrics",
             "model + JSON logs + --metrics-port",
-            partial(_featured, handler="bench_model_logged", logs=True, with_metrics=True),
+            partial(_featured, bench_handler="bench_model", logs=True, with_metrics=True),
+        ),
+        case(
+            "model-json-metrics-line",
+            "model + JSON logs + metrics + the handler logs one INFO line per event",
+            partial(_featured, bench_handler="bench_model_logged", logs=True, with_metrics=True),
         ),
         case(
             "inbox-sqlite",
