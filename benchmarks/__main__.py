@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import os
 import shutil
 import signal
@@ -24,6 +25,7 @@ from benchmarks.amqp import Broker
 from benchmarks.harness import Bench
 from benchmarks.profile import FULL, QUICK
 from benchmarks.results import Results
+from benchmarks.scenarios import waiting
 
 DEFAULT_URL = "amqp://guest:guest@localhost:5672/"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -61,6 +63,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--name", default="latest", help="result file name, without suffix")
     parser.add_argument(
         "--keep", action="store_true", help="keep the children's logs and configs (printed path)"
+    )
+    parser.add_argument(
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="draw the waiting group's throughput against concurrency there (needs matplotlib, "
+        "the bench extra); docs/performance.md shows docs/images/waiting.png",
     )
     return parser.parse_args(argv)
 
@@ -101,6 +110,8 @@ async def run(args: argparse.Namespace) -> int:
         json_path, md_path = report.write(doc, args.out, args.name)
         print(report.markdown(doc))
         print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        if args.plot and waiting.plot(results, args.plot):
+            print(f"wrote {args.plot}", file=sys.stderr)
         if args.keep:
             print(f"kept the children's logs in {workdir}", file=sys.stderr)
         else:
@@ -119,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         runner.select(scenarios.all_cases(), args.only, peers=args.peers)
     except runner.UnknownScenario as exc:
         print(f"error: no scenario matches {exc}; see --list", file=sys.stderr)
+        return 2
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        print("error: --plot needs matplotlib: pip install -e '.[bench]'", file=sys.stderr)
         return 2
     started = time.monotonic()
     try:

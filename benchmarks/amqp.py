@@ -13,7 +13,7 @@ import itertools
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from datetime import UTC, datetime
 from typing import cast
 
@@ -94,8 +94,11 @@ class Broker:
             )
             await q.bind(ex, ROUTING_KEY)
 
-    async def prepublish(self, exchange: str, count: int) -> None:
-        """Publish ``count`` persistent messages, every one confirmed.
+    async def prepublish(
+        self, exchange: str, count: int, make_body: Callable[[int], bytes] = body
+    ) -> None:
+        """Publish ``count`` persistent messages, every one confirmed (message ``n``'s body is
+        ``make_body(n)``).
 
         Straight on aiormq's channel: a third less harness CPU than through aio-pika's
         ``Message``, and pre-publishing is most of the suite's wall time. Same properties.
@@ -107,7 +110,7 @@ class Broker:
                 await asyncio.gather(
                     *(
                         raw.basic_publish(
-                            body(n),
+                            make_body(n),
                             exchange=exchange,
                             routing_key=ROUTING_KEY,
                             properties=_properties(),

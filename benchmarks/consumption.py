@@ -24,9 +24,12 @@ SETTLE = 0.5
 SLOWEST = 200.0
 
 
-async def drain(bench: Bench, consumer: Consumer, backlog: str = "drain") -> Sample:
+async def drain(
+    bench: Bench, consumer: Consumer, backlog: str = "drain", *, count: int | None = None
+) -> Sample:
     """Pre-publish a backlog (``backlog`` names the profile's count: ``drain``,
-    ``backlog_large``...), start the consumer, measure until each message was handled.
+    ``backlog_large``...; or ``count`` messages), start the consumer, measure until each
+    message was handled.
 
     Figures: messages/s from the first handled message to the last (start-up excluded); CPU
     µs/message of the consuming processes over the same span; peak RSS of all its processes.
@@ -34,7 +37,8 @@ async def drain(bench: Bench, consumer: Consumer, backlog: str = "drain") -> Sam
     Raises:
         ChildFailed: a consumer died or stalled, or messages were left unacked.
     """
-    count: int = getattr(bench.profile, backlog)
+    if count is None:
+        count = int(getattr(bench.profile, backlog))
     scratch = bench.scratch()
     target = await consumer.prepare(bench, scratch, count)
     probe_dir = scratch / "probe"

@@ -6,10 +6,13 @@ same round); an absolute goal uses the median.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from benchmarks.results import Results
+from benchmarks.scenarios import waiting
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +25,20 @@ class Goal:
     at_least: float | None = None
     at_most: float | None = None
     unit: str = "x"
+    #: Computes the figure from the run (instead of a median or a paired ratio).
+    figure: Callable[[Results], float | None] | None = None
+
+
+def _waiting(concurrency: int) -> Goal:
+    return Goal(
+        f"Waiting 5 ms at concurrency {concurrency} ≥ 90% of the Little's-law bound (or of raw "
+        "aio-pika's rate, where the CPU or the broker holds that lower)",
+        waiting.case_id(concurrency, raw=False),
+        "msgs_per_s",
+        (waiting.case_id(concurrency, raw=True),),
+        at_least=0.9,
+        figure=partial(waiting.of_attainable, concurrency=concurrency),
+    )
 
 
 GOALS = (
@@ -50,6 +67,9 @@ GOALS = (
          unit=" s"),
     Goal("200 handlers declared ≤ 5 s", "startup.declare-200", "seconds", at_most=5.0,
          unit=" s"),
+    Goal("Model + JSON logs + metrics ≤ 1.3x the no-op's CPU per message",
+         "features.model-json-metrics", "cpu_us_per_msg", ("features.noop",), at_most=1.3),
+    *(_waiting(c) for c in waiting.CONCURRENCIES),
 )  # fmt: skip
 
 
@@ -80,6 +100,8 @@ def judge(goal: Goal, results: Results) -> dict[str, Any]:
 
 
 def _figure(goal: Goal, results: Results) -> float | None:
+    if goal.figure is not None:
+        return goal.figure(results)
     if not goal.reference:
         return results.median(goal.case, goal.metric)
     ratios = [results.ratio(goal.case, ref, goal.metric) for ref in goal.reference]
@@ -104,13 +126,20 @@ def judge_all(results: Results) -> list[dict[str, Any]]:
 
 @dataclass(frozen=True, slots=True)
 class Difference:
-    """A derived figure: ``case - reference`` for ``metric``, paired by repetition."""
+    """A derived figure: ``case - reference`` (or ``case / reference`` with ``ratio``) for
+    ``metric``, paired by repetition."""
 
     text: str
     case: str
     reference: str
     metric: str
     unit: str
+    ratio: bool = False
+
+
+def _against_noop(name: str, what: str) -> Difference:
+    return Difference(f"{what}: CPU per message against the no-op handler", f"features.{name}",
+                      "features.noop", "cpu_us_per_msg", "x", ratio=True)  # fmt: skip
 
 
 DIFFERENCES = (
@@ -122,6 +151,23 @@ DIFFERENCES = (
                "retry.eventworker-retry-once", "retry.eventworker-noop", "cpu_us_per_msg", "µs"),
     Difference("eventworker RSS above raw aio-pika", "memory.eventworker-small",
                "memory.raw-small", "peak_rss_mb", "MB"),
+    _against_noop("model", "Pydantic model (10 fields)"),
+    _against_noop("model-json", "Model + JSON logs at INFO"),
+    _against_noop("model-json-metrics", "Model + JSON logs + metrics"),
+    _against_noop("model-json-metrics-line", "... + one INFO line per event"),
+    _against_noop("inbox-sqlite", "Model + JSON logs + metrics + inbox on SQLite"),
+    _against_noop("inbox-postgres", "Model + JSON logs + metrics + inbox on PostgreSQL"),
+    _against_noop("inbox-redis", "Model + JSON logs + metrics + inbox on Redis"),
+    *(
+        Difference(f"{what}: CPU per message above model + JSON logs + metrics",
+                   f"features.{name}", "features.model-json-metrics", "cpu_us_per_msg", "µs")
+        for name, what in (
+            ("model-json-metrics-line", "One INFO line per event (JSON)"),
+            ("inbox-sqlite", "Inbox on SQLite"),
+            ("inbox-postgres", "Inbox on PostgreSQL"),
+            ("inbox-redis", "Inbox on Redis"),
+        )
+    ),
 )  # fmt: skip
 
 
@@ -129,7 +175,11 @@ def differences(results: Results) -> list[dict[str, Any]]:
     """The derived figures this run can give (both cases measured)."""
     found = []
     for d in DIFFERENCES:
-        value = results.difference(d.case, d.reference, d.metric)
+        if d.ratio:
+            value = results.ratio(d.case, d.reference, d.metric)
+        else:
+            value = results.difference(d.case, d.reference, d.metric)
         if value is not None:
-            found.append({"figure": d.text, "value": round(value, 1), "unit": d.unit})
+            found.append({"figure": d.text, "value": round(value, 2 if d.ratio else 1),
+                          "unit": d.unit})  # fmt: skip
     return found

@@ -49,3 +49,14 @@ def fleet_name(n: int) -> str:
 
 for _n in range(FLEET):
     globals()[fleet_name(_n)] = handler(f"bench.fleet.{_n}", name=fleet_name(_n))(_member)
+
+
+# The handlers with features on (the features and waiting groups) live in their own module.
+from benchmarks.plugin_features import (  # noqa: E402
+    model,
+    model_idempotent,
+    model_logged,
+    wait,
+)
+
+__all__ = ["latency", "model", "model_idempotent", "model_logged", "noop", "retry_once", "wait"]

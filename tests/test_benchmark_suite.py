@@ -4,6 +4,7 @@ pure parts. Benchmarks are not timed tests: nothing here asserts a speed."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from benchmarks import runner, scenarios, stats
 from benchmarks.harness import REPO
+from tests.support.stores import POSTGRES_URL, REDIS_URL, skip_or_fail, unavailable
 
 
 def test_a_quick_run_of_cheap_scenarios_exits_0_and_writes_ratios(
@@ -84,3 +86,54 @@ def test_ratios_pair_repetitions_and_percentiles_are_observed_values() -> None:
     assert stats.paired_ratio({0: 1.0}, {1: 1.0}) is None
     assert stats.percentile([5.0, 1.0, 3.0, 2.0, 4.0], 50) == 3.0
     assert stats.percentile([float(n) for n in range(1, 101)], 99) == 99.0
+
+
+def test_a_quick_run_of_the_features_and_waiting_groups_prints_their_figures_and_plot(
+    broker_url: str, tmp_path: Path
+) -> None:
+    """Every case of both groups measured (the inbox on SQLite, PostgreSQL and Redis), their
+    goals judged, the ratios to the no-op derived, and the waiting curve drawn."""
+    for store in ("postgres", "redis"):
+        if reason := unavailable(store):
+            skip_or_fail(reason)
+    plot = tmp_path / "waiting.png"
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks", "--quick", "--no-peers"),
+            *("--only", "features", "waiting"),
+            *("--url", broker_url, "--out", str(tmp_path), "--plot", str(plot)),
+        ],
+        cwd=REPO,
+        env={
+            **os.environ,
+            "EVENTWORKER_BENCH_PG_DSN": POSTGRES_URL,
+            "EVENTWORKER_BENCH_REDIS_URL": REDIS_URL,
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    doc = json.loads((tmp_path / "latest.json").read_text())
+    groups = {g["name"]: g for g in doc["groups"]}
+    assert set(groups) == {"features", "waiting"}
+    for group in groups.values():
+        for case in group["cases"]:
+            assert case["samples"] and not case["failures"], case["id"]
+            assert case["summary"]["msgs_per_s"]["median"] > 0, case["id"]
+            assert case["summary"]["cpu_us_per_msg"]["median"] > 0, case["id"]
+    assert len(groups["features"]["cases"]) == 9
+    assert len(groups["waiting"]["cases"]) == 6
+    fraction = groups["waiting"]["cases"][1]["summary"]["bound_fraction"]["median"]
+    assert 0 < fraction < 1.5
+    judged = {g["goal"]: g["status"] for g in doc["goals"]}
+    ours = [text for text in judged if text.startswith(("Model + JSON", "Waiting 5 ms"))]
+    assert len(ours) == 4
+    assert all(judged[text] in ("met", "missed") for text in ours)
+    derived = {d["figure"] for d in doc["differences"]}
+    assert "Model + JSON logs + metrics: CPU per message against the no-op handler" in derived
+    assert "Inbox on Redis: CPU per message above model + JSON logs + metrics" in derived
+    table = done.stdout
+    assert "### Features:" in table and "### Waiting:" in table
+    assert "| eventworker run, concurrency 256 |" in table
+    assert plot.read_bytes().startswith(b"\x89PNG")

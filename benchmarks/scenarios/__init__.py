@@ -3,9 +3,19 @@
 from __future__ import annotations
 
 from benchmarks.harness import Case, Group
-from benchmarks.scenarios import delay, drain, latency, memory, publish, retry, startup
+from benchmarks.scenarios import (
+    delay,
+    drain,
+    features,
+    latency,
+    memory,
+    publish,
+    retry,
+    startup,
+    waiting,
+)
 
-MODULES = (drain, publish, latency, memory, retry, delay, startup)
+MODULES = (drain, publish, latency, memory, retry, delay, startup, features, waiting)
 
 
 def groups() -> list[Group]:

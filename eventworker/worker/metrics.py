@@ -85,6 +85,19 @@ class WorkerView(Protocol):
     def ready(self) -> bool: ...
 
 
+class _Series:
+    """One handler's series that every delivery touches, looked up once: prometheus-client's
+    ``labels()`` checks the values and takes a lock on each call."""
+
+    __slots__ = ("acked", "age", "duration_ack", "received")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.received = metrics.received_total.labels(name)
+        self.age = metrics.age.labels(name)
+        self.acked = metrics.acked_total.labels(name)
+        self.duration_ack = metrics.duration.labels(name, _OUTCOMES[Ack])
+
+
 class Metrics:
     """The instruments; an Observer for every Dispatcher of a worker. Call :meth:`watch`
     with the worker before it runs, so every series exists (at 0) from the first scrape."""
@@ -163,6 +176,13 @@ class Metrics:
         )
         self._live = _Live()
         r.register(self._live)
+        self._series: dict[str, _Series] = {}
+
+    def _of(self, name: str) -> _Series:
+        series = self._series.get(name)
+        if series is None:
+            series = self._series[name] = _Series(self, name)
+        return series
 
     # -- the worker ---------------------------------------------------------------------
     def watch(self, worker: WorkerView) -> None:
@@ -188,8 +208,9 @@ class Metrics:
     # -- Observer -----------------------------------------------------------------------
     def received(self, route: ResolvedHandler, event: Event[Any]) -> None:
         name = route.handler.name
-        self.received_total.labels(name).inc()
-        self.age.labels(name).observe(max(0.0, time.time() - event.time.timestamp()))
+        series = self._of(name)
+        series.received.inc()
+        series.age.observe(max(0.0, time.time() - event.time.timestamp()))
         task = asyncio.current_task()
         if task is not None:
             # A task set rather than a gauge: a handling cancelled at shutdown is never
@@ -214,6 +235,11 @@ class Metrics:
         if not moved:
             self.requeued_total.labels(name).inc()
             self.duration.labels(name, "requeued").observe(seconds)
+            return
+        if type(decision) is Ack:  # the common case, through the series looked up once
+            series = self._of(name)
+            series.duration_ack.observe(seconds)
+            series.acked.inc()
             return
         self.duration.labels(name, _OUTCOMES.get(type(decision), "other")).observe(seconds)
         match decision:

@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from eventworker import Context, Event, Reject, RetryPolicy, handler
 from eventworker.settings import Settings
+from eventworker.worker.decisions import Ack, DeadLetter
 from eventworker.worker.lifecycle import Worker
 from eventworker.worker.metrics import Metrics
 from tests.support.broker import Broker, wait_for
@@ -284,3 +285,57 @@ async def test_exact_retries_are_counted_as_exact_and_the_delay_levels_depths_ar
         value(samples, "eventworker_delayed_messages", level="0", queue=f"{s.exchange}.delay.0")
         == 0
     )
+
+
+async def test_counts_and_durations_per_handler_and_outcome_stay_apart(
+    settings: Settings,
+) -> None:
+    """Acks take a shortcut through series looked up once per handler: the counts, durations
+    and ages still land on the right handler and outcome, and other outcomes are unaffected."""
+    from datetime import UTC, datetime, timedelta
+
+    from tests.support.broker import registrations
+
+    @handler("apart.one")
+    async def one(event: Event[Any], ctx: Context) -> None:
+        pass
+
+    @handler("apart.two")
+    async def two(event: Event[Any], ctx: Context) -> None:
+        pass
+
+    metrics = Metrics()
+    worker = Worker(registrations(one, two), settings)
+    metrics.watch(worker)
+    first, second = worker.routes
+    sent = datetime.now(UTC) - timedelta(seconds=90)
+    event = Event("e-1", "apart.one", None, sent, {}, {}, 1, "e-1")
+    for _ in range(3):
+        metrics.received(first, event)
+        metrics.settled(first, event, Ack(), moved=True, seconds=0.002)
+    metrics.received(second, event)
+    metrics.settled(second, event, Ack(), moved=True, seconds=0.2)
+    metrics.received(second, event)
+    metrics.settled(second, event, DeadLetter("timeout"), moved=True, seconds=3.0)
+    text = metrics.exposition()[0].decode()
+    samples = {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    a, b = {"handler": first.handler.name}, {"handler": second.handler.name}
+    assert value(samples, "eventworker_messages_received_total", **a) == 3
+    assert value(samples, "eventworker_messages_received_total", **b) == 2
+    assert value(samples, "eventworker_messages_acked_total", **a) == 3
+    assert value(samples, "eventworker_messages_acked_total", **b) == 1
+    assert value(samples, "eventworker_messages_dead_lettered_total", **b, reason="timeout") == 1
+    duration = "eventworker_handler_duration_seconds"
+    assert value(samples, f"{duration}_count", **a, outcome="ack") == 3
+    assert value(samples, f"{duration}_bucket", **a, outcome="ack", le="0.005") == 3
+    assert value(samples, f"{duration}_count", **b, outcome="ack") == 1
+    assert value(samples, f"{duration}_bucket", **b, outcome="ack", le="0.1") == 0
+    assert value(samples, f"{duration}_count", **b, outcome="dead_letter") == 1
+    age = "eventworker_message_age_seconds"
+    assert value(samples, f"{age}_count", **a) == 3
+    assert value(samples, f"{age}_bucket", **a, le="60.0") == 0
+    assert value(samples, f"{age}_bucket", **a, le="120.0") == 3
