@@ -21,6 +21,8 @@ class Profile:
     backlog_large: int = 100_000
     #: Messages of the retry scenario (each fails once, then succeeds).
     retry: int = 5_000
+    #: Dead letters a replay moves (and events ``publish --file`` sends to compare).
+    dlq: int = 100_000
     #: Consumer prefetch everywhere (the reference figures use 128).
     prefetch: int = 128
     #: Repetitions of every scenario, interleaved.
@@ -37,5 +39,6 @@ QUICK = Profile(
     backlog_small=500,
     backlog_large=5_000,
     retry=500,
+    dlq=2_000,
     runs=1,
 )

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from benchmarks.harness import Case, Group
-from benchmarks.scenarios import drain, latency, memory, publish, retry, startup
+from benchmarks.scenarios import dlq, drain, latency, memory, publish, retry, startup
 
-MODULES = (drain, publish, latency, memory, retry, startup)
+MODULES = (drain, publish, latency, memory, retry, startup, dlq)
 
 
 def groups() -> list[Group]:
