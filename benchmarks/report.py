@@ -87,7 +87,8 @@ def _sizes(p: dict[str, Any]) -> str:
         f"Sizes: drain {p['drain']:,} messages; publish {p['publish']:,} events "
         f"({p['publish_await']:,} when each confirm is awaited); latency {p['latency_rate']:g} "
         f"msg/s for {p['latency_seconds']:g} s; memory backlogs {p['backlog_small']:,} and "
-        f"{p['backlog_large']:,}; retry {p['retry']:,}; prefetch {p['prefetch']}."
+        f"{p['backlog_large']:,}; retry {p['retry']:,}; dead letters {p.get('dlq', 0):,}; "
+        f"prefetch {p['prefetch']}."
     )
 
 

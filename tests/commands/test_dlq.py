@@ -21,7 +21,14 @@ from eventworker.plugins import discovery
 from eventworker.settings import Settings
 from tests.support.broker import Broker, running, wait_for
 from tests.support.cli import EVENTWORKER, cli, env_for
-from tests.support.deadletters import IDS, PRODUCED, declare, fill_dead_letters, ids_in
+from tests.support.deadletters import (
+    IDS,
+    PRODUCED,
+    declare,
+    drain_ids,
+    fill_dead_letters,
+    ids_in,
+)
 
 H = "x-eventworker-"
 
@@ -293,3 +300,32 @@ async def test_quiet_replay_prints_the_summary_only(broker: Broker, settings: Se
         f"would move {i}  dlq.event  " + ("exception" if int(i[1:]) % 2 else "schema_error")
         for i in IDS
     ]
+
+
+async def test_ctrl_c_waits_for_the_confirms_in_flight_and_leaves_the_rest_in_order(
+    broker: Broker, settings: Settings
+) -> None:
+    dlq = await declare(broker, settings)  # quorum: the hard case for order
+    ids = [f"c{n:04}" for n in range(3000)]
+    await fill_dead_letters(broker, dlq.queue, ids)
+    process = await asyncio.create_subprocess_exec(
+        EVENTWORKER,
+        *("dlq", "replay", "target", "--verbose", "--window", "32"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env_for(settings),
+    )
+    assert process.stdout is not None and process.stderr is not None
+    lines = [await asyncio.wait_for(process.stdout.readline(), 30) for _ in range(100)]
+    process.send_signal(signal.SIGINT)  # copies in flight, messages read ahead
+    assert await asyncio.wait_for(process.wait(), 120) == ExitCode.INTERRUPTED
+    lines += (await process.stdout.read()).splitlines(keepends=True)
+    moved = [line.split()[1].decode() for line in lines if line.startswith(b"moved ")]
+    summary = lines[-1].decode()
+    assert summary.startswith(f"target: {len(moved)} of ")
+    assert f"interrupted: {len(moved)} message(s) moved" in (await process.stderr.read()).decode()
+    # Every message in exactly one place: what it reported moved at the work queue, in order;
+    # the rest dead-lettered, in order.
+    assert len(moved) >= 100 and moved == ids[: len(moved)]
+    assert await drain_ids(broker, dlq.return_to or "") == moved
+    assert await drain_ids(broker, dlq.queue) == ids[len(moved) :]
