@@ -13,7 +13,7 @@ import click
 from eventworker.commands import config_option, errors, examples, url_option
 from eventworker.commands._deadletters import dead_letter_queues, line, parse_rate, run, selection
 from eventworker.commands.progress import progress
-from eventworker.deadletters.window import DEFAULT_WINDOW
+from eventworker.deadletters.window import DEFAULT_WINDOW, MAX_WINDOW
 from eventworker.errors import ExitCode
 from eventworker.settings import load_settings
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 )
 @click.option(
     "--window",
-    type=click.IntRange(1, 65_535),
+    type=click.IntRange(1, MAX_WINDOW),
     default=DEFAULT_WINDOW,
     show_default=True,
     help="Copies whose confirms may be in flight at once.",

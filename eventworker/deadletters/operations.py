@@ -31,7 +31,7 @@ from eventworker.amqp.properties import PERSISTENT, Properties
 from eventworker.deadletters import letter
 from eventworker.deadletters.letter import Letter
 from eventworker.deadletters.reader import QueueReader, count, reading
-from eventworker.deadletters.window import DEFAULT_WINDOW, CopyWindow
+from eventworker.deadletters.window import DEFAULT_WINDOW, MAX_WINDOW, CopyWindow
 from eventworker.errors import BrokerError, Interrupted, PublishError
 from eventworker.publishing.channel import ConfirmChannel
 
@@ -177,9 +177,12 @@ async def replay(
 
     Raises:
         BrokerError: a queue or exchange it needs does not exist.
+        ValueError: ``window`` is not 1 to ``MAX_WINDOW``.
         ReplayInterrupted: ``stop`` was set. Reading stopped, the confirms in flight were
             waited for; what moved is in its ``outcome``, the rest is dead-lettered in order.
     """
+    if not 1 <= window <= MAX_WINDOW:
+        raise ValueError(f"window must be 1 to {MAX_WINDOW}, not {window}")
     stop = stop or asyncio.Event()
     if dlq.return_to is not None and await count(connection, dlq.return_to) is None:
         raise BrokerError(

@@ -24,6 +24,9 @@ from eventworker.publishing.channel import ConfirmChannel
 
 #: Copies whose confirms may be in flight at once during a replay.
 DEFAULT_WINDOW = 256
+#: The largest window: a replay's consumer has twice the window as its prefetch, which AMQP
+#: bounds at 65,535.
+MAX_WINDOW = 32_767
 
 
 @dataclass(frozen=True, slots=True)

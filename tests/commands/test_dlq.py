@@ -329,3 +329,9 @@ async def test_ctrl_c_waits_for_the_confirms_in_flight_and_leaves_the_rest_in_or
     assert len(moved) >= 100 and moved == ids[: len(moved)]
     assert await drain_ids(broker, dlq.return_to or "") == moved
     assert await drain_ids(broker, dlq.queue) == ids[len(moved) :]
+
+
+def test_a_window_beyond_what_amqp_can_prefetch_is_refused(settings: Settings) -> None:
+    result = cli(settings, "dlq", "replay", "target", "--window", "40000")
+    assert result.returncode == 2
+    assert "--window" in result.stderr and "40000" in result.stderr
