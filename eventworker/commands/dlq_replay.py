@@ -70,9 +70,10 @@ def replay(
     x-eventworker-replays raised by one. Unrouted events go back to the exchange with their
     routing key. Prints a summary per queue; at a terminal a progress bar shows how far it has
     come (not with --quiet); --verbose prints a line per message moved instead. The first
-    Ctrl-C stops reading, waits for the confirms in flight and leaves the rest dead-lettered, in
-    order (exit 130). A message whose AMQP header cannot be decoded is never replayed: it stays
-    dead-lettered, in its place, named with the reason (exit 1).
+    Ctrl-C stops reading (what the broker already gave it, at most twice --window, moves too),
+    waits for the confirms in flight and leaves the rest dead-lettered, in order (exit 130). A
+    message whose AMQP header cannot be decoded is never replayed: it stays dead-lettered, in
+    its place, named with the reason (exit 1).
     """
     from eventworker.deadletters import operations as ops
     from eventworker.deadletters import reader as queue_reader

@@ -178,7 +178,8 @@ async def replay(
     Raises:
         BrokerError: a queue or exchange it needs does not exist.
         ValueError: ``window`` is not 1 to ``MAX_WINDOW``.
-        ReplayInterrupted: ``stop`` was set. Reading stopped, the confirms in flight were
+        ReplayInterrupted: ``stop`` was set. Reading stopped (what the broker had already
+            given, at most ``2 * window`` messages, moved too), the confirms in flight were
             waited for; what moved is in its ``outcome``, the rest is dead-lettered in order.
     """
     if not 1 <= window <= MAX_WINDOW:

@@ -25,7 +25,9 @@ A consumer's prefetch counts the messages it was given and that are not acked ye
 too: once a consumer holds its whole prefetch the reader starts another (the broker counts per
 consumer; the old one's messages stay with the channel, unacked, in order). A consumer is
 cancelled only when nothing can be on its way to it: its prefetch spent, or the queue's
-messages of the start all given (see ``QueueReader._cancel``).
+messages of the start all given (see ``QueueReader._cancel``). So a ``stop`` ends the messages
+only once the consumer's prefetch is spent: what is taken meanwhile is acked after the cancel,
+which lets the broker send nothing more, and what it gave is read and taken, not handed back.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ GET_TIMEOUT = 5.0
 #: Seconds a consumer may give nothing before the reader asks whether the queue still holds
 #: anything for it (another consumer, or an expiry, may have taken the rest).
 IDLE = 1.0
+STOPPED = "interrupted: every message not reported as taken is in place"
 #: Round trips without a delivery after a cancel before the reader takes it that no more
 #: messages are on their way to the cancelled consumer.
 QUIET_ROUND_TRIPS = 2
@@ -104,18 +107,28 @@ class QueueReader:
         self._consumer = ""  # the current consumer's tag ("": none)
         self._unsettled: Counter[str] = Counter()  # per consumer: given, not acked yet
         self._arrivals = 0  # messages any consumer of this reader was given
+        #: Stopping: what is taken is acked only once the consumer is cancelled (tag ->
+        #: consumer), so that its prefetch fills up and nothing is left on its way to it.
+        self._closing = False
+        self._deferred: dict[int, str] = {}
 
     async def messages(self) -> AsyncIterator[Delivery]:
         """The queue's messages in order, at most ``limit``."""
         shown = 0
         while self._limit is None or shown < self._limit:
             if self._stop is not None and self._stop.is_set():
-                raise Interrupted("interrupted: every message not reported as taken is in place")
+                if not self._consumer or (self._inbox.empty() and self._credit_spent()):
+                    raise Interrupted(STOPPED)
+                # A consumer may have messages on their way: read on until its prefetch is
+                # spent (then nothing is), taking without acking yet (see _cancel).
+                self._closing = True
             message = await self._get()
             if message is None:
-                return
+                break
             shown += 1
             yield message
+        if self._stop is not None and self._stop.is_set():
+            raise Interrupted(STOPPED)
 
     async def _get(self) -> Delivery | None:
         if self._budget <= 0:
@@ -185,14 +198,17 @@ class QueueReader:
         self._inbox.put_nowait(message)
 
     async def take(self, message: Delivery) -> None:
-        await self._channel.basic_ack(message.delivery_tag)
-        self._settled(message.delivery_tag)
+        await self.take_many([message])
 
     async def take_many(self, messages: Sequence[Delivery]) -> None:
         """Ack ``messages``, given in the order read: one ``basic.ack(multiple)`` when they are
         the oldest held (nothing held before them would go with it), else one ack each."""
         tags = [m.delivery_tag for m in messages]
         if not tags:
+            return
+        if self._closing:
+            for tag in tags:
+                self._deferred[tag] = self._held.pop(tag, "")
             return
         if list(itertools.islice(self._held, len(tags))) == tags:
             await self._channel.basic_ack(tags[-1], multiple=True, wait=False)
@@ -228,9 +244,18 @@ class QueueReader:
             self._budget -= 1
             self._hold(self._inbox.get_nowait())
 
+    async def _ack_deferred(self) -> None:
+        """Ack what was taken while stopping (the consumer is cancelled by now)."""
+        self._closing = False
+        for tag, consumer in self._deferred.items():
+            await self._channel.basic_ack(tag, wait=False)
+            self._unsettled[consumer] -= 1
+        self._deferred.clear()
+
     async def release(self) -> None:
         """Hand back every held message, one nack each, in the order read."""
         await self._wind_down()
+        await self._ack_deferred()
         if self._quorum and self._held:
             while await self._get() is not None:
                 pass  # a full turn: see the module docstring
@@ -252,6 +277,9 @@ class QueueReader:
         if self._quorum and self._held:
             await self._counted(ready + len(self._held))  # back in the queue when this returns
         self._held.clear()
+        # Acks go out without waiting for the socket: a round trip makes sure every one has
+        # reached the broker before the channel closes (which would hand their messages back).
+        await self._channel.basic_qos(prefetch_count=0)
 
     async def _ready(self) -> int:
         declared = await self._channel.queue_declare(self._queue, passive=True)

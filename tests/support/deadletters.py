@@ -8,6 +8,7 @@ from typing import Any
 
 import aio_pika
 import orjson
+from aio_pika.abc import AbstractIncomingMessage
 
 from eventworker.deadletters.operations import DeadLetterQueue
 from eventworker.handlers import handler
@@ -76,21 +77,26 @@ async def ids_in(broker: Broker, queue: str) -> list[str]:
 
 
 async def drain_ids(broker: Broker, queue: str) -> list[str]:
-    """The ids of every message ``queue`` holds, in order, taking them: a consumer without
-    acks (``ids_in`` reads one round trip per message)."""
+    """The ids of every message ``queue`` holds, in order, taking them (see :func:`drain`)."""
+    return [m.message_id or "" for m in await drain(broker, queue)]
+
+
+async def drain(broker: Broker, queue: str) -> list[AbstractIncomingMessage]:
+    """Every message ``queue`` holds, in order, taking them: a consumer without acks
+    (``ids_in`` reads one round trip per message)."""
     channel = await broker.connection.channel()
     try:
         declared = await channel.declare_queue(queue, passive=True)
         left = declared.declaration_result.message_count or 0
-        ids: list[str] = []
+        taken: list[AbstractIncomingMessage] = []
         if not left:
-            return ids
+            return taken
         async with declared.iterator(no_ack=True) as messages:
             async for message in messages:
-                ids.append(message.message_id or "")
-                if len(ids) == left:
+                taken.append(message)
+                if len(taken) == left:
                     break
-        return ids
+        return taken
     finally:
         await channel.close()
 
