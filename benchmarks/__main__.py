@@ -15,7 +15,7 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         default=True,
         help="also run FastStream and Dramatiq, in virtualenvs under benchmarks/.venvs/",
     )
+    parser.add_argument(
+        "--dlq",
+        type=int,
+        metavar="N",
+        help="dead letters per replay (default 100,000; quick 2,000)",
+    )
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument(
         "--url",
@@ -76,6 +82,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def run(args: argparse.Namespace) -> int:
     profile = QUICK if args.quick else FULL
+    if args.dlq:
+        profile = replace(profile, dlq=args.dlq)
     runs = args.runs or profile.runs
     cases = runner.select(scenarios.all_cases(), args.only, peers=args.peers)
     run_id = f"bench.{datetime.now(UTC):%Y%m%dT%H%M%S}.{uuid.uuid4().hex[:6]}"

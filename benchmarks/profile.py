@@ -23,6 +23,8 @@ class Profile:
     retry: int = 5_000
     #: Events per measurement of the delay scenario (held by the broker, or not).
     delayed: int = 5_000
+    #: Dead letters a replay moves (and events ``publish --file`` sends to compare).
+    dlq: int = 100_000
     #: Consumer prefetch everywhere (the reference figures use 128).
     prefetch: int = 128
     #: Repetitions of every scenario, interleaved.
@@ -40,5 +42,6 @@ QUICK = Profile(
     backlog_large=5_000,
     retry=500,
     delayed=500,
+    dlq=2_000,
     runs=1,
 )

@@ -88,6 +88,7 @@ def _sizes(p: dict[str, Any]) -> str:
         f"({p['publish_await']:,} when each confirm is awaited); latency {p['latency_rate']:g} "
         f"msg/s for {p['latency_seconds']:g} s; memory backlogs {p['backlog_small']:,} and "
         f"{p['backlog_large']:,}; retry {p['retry']:,}; delay {p.get('delayed', 0):,}; "
+        f"dead letters {p.get('dlq', 0):,}; "
         f"prefetch {p['prefetch']}."
     )
 

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,25 +17,12 @@ from benchmarks.harness import REPO
 from tests.support.stores import POSTGRES_URL, REDIS_URL, skip_or_fail, unavailable
 
 
-def test_a_quick_run_of_cheap_scenarios_exits_0_and_writes_ratios(
-    broker_url: str, tmp_path: Path
-) -> None:
+def quick_run(broker_url: str, out: Path, *options: str) -> dict[str, Any]:
+    """``python -m benchmarks --quick --no-peers`` with ``options``; its JSON result."""
     done = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "benchmarks",
-            "--quick",
-            "--only",
-            "drain.raw-consume",
-            "drain.eventworker",
-            "delay.eventworker-1s",
-            "startup.help",
-            "--no-peers",
-            "--url",
-            broker_url,
-            "--out",
-            str(tmp_path),
+            *(sys.executable, "-m", "benchmarks", "--quick", *options),
+            *("--no-peers", "--url", broker_url, "--out", str(out)),
         ],
         cwd=REPO,
         capture_output=True,
@@ -42,7 +30,15 @@ def test_a_quick_run_of_cheap_scenarios_exits_0_and_writes_ratios(
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    doc = json.loads((tmp_path / "latest.json").read_text())
+    result: dict[str, Any] = json.loads((out / "latest.json").read_text())
+    return result
+
+
+def test_a_quick_run_of_cheap_scenarios_exits_0_and_writes_ratios(
+    broker_url: str, tmp_path: Path
+) -> None:
+    only = ("drain.raw-consume", "drain.eventworker", "delay.eventworker-1s", "startup.help")
+    doc = quick_run(broker_url, tmp_path, "--only", *only)
     drain = next(g for g in doc["groups"] if g["name"] == "drain")
     cases = {c["id"]: c for c in drain["cases"]}
     # The baseline of the group is measured even though it was not named.
@@ -58,6 +54,20 @@ def test_a_quick_run_of_cheap_scenarios_exits_0_and_writes_ratios(
     assert held["delay.eventworker-1s"]["ratio"]["msgs_per_s"] > 0
     assert (tmp_path / "latest.md").read_text().startswith("Run ")
     assert any(g["goal"].startswith("eventworker --help") for g in doc["goals"])
+
+
+def test_a_quick_run_of_the_dlq_group_replays_every_dead_letter_and_judges_its_goals(
+    broker_url: str, tmp_path: Path
+) -> None:
+    doc = quick_run(broker_url, tmp_path, "--only", "dlq", "--dlq", "300")
+    group = next(g for g in doc["groups"] if g["name"] == "dlq")
+    cases = {c["id"]: c for c in group["cases"]}
+    assert group["baseline"] == "dlq.publish-file"
+    # The case fails unless the replay moved every dead letter and left none behind.
+    assert cases["dlq.eventworker-replay"]["ratio"]["msgs_per_s"] > 0
+    judged = {g["goal"]: g["status"] for g in doc["goals"]}
+    assert judged["dlq replay ≥ 0.8x publish --file"] in {"met", "missed"}
+    assert judged["dlq replay ≥ 5,000 messages/s"] in {"met", "missed"}
 
 
 def test_selecting_a_case_adds_its_groups_baseline_and_leaves_peers_out() -> None:

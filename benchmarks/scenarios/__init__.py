@@ -5,6 +5,7 @@ from __future__ import annotations
 from benchmarks.harness import Case, Group
 from benchmarks.scenarios import (
     delay,
+    dlq,
     drain,
     features,
     latency,
@@ -15,7 +16,7 @@ from benchmarks.scenarios import (
     waiting,
 )
 
-MODULES = (drain, publish, latency, memory, retry, delay, startup, features, waiting)
+MODULES = (drain, publish, latency, memory, retry, delay, startup, dlq, features, waiting)
 
 
 def groups() -> list[Group]:

@@ -64,9 +64,10 @@ async def library(bench: Bench) -> Sample:
     return await _landed(bench, queue, count, report)
 
 
-async def cli(bench: Bench) -> Sample:
-    """``eventworker publish --file``: a user's command, so the process is timed whole too."""
-    count = bench.profile.publish
+async def cli(bench: Bench, count: int | None = None) -> Sample:
+    """``eventworker publish --file`` of ``count`` events (default: the profile's): a user's
+    command, so the process is timed whole too."""
+    count = count or bench.profile.publish
     exchange, queue = await _queue(bench)
     scratch = bench.scratch()
     events = _events_file(bench.workdir, count)

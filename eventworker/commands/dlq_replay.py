@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,8 @@ import click
 
 from eventworker.commands import config_option, errors, examples, url_option
 from eventworker.commands._deadletters import dead_letter_queues, line, parse_rate, run, selection
-from eventworker.commands.progress import bar_drawn, progress
+from eventworker.commands.progress import progress
+from eventworker.deadletters.window import DEFAULT_WINDOW, MAX_WINDOW
 from eventworker.errors import ExitCode
 from eventworker.settings import load_settings
 
@@ -34,8 +36,16 @@ if TYPE_CHECKING:
 @click.option(
     "--rate", callback=parse_rate, default=None, metavar="N/s", help="At most N per second."
 )
+@click.option(
+    "--window",
+    type=click.IntRange(1, MAX_WINDOW),
+    default=DEFAULT_WINDOW,
+    show_default=True,
+    help="Copies whose confirms may be in flight at once.",
+)
 @click.option("--dry-run", is_flag=True, help="Say what would move; move nothing.")
-@click.option("--quiet", "-q", is_flag=True, help="Print the summary only: no line per message.")
+@click.option("--verbose", "-v", is_flag=True, help="Print a line per message moved.")
+@click.option("--quiet", "-q", is_flag=True, help="Print the summary only: no progress bar.")
 @config_option
 @url_option
 def replay(
@@ -45,20 +55,25 @@ def replay(
     reason: str | None,
     limit: int | None,
     rate: float | None,
+    window: int,
     dry_run: bool,
+    verbose: bool,
     quiet: bool,
     config: str | None,
     url: str | None,
 ) -> None:
     """Send dead letters back to HANDLER's work queue, attempt count reset.
 
-    Each copy is confirmed by the broker before its original leaves the dead-letter queue (a
-    crash in between leaves a duplicate, never a loss). Copies reach that handler only, with
+    Copies go out with up to --window confirms in flight, in the dead-letter queue's order, and
+    each original leaves the dead-letter queue only once the broker confirmed its copy (a crash
+    in between leaves a duplicate, never a loss). Copies reach that handler only, with
     x-eventworker-replays raised by one. Unrouted events go back to the exchange with their
-    routing key. Prints each message it moved, then a summary; at a terminal a progress bar
-    takes the place of the lines, and --quiet prints the summary only. A message whose AMQP
-    header cannot be decoded is never replayed: it stays dead-lettered, in its place, named
-    with the reason (exit 1).
+    routing key. Prints a summary per queue; at a terminal a progress bar shows how far it has
+    come (not with --quiet); --verbose prints a line per message moved instead. The first
+    Ctrl-C stops reading (what the broker already gave it, at most twice --window, moves too),
+    waits for the confirms in flight and leaves the rest dead-lettered, in order (exit 130). A
+    message whose AMQP header cannot be decoded is never replayed: it stays dead-lettered, in
+    its place, named with the reason (exit 1).
     """
     from eventworker.deadletters import operations as ops
     from eventworker.deadletters import reader as queue_reader
@@ -73,44 +88,52 @@ def replay(
 
         async def move(
             connection: Connection, stop: asyncio.Event
-        ) -> list[tuple[DeadLetterQueue, ReplayOutcome]]:
+        ) -> list[tuple[DeadLetterQueue, ReplayOutcome, float]]:
             counts = {p.queue: await queue_reader.count(connection, p.queue) for p in dlqs}
             total = sum(n or 0 for n in counts.values())
             outcomes = []
-            with progress(0 if quiet else total, label="reading") as advance:
-                lines = not quiet and not (bar_drawn(total) and sys.stdout.isatty())
 
-                def echo(m: Letter) -> None:
-                    if lines:
-                        click.echo(f"{verb} {line(m)}")
+            def echo(m: Letter) -> None:
+                click.echo(f"{verb} {line(m)}")
 
+            with progress(0 if quiet or verbose else total, label="reading") as advance:
                 for p in dlqs:
                     if every and counts[p.queue] is None:
                         continue
-                    outcome = await ops.replay(
-                        connection,
-                        p,
-                        select=select,
-                        limit=limit,
-                        rate=rate,
-                        dry_run=dry_run,
-                        publish_timeout=settings.publish_timeout,
-                        on_move=echo,
-                        stop=stop,
-                        on_read=lambda: advance(1),
-                    )
-                    outcomes.append((p, outcome))
+                    started = time.monotonic()
+                    try:
+                        outcome = await ops.replay(
+                            connection,
+                            p,
+                            select=select,
+                            limit=limit,
+                            rate=rate,
+                            dry_run=dry_run,
+                            publish_timeout=settings.publish_timeout,
+                            on_move=echo if verbose else _ignore,
+                            stop=stop,
+                            on_read=lambda: advance(1),
+                            window=window,
+                        )
+                    except ops.ReplayInterrupted as exc:
+                        outcomes.append((p, exc.outcome, time.monotonic() - started))
+                        interrupted.append(str(exc))
+                        break
+                    outcomes.append((p, outcome, time.monotonic() - started))
                     if outcome.error:
                         break
             return outcomes
 
+        interrupted: list[str] = []
         outcomes = run(settings, move)
     failed = False
-    for p, outcome in outcomes:
+    for p, outcome, seconds in outcomes:
         target = f"queue {p.return_to!r}" if p.return_to else f"exchange {p.exchange!r}"
+        moved = len(outcome.moved)
+        pace = f" in {seconds:.2f}s ({moved / seconds:,.0f} messages/s)" if moved > 1 else ""
         click.echo(
-            f"{p.label}: {len(outcome.moved)} of {outcome.scanned} message(s) read from "
-            f"{p.queue!r} {'would be ' if dry_run else ''}replayed to {target}"
+            f"{p.label}: {moved} of {outcome.scanned} message(s) read from {p.queue!r} "
+            f"{'would be ' if dry_run else ''}replayed to {target}{'' if dry_run else pace}"
         )
         for m in outcome.refused:
             failed = True
@@ -125,7 +148,14 @@ def replay(
             click.echo(
                 f"error: {outcome.error}; it and the rest stay in the dead-letter queue", err=True
             )
+    if interrupted:
+        click.echo(interrupted[0], err=True)
+        sys.exit(int(ExitCode.INTERRUPTED))
     sys.exit(int(ExitCode.FAILED if failed else ExitCode.OK))
+
+
+def _ignore(_: Letter) -> None:
+    pass
 
 
 @examples(

@@ -3,8 +3,10 @@
 Works over plain AMQP, without the management plugin; reading a queue without losing or
 reordering what an operation does not take is ``queue_reader``'s part.
 
-A replay publishes the copy with a confirm and acks the dead-lettered original only afterwards: a
-crash in between leaves a duplicate, never a loss. A message whose AMQP header cannot be
+A replay publishes copies with a window of confirms in flight (``window``) and acks each
+dead-lettered original only once its copy is confirmed: a crash in between leaves a duplicate,
+never a loss. Replay, purge and export read with a consumer (many messages on their way at
+once); ``show`` reads a few with ``basic.get``. A message whose AMQP header cannot be
 decoded is never replayed (its copy could not be what the producer sent): it stays dead-lettered, in
 its place, and the outcome names it.
 """
@@ -24,16 +26,22 @@ from typing import BinaryIO
 from aio_pika.abc import AbstractConnection
 
 from eventworker import envelope
+from eventworker.amqp.delivery import Delivery
 from eventworker.amqp.properties import PERSISTENT, Properties
 from eventworker.deadletters import letter
 from eventworker.deadletters.letter import Letter
 from eventworker.deadletters.reader import QueueReader, count, reading
+from eventworker.deadletters.window import DEFAULT_WINDOW, MAX_WINDOW, CopyWindow
 from eventworker.errors import BrokerError, Interrupted, PublishError
 from eventworker.publishing.channel import ConfirmChannel
 
 #: ``stats`` samples a quorum queue only up to this size: sampling one means a full turn of it,
 #: a few milliseconds per message.
 QUORUM_SAMPLE_MAX = 5_000
+#: Messages a purge or an export has on their way from the broker at once.
+PREFETCH = 1024
+#: Deletions a selective purge acks at once (one ``basic.ack(multiple)`` when it can).
+ACK_BATCH = 256
 #: The connection every operation takes (from ``eventworker.connection.connect``).
 Connection = AbstractConnection
 
@@ -86,6 +94,17 @@ class ReplayOutcome:
     error: PublishError | None = None
     #: Selected messages left dead-lettered because their header cannot be decoded.
     refused: tuple[Letter, ...] = ()
+
+
+class ReplayInterrupted(Interrupted):
+    """A stop ended a replay: what moved before it is in ``outcome``; the rest is in place."""
+
+    def __init__(self, outcome: ReplayOutcome) -> None:
+        super().__init__(
+            f"interrupted: {len(outcome.moved)} message(s) moved; every other one is still "
+            f"dead-lettered, in order"
+        )
+        self.outcome = outcome
 
 
 async def stats(
@@ -143,19 +162,28 @@ async def replay(
     on_move: Callable[[Letter], None],
     stop: asyncio.Event | None = None,
     on_read: Callable[[], None] | None = None,
+    window: int = DEFAULT_WINDOW,
 ) -> ReplayOutcome:
-    """Send the selected dead letters back, each copy confirmed before its original is acked.
-    ``on_read`` hears each message read, selected or not (a progress bar).
+    """Send the selected dead letters back, each original acked only once its copy is
+    confirmed, with up to ``window`` confirms in flight; the copies arrive in the order read.
+    ``on_read`` hears each message read, selected or not (a progress bar); ``on_move`` each
+    one moved, in order, once its original is acked.
 
     Stops at the first copy the broker does not confirm (returned in ``error``); that message
-    and the rest stay in the dead-letter queue. ``rate`` bounds copies per second; ``limit``
-    the number moved. Selected messages whose header cannot be decoded stay in the dead-letter
+    stays in the dead-letter queue with every one not yet sent (copies already in flight then
+    are waited for: those confirmed moved). ``rate`` bounds copies per second; ``limit`` the
+    number moved. Selected messages whose header cannot be decoded stay in the dead-letter
     queue, in ``refused``.
 
     Raises:
         BrokerError: a queue or exchange it needs does not exist.
-        Interrupted: ``stop`` was set; every message reported to ``on_move`` moved.
+        ValueError: ``window`` is not 1 to ``MAX_WINDOW``.
+        ReplayInterrupted: ``stop`` was set. Reading stopped (what the broker had already
+            given, at most ``2 * window`` messages, moved too), the confirms in flight were
+            waited for; what moved is in its ``outcome``, the rest is dead-lettered in order.
     """
+    if not 1 <= window <= MAX_WINDOW:
+        raise ValueError(f"window must be 1 to {MAX_WINDOW}, not {window}")
     stop = stop or asyncio.Event()
     if dlq.return_to is not None and await count(connection, dlq.return_to) is None:
         raise BrokerError(
@@ -165,48 +193,77 @@ async def replay(
     publisher = await ConfirmChannel.open(
         connection, dlq.exchange, source=None, timeout=publish_timeout
     )
-    moved: list[Letter] = []
+    would_move: list[Letter] = []
     refused: list[Letter] = []
     scanned = 0
+    interrupted = False
     started = time.monotonic()
-    async with _reading(connection, dlq, stop=stop) as reader:
-        async for message in reader.messages():
-            scanned += 1
-            if on_read is not None:
-                on_read()
-            described = letter.diagnose(message, preview_chars=0, default_reason=dlq.default_reason)
-            if not select(described):
-                continue
-            if described.reason == envelope.UNDECODABLE:
-                refused.append(described)
-                continue
-            if rate:
-                pause = max(0.0, started + len(moved) / rate - time.monotonic())
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), pause)
-                if stop.is_set():
-                    raise Interrupted(
-                        "interrupted: every message not reported as moved is dead-lettered"
+    try:
+        async with _reading(connection, dlq, stop=stop, prefetch=2 * window) as reader:
+            copies = CopyWindow(reader, publisher, size=window, on_move=on_move)
+            try:
+                async for message in reader.messages():
+                    scanned += 1
+                    if on_read is not None:
+                        on_read()
+                    described = letter.diagnose(
+                        message, preview_chars=0, default_reason=dlq.default_reason
                     )
-            if not dry_run:
-                copy = Properties.build(
-                    origin=message.properties,
-                    delivery_mode=PERSISTENT,
-                    **letter.replay_properties(message, return_to=dlq.return_to),
-                )
-                # The producer's routing key even through the return exchange (a headers
-                # exchange, which ignores it): the worker reads a copy that no retry queue
-                # expired as a first delivery, with the routing key it was sent with.
-                try:
-                    await publisher.send_copy(message.body, copy, described.routing_key)
-                except PublishError as exc:
-                    return ReplayOutcome(scanned, tuple(moved), exc, tuple(refused))
-                await reader.take(message)
-            moved.append(described)
-            on_move(described)
-            if limit is not None and len(moved) >= limit:
-                break
-    return ReplayOutcome(scanned, tuple(moved), refused=tuple(refused))
+                    chosen = select(described)
+                    if not chosen:
+                        continue
+                    if described.reason == envelope.UNDECODABLE:
+                        refused.append(described)
+                        continue
+                    sent = len(would_move) + len(copies.moved) + copies.in_flight
+                    if rate:
+                        await copies.drain()  # what moved is reported before a pause
+                        if not await _paced(stop, started + sent / rate):
+                            raise Interrupted("interrupted while pacing")
+                    if dry_run:
+                        would_move.append(described)
+                        on_move(described)
+                    else:
+                        await copies.send(
+                            message,
+                            described,
+                            _copy(message, dlq),
+                            # The producer's routing key even through the return exchange (a
+                            # headers exchange, which ignores it): the worker reads a copy that
+                            # no retry queue expired as a first delivery, with the routing key
+                            # it was sent with.
+                            described.routing_key,
+                        )
+                        if copies.error is not None:
+                            break
+                    if limit is not None and sent + 1 >= limit:
+                        break
+            except Interrupted:
+                interrupted = True
+            finally:
+                await copies.drain()
+    finally:
+        await publisher.close()
+    moved = tuple(would_move) if dry_run else tuple(copies.moved)
+    outcome = ReplayOutcome(scanned, moved, copies.error, tuple(refused))
+    if interrupted:
+        raise ReplayInterrupted(outcome)
+    return outcome
+
+
+async def _paced(stop: asyncio.Event, until: float) -> bool:
+    """Wait until the monotonic time ``until``; False when ``stop`` was set first."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), max(0.0, until - time.monotonic()))
+    return not stop.is_set()
+
+
+def _copy(message: Delivery, dlq: DeadLetterQueue) -> Properties:
+    return Properties.build(
+        origin=message.properties,
+        delivery_mode=PERSISTENT,
+        **letter.replay_properties(message, return_to=dlq.return_to),
+    )
 
 
 async def purge(
@@ -226,17 +283,24 @@ async def purge(
     """
     if select is not None:
         taken = 0
-        async with _reading(connection, dlq, stop=stop) as reader:
-            async for message in reader.messages():
-                if on_read is not None:
-                    on_read()
-                described = letter.diagnose(
-                    message, preview_chars=0, default_reason=dlq.default_reason
-                )
-                if select(described):
-                    await reader.take(message)
-                    taken += 1
-        return taken
+        chosen: list[Delivery] = []
+        async with _reading(connection, dlq, stop=stop, prefetch=PREFETCH) as reader:
+            try:
+                async for message in reader.messages():
+                    if on_read is not None:
+                        on_read()
+                    described = letter.diagnose(
+                        message, preview_chars=0, default_reason=dlq.default_reason
+                    )
+                    if not select(described):
+                        continue
+                    chosen.append(message)
+                    if len(chosen) >= ACK_BATCH:
+                        await reader.take_many(chosen)
+                        taken, chosen = taken + len(chosen), []
+            finally:
+                await reader.take_many(chosen)  # an interrupted purge deletes what it read
+        return taken + len(chosen)
     if await count(connection, dlq.queue) is None:
         raise BrokerError(f"queue {dlq.queue!r} does not exist on the broker")
     channel = await connection.channel()
@@ -263,7 +327,8 @@ async def export(
         Interrupted: ``stop`` was set.
     """
     written = 0
-    async with _reading(connection, dlq, limit=limit, stop=stop) as reader:
+    prefetch = min(PREFETCH, limit or PREFETCH)
+    async with _reading(connection, dlq, limit=limit, stop=stop, prefetch=prefetch) as reader:
         async for message in reader.messages():
             out.write(letter.export_record(message) + b"\n")
             written += 1
@@ -277,6 +342,7 @@ def _reading(
     *,
     limit: int | None = None,
     stop: asyncio.Event | None = None,
+    prefetch: int = 0,
 ) -> AbstractAsyncContextManager[QueueReader]:
     quorum = dlq.queue_type == "quorum"
-    return reading(connection, dlq.queue, quorum=quorum, limit=limit, stop=stop)
+    return reading(connection, dlq.queue, quorum=quorum, limit=limit, stop=stop, prefetch=prefetch)

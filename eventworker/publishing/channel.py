@@ -34,7 +34,7 @@ from pydantic import SecretStr
 
 from eventworker import envelope
 from eventworker.amqp import publishes
-from eventworker.amqp.connection import connect
+from eventworker.amqp.connection import CHANNEL_GONE, connect
 from eventworker.amqp.properties import PERSISTENT, Properties
 from eventworker.errors import BrokerError, InvalidInputError, PublishError
 from eventworker.settings import TlsSettings
@@ -223,6 +223,12 @@ class ConfirmChannel:
     @property
     def is_closed(self) -> bool:
         return self._channel.is_closed
+
+    async def close(self) -> None:
+        """Close the channel (not the connection); a channel already gone is left alone."""
+        if not self._channel.is_closed:
+            with contextlib.suppress(*CHANNEL_GONE):
+                await self._channel.close()
 
     def on_close(self, callback: Callable[..., Any]) -> None:
         """Call ``callback`` when the channel closes. The broker may close it alone, with the

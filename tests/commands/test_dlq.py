@@ -21,7 +21,14 @@ from eventworker.plugins import discovery
 from eventworker.settings import Settings
 from tests.support.broker import Broker, running, wait_for
 from tests.support.cli import EVENTWORKER, cli, env_for
-from tests.support.deadletters import IDS, PRODUCED, declare, fill_dead_letters, ids_in
+from tests.support.deadletters import (
+    IDS,
+    PRODUCED,
+    declare,
+    drain_ids,
+    fill_dead_letters,
+    ids_in,
+)
 
 H = "x-eventworker-"
 
@@ -81,7 +88,7 @@ async def test_a_replayed_message_is_processed_once_and_leaves_the_dead_letter_q
             2,
         )
         fixed = True  # the operator fixed the cause
-        result = cli(settings, "dlq", "replay", "fixable")
+        result = cli(settings, "dlq", "replay", "fixable", "--verbose")
         assert result.returncode == 0, result.stderr
         assert "moved fix-1  fix.event  exception" in result.stdout
         assert "1 of 1 message(s)" in result.stdout
@@ -109,6 +116,7 @@ async def test_a_replay_killed_half_way_loses_nothing(
         "target",
         "--rate",
         "20/s",
+        "--verbose",
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env_for(settings),
@@ -138,7 +146,7 @@ async def test_sigterm_stops_a_replay_and_leaves_the_rest_in_order(
     await fill_dead_letters(broker, dlq.queue, IDS)
     process = await asyncio.create_subprocess_exec(
         EVENTWORKER,
-        *("dlq", "replay", "target", "--id", "m3", "--id", "m8", "--rate", "0.2/s"),
+        *("dlq", "replay", "target", "--id", "m3", "--id", "m8", "--rate", "0.2/s", "--verbose"),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env_for(settings),
@@ -285,5 +293,45 @@ async def test_quiet_replay_prints_the_summary_only(broker: Broker, settings: Se
         f"target: 10 of 10 message(s) read from {dlq.queue!r} would be replayed to queue "
         f"{dlq.return_to!r}"
     ]
-    piped = cli(settings, "dlq", "replay", "target", "--dry-run")  # a pipe: a line each
-    assert len(piped.stdout.splitlines()) == 11 and "bar" not in piped.stderr
+    piped = cli(settings, "dlq", "replay", "target", "--dry-run")  # a pipe: no bar either
+    assert piped.stdout == result.stdout and "reading" not in piped.stderr
+    verbose = cli(settings, "dlq", "replay", "target", "--dry-run", "--verbose")
+    assert verbose.stdout.splitlines()[:-1] == [
+        f"would move {i}  dlq.event  " + ("exception" if int(i[1:]) % 2 else "schema_error")
+        for i in IDS
+    ]
+
+
+async def test_ctrl_c_waits_for_the_confirms_in_flight_and_leaves_the_rest_in_order(
+    broker: Broker, settings: Settings
+) -> None:
+    dlq = await declare(broker, settings)  # quorum: the hard case for order
+    ids = [f"c{n:04}" for n in range(3000)]
+    await fill_dead_letters(broker, dlq.queue, ids)
+    process = await asyncio.create_subprocess_exec(
+        EVENTWORKER,
+        *("dlq", "replay", "target", "--verbose", "--window", "32"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env_for(settings),
+    )
+    assert process.stdout is not None and process.stderr is not None
+    lines = [await asyncio.wait_for(process.stdout.readline(), 30) for _ in range(100)]
+    process.send_signal(signal.SIGINT)  # copies in flight, messages read ahead
+    assert await asyncio.wait_for(process.wait(), 120) == ExitCode.INTERRUPTED
+    lines += (await process.stdout.read()).splitlines(keepends=True)
+    moved = [line.split()[1].decode() for line in lines if line.startswith(b"moved ")]
+    summary = lines[-1].decode()
+    assert summary.startswith(f"target: {len(moved)} of ")
+    assert f"interrupted: {len(moved)} message(s) moved" in (await process.stderr.read()).decode()
+    # Every message in exactly one place: what it reported moved at the work queue, in order;
+    # the rest dead-lettered, in order.
+    assert len(moved) >= 100 and moved == ids[: len(moved)]
+    assert await drain_ids(broker, dlq.return_to or "") == moved
+    assert await drain_ids(broker, dlq.queue) == ids[len(moved) :]
+
+
+def test_a_window_beyond_what_amqp_can_prefetch_is_refused(settings: Settings) -> None:
+    result = cli(settings, "dlq", "replay", "target", "--window", "40000")
+    assert result.returncode == 2
+    assert "--window" in result.stderr and "40000" in result.stderr

@@ -3,6 +3,7 @@ replay moves exactly the selected messages, each copy confirmed before its origi
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from typing import Any
@@ -17,7 +18,15 @@ from eventworker.deadletters.operations import DeadLetterQueue, Selection
 from eventworker.errors import BrokerError
 from eventworker.settings import Settings
 from tests.support.broker import Broker
-from tests.support.deadletters import IDS, H, declare, fill_dead_letters, ids_in
+from tests.support.deadletters import (
+    IDS,
+    H,
+    declare,
+    drain,
+    drain_ids,
+    fill_dead_letters,
+    ids_in,
+)
 
 
 async def replay(
@@ -179,3 +188,89 @@ def test_reads_count_towards_the_delivery_limit_on_rabbitmq_4_0_to_4_2(
 
 async def test_the_broker_version_is_the_one_it_announced(broker: Broker) -> None:
     assert queue_reader.broker_version(broker.connection).count(".") >= 2
+
+
+async def test_a_replay_of_thousands_moves_each_once_in_order(
+    broker: Broker, settings: Settings
+) -> None:
+    dlq = await declare(broker, settings)
+    ids = [f"b{n:04}" for n in range(3000)]
+    await fill_dead_letters(broker, dlq.queue, ids)
+    # A window far smaller than the queue: copies go out, confirms come back and originals are
+    # acked many times over while reading goes on.
+    outcome, seen = await replay(broker, dlq, window=64)
+    assert outcome.error is None and outcome.scanned == 3000
+    assert [p.id for p in seen] == [p.id for p in outcome.moved] == ids
+    assert await drain_ids(broker, dlq.return_to or "") == ids  # each once, in order
+    assert await broker.count(dlq.queue) == 0
+
+
+@pytest.mark.parametrize("queue_type", ["quorum", "classic"])
+async def test_a_selection_moves_exactly_the_selected_and_keeps_the_others_in_order(
+    broker: Broker, settings: Settings, queue_type: str
+) -> None:
+    dlq = await declare(broker, settings.model_copy(update={"queue_type": queue_type}))
+    ids = [f"s{n:04}" for n in range(1000)]
+    await fill_dead_letters(broker, dlq.queue, ids)
+    # Half the messages held back, far more than the consumer's prefetch (twice the window):
+    # the reader must start new consumers to go on.
+    outcome, _ = await replay(broker, dlq, Selection(reason="exception"), window=8)
+    odd, even = ids[1::2], ids[0::2]
+    assert [p.id for p in outcome.moved] == odd and outcome.scanned == 1000
+    assert await drain_ids(broker, dlq.return_to or "") == odd
+    assert await drain_ids(broker, dlq.queue) == even
+
+
+async def test_a_stopped_replay_leaves_each_message_in_exactly_one_place(
+    broker: Broker, settings: Settings
+) -> None:
+    dlq = await declare(broker, settings)
+    ids = [f"i{n:04}" for n in range(2000)]
+    await fill_dead_letters(broker, dlq.queue, ids)
+    stop = asyncio.Event()
+    seen: list[Letter] = []
+
+    def on_move(moved: Letter) -> None:
+        seen.append(moved)
+        if len(seen) == 300:
+            stop.set()  # as the first Ctrl-C does, with copies in flight
+
+    with pytest.raises(operations.ReplayInterrupted) as caught:
+        await operations.replay(
+            broker.connection,
+            dlq,
+            select=Selection(),
+            limit=None,
+            rate=None,
+            dry_run=False,
+            publish_timeout=5.0,
+            on_move=on_move,
+            stop=stop,
+            window=128,
+        )
+    moved = [p.id for p in caught.value.outcome.moved]
+    # The copies in flight at the stop were waited for and their originals acked: what moved is
+    # a prefix, at the work queue once; the rest is dead-lettered, in order; nothing is in both.
+    assert len(moved) >= 300 and moved == [p.id for p in seen] == ids[: len(moved)]
+    assert await drain_ids(broker, dlq.return_to or "") == moved
+    left = await drain(broker, dlq.queue)
+    assert [m.message_id for m in left] == ids[len(moved) :]
+    # What the consumer was given before the stop moved too: the rest was never read, so
+    # nothing had to be handed back (on a quorum queue, a full turn of the queue).
+    assert not any(m.redelivered for m in left)
+
+
+async def test_purge_and_export_of_thousands_are_exact(broker: Broker, settings: Settings) -> None:
+    dlq = await declare(broker, settings)
+    ids = [f"p{n:04}" for n in range(2000)]
+    await fill_dead_letters(broker, dlq.queue, ids)
+    out = io.BytesIO()
+    assert await operations.export(broker.connection, dlq, out, limit=None) == 2000
+    exported = [orjson.loads(line)["properties"]["message_id"] for line in out.getvalue().split()]
+    assert exported == ids
+    limited = io.BytesIO()
+    assert await operations.export(broker.connection, dlq, limited, limit=5) == 5
+    assert len(limited.getvalue().splitlines()) == 5
+    purged = await operations.purge(broker.connection, dlq, select=Selection(reason="exception"))
+    assert purged == 1000
+    assert await drain_ids(broker, dlq.queue) == ids[0::2]  # the others, in order

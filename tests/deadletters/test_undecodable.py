@@ -102,7 +102,7 @@ async def test_every_dlq_command_works_with_undecodable_messages_among_good_ones
     assert again.returncode == ExitCode.INVALID_INPUT
     assert "line 3" in again.stderr and "could not be decoded" in again.stderr
 
-    replayed = cli(s, "dlq", "replay", "broken")
+    replayed = cli(s, "dlq", "replay", "broken", "--verbose")
     assert replayed.returncode == ExitCode.FAILED
     assert [line.split()[1] for line in replayed.stdout.splitlines()[:4]] == [
         "g1",
