@@ -203,8 +203,16 @@ class ConfirmChannel:
 
         Raises:
             BrokerError: the exchange does not exist.
+            ConnectionError: the connection was lost meanwhile.
         """
-        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        except Exception as exc:
+            # aiormq fails a channel's waiters with a bare Exception when its connection dies
+            # under them (the reader ended): say what it is, an error callers retry on.
+            if type(exc) is Exception:
+                raise ConnectionError("the connection was lost while opening a channel") from exc
+            raise
         try:
             target = await channel.get_exchange(exchange, ensure=True)
         except ChannelNotFoundEntity:

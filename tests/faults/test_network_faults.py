@@ -147,3 +147,36 @@ async def test_b5_a_cut_at_any_point_of_setting_up_a_session_is_survived(
     await rig.finish(workers=[worker])
     assert len(worker.pids) == 1 and worker.alive(), "the worker was restarted"
     print(f"{proxy.cuts} connections cut after each of the first {len(points)} frames of a session")
+
+
+async def test_b5_a_publisher_cut_at_any_point_of_setting_up_its_session_sees_a_connection_error(
+    shared_rig: Rig, proxy: Proxy
+) -> None:
+    """A publisher's connection cut after the 1st, 2nd, ... 8th AMQP frame from the broker
+    (handshake, channel, confirms, the exchange's check) fails with an error a producer retries
+    on (a connection error, a broker error), never a bare ``Exception``; then it publishes."""
+    from eventworker.errors import BrokerError
+    from eventworker.publishing.channel import ConfirmChannel, Outgoing
+
+    rig = shared_rig
+    spec = Spec("b5p", ("b5p.event",))
+    await rig.declare([spec])
+    url = proxy.url(rig.url)
+    failures: list[BaseException] = []
+    # Three rounds: whether the cut lands while aiormq waits for a reply varies by run.
+    for after in [*range(1, 9)] * 3:
+        proxy.pass_through()
+        proxy.cut_after(after, frames=True)
+        try:
+            async with ConfirmChannel.connect(
+                url, exchange=rig.settings.exchange, timeout=5, connect_timeout=5
+            ) as publisher:
+                await publisher.send(Outgoing("b5p.event", b"{}", f"cut-{after}"))
+        except (BrokerError, *traffic.CONNECTION_ERRORS) as exc:
+            failures.append(exc)
+    assert failures, "no cut landed in a session's set-up"
+    assert all(type(exc) is not Exception for exc in failures), failures
+    proxy.pass_through()
+    async with ConfirmChannel.connect(url, exchange=rig.settings.exchange, timeout=5) as publisher:
+        result = await publisher.send(Outgoing("b5p.event", b"{}", "after-the-cuts"))
+    assert result.status == "confirmed"
