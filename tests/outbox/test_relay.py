@@ -114,7 +114,10 @@ async def test_a_relay_killed_mid_batch_and_restarted_sends_every_row_in_key_ord
     broker: Broker, settings: Settings, pg_dsn: str, pg_table: str
 ) -> None:
     queue = await sink(broker, "relay.#")
-    ids = await fill(pg_dsn, pg_table, keys=20, per_key=100)
+    # Enough rows that the relay (a batch of 200 in one write) is still busy when the kill
+    # lands: with 2,000 it could send the last batch first.
+    per_key = 500
+    ids = await fill(pg_dsn, pg_table, keys=20, per_key=per_key)
     env = env_for(
         settings,
         EVENTWORKER_OUTBOX__DSN=pg_dsn,
@@ -149,7 +152,7 @@ async def test_a_relay_killed_mid_batch_and_restarted_sends_every_row_in_key_ord
     messages = await drain(broker, queue, expect=len(ids))
     delivered = [m.message_id or "" for m in messages]
     assert set(delivered) == ids  # every row, and nothing that was not a row
-    assert ordered_per_key(messages) == {f"k{k}": list(range(100)) for k in range(20)}
+    assert ordered_per_key(messages) == {f"k{k}": list(range(per_key)) for k in range(20)}
     print(f"{len(delivered) - len(ids)} duplicate(s) after the kill, {left} rows were pending")
 
 
