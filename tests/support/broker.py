@@ -21,6 +21,7 @@ from eventworker.plugins.discovery import Plugin, Registration, discover
 from eventworker.plugins.resolved import resolve
 from eventworker.settings import Settings
 from eventworker.topology import declare
+from eventworker.topology.layout import Plan
 from eventworker.worker.lifecycle import Worker
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,8 +54,13 @@ class Broker:
         self._exchanges: set[str] = {settings.exchange, f"{settings.exchange}.return"}
 
     def track(self, worker: Worker) -> None:
-        self._queues.update(q.name for q in worker.plan.queues)
-        self._exchanges.update(e.name for e in worker.plan.exchanges)
+        self.track_plan(worker.plan)
+
+    def track_plan(self, plan: Plan) -> None:
+        """Delete the plan's queues and exchanges after the test (a quorum queue left behind
+        keeps file handles on the broker: hundreds of them exhaust its limit)."""
+        self._queues.update(q.name for q in plan.queues)
+        self._exchanges.update(e.name for e in plan.exchanges)
 
     async def declare(self, *handlers: Handler, settings: Settings | None = None) -> Worker:
         """Declare the topology a worker of ``handlers`` would, without running it."""

@@ -265,6 +265,7 @@ async def test_every_declaration_removes_the_delivery_binding_of_earlier_release
         tiers=[1.0],
         delay_levels=25,
     )
+    broker.track_plan(plan)
     await declare.apply(plan, broker.connection)
     channel = await broker.connection.channel()
     events = await channel.get_exchange(x, ensure=False)

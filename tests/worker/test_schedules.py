@@ -22,6 +22,7 @@ import pytest
 from pydantic import SecretStr
 
 from eventworker.settings import Settings
+from eventworker.topology import layout
 from eventworker.worker.emitter import CAUGHT_UP_HEADER
 from tests.support import distributions
 from tests.support.broker import Broker
@@ -168,6 +169,10 @@ async def _tick_queue(broker: Broker, settings: Settings, routing_key: str) -> s
         broker._queues.update(
             {f"{settings.queue_prefix}{handler}", f"{settings.queue_prefix}{handler}.dead"}
         )
+    # The retry tiers the workers declare, shared by their handlers.
+    broker._queues.update(
+        layout.retry_queue(settings.queue_prefix, d) for d in settings.retry.delays
+    )
     return name
 
 
