@@ -13,7 +13,6 @@ from typing import Any
 from loguru import logger
 
 from eventworker.amqp.connection import connect
-from eventworker.console.letters import settled
 from eventworker.console.rates import History
 from eventworker.deadletters import operations as ops
 from eventworker.deadletters.operations import Connection, DeadLetterQueue, DeadLetterStats
@@ -239,8 +238,8 @@ class Fleet:
         ):
             return cached[1]
         connection = await self.connection()
+        # The reader hands back what it sampled before it returns, counted by the queue.
         found = await ops.stats(connection, member.dlq, sample=SAMPLE)
-        await settled(connection, member.dlq, found.sampled)
         self._samples[member.name] = (time.monotonic(), found)
         return found
 

@@ -3,8 +3,6 @@ whole, its body pretty-printed and capped. Reads only; the queue is left as it w
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -16,10 +14,8 @@ from eventworker.deadletters import letter
 from eventworker.deadletters import operations as ops
 from eventworker.deadletters.letter import Letter
 from eventworker.deadletters.operations import Connection, DeadLetterQueue
-from eventworker.deadletters.reader import count, reading
+from eventworker.deadletters.reader import reading
 
-#: Seconds a read waits, at most, for the queue to take back what it held.
-SETTLE_SECONDS = 3.0
 #: Characters of each body kept in a listing: what the text filter searches and rows preview.
 PREVIEW_CHARS = 2000
 
@@ -55,22 +51,9 @@ class Listed:
     letter: Letter
 
 
-async def settled(connection: Connection, dlq: DeadLetterQueue, held: int) -> None:
-    """Wait (up to ``SETTLE_SECONDS``) until the queue counts the ``held`` messages a read handed
-    back: a quorum queue takes them back through Raft a moment after the read ended, and an
-    action started meanwhile would not see them."""
-    deadline = time.monotonic() + SETTLE_SECONDS
-    while time.monotonic() < deadline:
-        ready = await count(connection, dlq.queue)
-        if ready is None or ready >= held:
-            return
-        await asyncio.sleep(0.05)
-
-
 async def listing(connection: Connection, dlq: DeadLetterQueue, *, limit: int) -> list[Listed]:
     """The first ``limit`` dead letters, as ``eventworker dlq show`` reads them."""
     found = await ops.show(connection, dlq, limit=limit, preview_chars=PREVIEW_CHARS)
-    await settled(connection, dlq, len(found))
     return [Listed(n, p) for n, p in enumerate(found)]
 
 
@@ -131,5 +114,4 @@ async def open_letter(
                     headers=headers,
                     readable=dict(bad.unreadable) if bad is not None else {},
                 )
-    await settled(connection, dlq, n + 1)
     return found
