@@ -175,7 +175,7 @@ def _values(settings: Settings, options: k8s.Options) -> str:
     def v(value: Any) -> str:
         return json.dumps(value)
 
-    keys = ", ".join(k8s.secret_keys(settings, replace(options, autoscale="keda")))
+    keys = _secret_keys(settings, options)
     resources = json.dumps(options.resources())
     return f"""{MARKER}
 # The image with eventworker and the plugins the chart was rendered from.
@@ -205,8 +205,13 @@ autoscaling:
 """
 
 
+def _secret_keys(settings: Settings, options: k8s.Options) -> str:
+    """The Secret's keys the chart may read: with autoscaling, KEDA's too."""
+    return ", ".join(k8s.secret_keys(settings, replace(options, autoscale="keda")))
+
+
 def _notes(settings: Settings, options: k8s.Options) -> str:
-    keys = ", ".join(k8s.secret_keys(settings, replace(options, autoscale="keda")))
+    keys = _secret_keys(settings, options)
     return (
         "eventworker workers of release {{ .Release.Name }} in {{ .Release.Namespace }}.\n"
         "The Secret {{ .Values.secret }} must hold the keys: "
