@@ -7,8 +7,6 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
-
 from eventworker.errors import BrokerError
 from eventworker.settings import Settings, redact_url
 
@@ -30,6 +28,10 @@ async def get(settings: Settings, path: str, *, timeout: float) -> Any:
     Raises:
         BrokerError: the API could not be reached, refused, or did not answer JSON.
     """
+    # Imported here: a worker reads the API only for an answer a person asks for (which
+    # worker emits the schedules), and aiohttp's client is about 10 MB of RSS it would carry.
+    import aiohttp
+
     base = settings.management_url.get_secret_value()
     parts = urlsplit(base)
     user, password = parts.username, parts.password

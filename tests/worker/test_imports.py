@@ -20,6 +20,7 @@ from tests.support.cli import env_for
 HEAVY = (
     "opentelemetry",
     "prometheus_client",
+    "aiohttp",
     "asyncpg",
     "redis",
     "aiosqlite",
