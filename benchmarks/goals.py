@@ -44,8 +44,8 @@ def _waiting(concurrency: int) -> Goal:
 GOALS = (
     Goal("Drain ≥ 1.2x raw aio-pika acking each (wait=False)", "drain.eventworker",
          "msgs_per_s", ("drain.raw-nowait",), at_least=1.2),
-    Goal("Drain ≥ 1.75x FastStream's best configuration", "drain.eventworker", "msgs_per_s",
-         ("drain.faststream", "drain.faststream-quiet", "drain.faststream-bare"), at_least=1.75),
+    Goal("Drain ≥ 2x FastStream's best configuration", "drain.eventworker", "msgs_per_s",
+         ("drain.faststream", "drain.faststream-quiet", "drain.faststream-bare"), at_least=2.0),
     Goal("Drain ≥ Dramatiq's default (2 processes x 8 threads)", "drain.eventworker",
          "msgs_per_s", ("drain.dramatiq-2x8",), at_least=1.0),
     Goal("Drain ≈ 75% of the uvloop no-ack ceiling", "drain.eventworker", "msgs_per_s",
