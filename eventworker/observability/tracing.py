@@ -17,7 +17,7 @@ import os
 import re
 import sys
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,14 +98,22 @@ class Handling:
     trace_id: str | None
     _span: Any = field(default=None, repr=False)
 
+    def __enter__(self) -> Handling:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        return None
+
     def record(self, *, outcome: str, error: BaseException | None) -> None:
         """Note how the handling ended (``Ack``, ``RetryIn``, ``DeadLetter``) on the span.
 
         A handler error marks the span as failed; the exception's message is not recorded,
         only its type, because it may quote the event's body.
         """
+        if self._span is None:  # no span: nothing to record (and no look-up per message)
+            return
         otel = _otel()
-        if self._span is None or otel is None:
+        if otel is None:
             return
         trace = otel[0]
         self._span.set_attribute("eventworker.outcome", outcome)
@@ -151,16 +159,29 @@ def _tracing(trace: Any) -> bool:
     )
 
 
-@contextmanager
 def consuming(
     *, handler: str, queue: str, event_id: str, event_type: str, attempt: int, headers: Any
-) -> Iterator[Handling]:
+) -> AbstractContextManager[Handling]:
     """The span of one handling; its OpenTelemetry context is current inside the block, so
-    follow-up publishes (and a plugin's own spans) become its children."""
+    follow-up publishes (and a plugin's own spans) become its children. Without a tracer
+    provider, the handling's trace id alone, as a context manager of its own: a generator's
+    context manager per message costs about as much as the rest of the tracing path."""
     otel = _otel()
     if otel is None or not _tracing(otel[0]):
-        yield Handling(trace_id(headers))
-        return
+        return Handling(trace_id(headers))
+    return _span(otel, handler, queue, event_id, event_type, attempt, headers)
+
+
+@contextmanager
+def _span(
+    otel: tuple[Any, Any],
+    handler: str,
+    queue: str,
+    event_id: str,
+    event_type: str,
+    attempt: int,
+    headers: Any,
+) -> Iterator[Handling]:
     trace, propagate = otel
     producer = propagate.extract(_carrier(headers))
     producer_span = trace.get_current_span(producer).get_span_context()

@@ -49,6 +49,7 @@ from eventworker.worker._copies import (
     short_traceback,
     where,
 )
+from eventworker.worker._deadline import Deadline
 from eventworker.worker._middleware import Chain
 from eventworker.worker.decisions import (
     Ack,
@@ -157,6 +158,8 @@ class Dispatcher:
         self._inbox = inbox if route.idempotent else None
         self._bindings = compile_bindings(route.handler.bindings)
         self._resources = resources
+        #: Read once: ``Handler.is_async`` inspects the function on every call.
+        self._is_async = route.handler.is_async
         #: None without middleware: the handling then takes no step of the chain at all.
         self._chain = Chain(middleware) if middleware else None
 
@@ -445,8 +448,8 @@ class Dispatcher:
         if self._chain is not None:
             return await self._run_chained(self._chain, event, ctx, loop)
         try:
-            async with asyncio.timeout(self.route.timeout) as deadline:
-                if handler.is_async:
+            with Deadline(self.route.timeout) as deadline:
+                if self._is_async:
                     await handler(event, ctx)  # type: ignore[misc]  # is_async checked
                 else:
                     # A thread, so the event loop (heartbeats, acks) never blocks; the context
@@ -454,7 +457,7 @@ class Dispatcher:
                     call = partial(contextvars.copy_context().run, handler.func, event, ctx)
                     await loop.run_in_executor(self._executor, call)
         except TimeoutError as exc:
-            if deadline.expired():
+            if deadline.expired:
                 return HandlerTimeoutError(f"handler ran longer than {self.route.timeout:g}s")
             return exc
         except Exception as exc:
@@ -484,7 +487,7 @@ class Dispatcher:
         handler = self.route.handler
 
         async def call() -> None:
-            if handler.is_async:
+            if self._is_async:
                 await handler(event, ctx)  # type: ignore[misc]  # is_async checked
             else:
                 run = partial(contextvars.copy_context().run, handler.func, event, ctx)
@@ -492,11 +495,11 @@ class Dispatcher:
 
         error: BaseException | None = None
         try:
-            async with asyncio.timeout(self.route.timeout) as deadline:
+            with Deadline(self.route.timeout) as deadline:
                 await chain.run(event, ctx, call)
         except TimeoutError as exc:
             error = exc
-            if deadline.expired():
+            if deadline.expired:
                 error = HandlerTimeoutError(f"handler ran longer than {self.route.timeout:g}s")
         except Exception as exc:
             error = exc

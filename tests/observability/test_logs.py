@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pytest
@@ -158,3 +162,68 @@ def test_colours_only_on_a_terminal_and_never_with_no_color(
         _unconfigure(saved)
     assert "coloured?" in terminal.getvalue()
     assert ("\x1b[" in terminal.getvalue()) is (no_color is None)
+
+
+def _event(event_id: str) -> Event[Any]:
+    return Event(
+        id=event_id,
+        type="logs.event",
+        source=None,
+        time=datetime.now(UTC),
+        data=None,
+        headers={},
+        attempt=1,
+        correlation_id=f"corr-{event_id}",
+    )
+
+
+async def test_concurrent_handlings_each_log_their_own_fields(json_log: io.StringIO) -> None:
+    both = asyncio.Barrier(2)
+
+    async def handle(event_id: str) -> None:
+        with logs.handling("h", _event(event_id), trace_id=None):
+            logger.info("before {}", event_id)
+            await both.wait()  # the other handling sets its fields in between
+            logger.info("after {}", event_id)
+            # A ``def`` handler's thread runs in a copy of the task's context.
+            call = partial(contextvars.copy_context().run, logger.info, "thread {}", event_id)
+            await asyncio.get_running_loop().run_in_executor(None, call)
+
+    await asyncio.gather(handle("e-1"), handle("e-2"))
+    logger.info("outside")
+    lines = _lines(json_log)
+    for line in lines[:-1]:
+        assert line["event_id"] == line["message"].split()[-1]
+        assert line["correlation_id"] == f"corr-{line['event_id']}"
+        assert line["handler"] == "h"
+    assert len(lines) == 7
+    assert "event_id" not in lines[-1] and "handler" not in lines[-1]
+
+
+def test_a_nested_handling_logs_its_own_fields_then_the_outer_ones_again(
+    json_log: io.StringIO,
+) -> None:
+    with logs.handling("outer", _event("e-1"), trace_id="0af7651916cd43dd8448eb211c80319c"):
+        with logs.handling("inner", _event("e-2"), trace_id=None):
+            logger.info("inner")
+            assert logs.handling_fields()["event_id"] == "e-2"
+        logger.bind(handler="bound").info("outer")
+    assert logs.handling_fields() == {}
+    inner, outer = _lines(json_log)
+    assert (inner["handler"], inner["event_id"], "trace_id" in inner) == ("inner", "e-2", False)
+    # A field the record was bound with wins over the handling's.
+    assert (outer["handler"], outer["event_id"]) == ("bound", "e-1")
+    assert outer["trace_id"] == "0af7651916cd43dd8448eb211c80319c"
+
+
+def test_the_pretty_format_shows_the_handling_fields() -> None:
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    stream = io.StringIO()
+    logs.configure("INFO", stream=stream)
+    try:
+        with logs.handling("bill", _event("e-9"), trace_id=None):
+            logger.info("charged")
+    finally:
+        _unconfigure(saved)
+    assert "charged [handler=bill event_id=e-9 attempt=1]" in stream.getvalue()
