@@ -112,6 +112,12 @@ class QueueReader:
         self._closing = False
         self._deferred: dict[int, str] = {}
 
+    def ready(self) -> int:
+        """Messages the broker has given that :meth:`messages` has not yielded yet (0 when
+        reading with ``basic.get``): while there are some, a caller may gather more work
+        before writing."""
+        return self._inbox.qsize()
+
     async def messages(self) -> AsyncIterator[Delivery]:
         """The queue's messages in order, at most ``limit``."""
         shown = 0

@@ -92,8 +92,9 @@ def _take(
     return batch, True
 
 
-class _Sent(NamedTuple):
-    """An event of a batch written and not yet settled: its confirm and its deadline."""
+class Sent(NamedTuple):
+    """A message of a batch written and not yet settled: its confirm and its deadline; its
+    ``position`` is the writer's own (an index in what it sends)."""
 
     position: int
     event_id: str
@@ -333,11 +334,10 @@ class ConfirmChannel:
         loop = asyncio.get_running_loop()
         pending = iter(enumerate(events))
         results: dict[int, PublishResult] = {}
-        in_flight: deque[_Sent] = deque()  # oldest first
+        in_flight: deque[Sent] = deque()  # oldest first
 
         def report(index: int, result: PublishResult) -> None:
             results[index] = result
-            self._in_flight -= 1
             if on_result is not None:
                 on_result(index, result)
 
@@ -347,7 +347,11 @@ class ConfirmChannel:
                 while more and len(in_flight) < window:
                     batch, more = _take(pending, window - len(in_flight))
                     if batch:
-                        await self._write(batch, in_flight, report, loop)
+                        items = [(i, event.id, self._message(event)) for i, event in batch]
+                        written, failed = await self.write(items)
+                        in_flight.extend(written)
+                        for position, result in failed:
+                            report(position, result)
                 if not in_flight:
                     break
                 head = in_flight[0]
@@ -358,52 +362,71 @@ class ConfirmChannel:
                     in_flight[0].confirm.done() or in_flight[0].deadline <= loop.time()
                 ):
                     sent = in_flight.popleft()
-                    report(sent.position, self._outcome(sent))
+                    report(sent.position, self.outcome(sent))
         finally:
             for sent in in_flight:  # cancelled part-way: no one waits for them
-                sent.confirm.cancel()
-                self._in_flight -= 1
+                self.abandon(sent)
         return [results[i] for i in range(len(results))]
 
-    async def _write(
-        self,
-        batch: list[tuple[int, Outgoing]],
-        in_flight: deque[_Sent],
-        report: Callable[[int, PublishResult], None],
-        loop: asyncio.AbstractEventLoop,
-    ) -> None:
-        """Write ``batch`` at once and add its confirms to ``in_flight``; when the channel is
-        gone, report each event as a publish on it would."""
+    async def write(
+        self, items: Sequence[tuple[int, str, publishes.Message]]
+    ) -> tuple[list[Sent], list[tuple[int, PublishResult]]]:
+        """Write ``items`` (a position of the caller's, the event id, the message) in one
+        socket write, in order (:func:`eventworker.amqp.publishes.write`). Returns the ones
+        whose confirms are in flight, each to be settled once with :meth:`outcome` (or
+        :meth:`abandon`), and, when the channel could not take them, each one's result as a
+        publish on it would have ended.
+
+        Raises:
+            ValueError, TypeError: a message could not be encoded (nothing was written).
+        """
         assert isinstance(self._underlay, aiormq.Channel)  # what aio-pika's channel wraps
-        messages = [self._message(event) for _, event in batch]
-        self._in_flight += len(batch)
-        deadline = loop.time() + self._timeout  # the write's time counts, as in basic_publish
+        messages = [message for _, _, message in items]
+        self._in_flight += len(items)
+        deadline = asyncio.get_running_loop().time() + self._timeout  # as in basic_publish
         try:
             futures = await publishes.write(self._underlay, messages, timeout=self._timeout)
         except _FAILED as exc:
-            for (index, event), message in zip(batch, messages, strict=True):
-                report(index, self._failure(event.id, message.routing_key, exc))
-            return
+            failed = []
+            for position, event_id, message in items:
+                failed.append((position, self._failure(event_id, message.routing_key, exc)))
+                self._in_flight -= 1
+            return [], failed
         except BaseException:
-            self._in_flight -= len(batch)
+            self._in_flight -= len(items)
             raise
         if sum(len(m.body) for m in messages) >= LARGE_PUBLISH:
             self._let_go()
-        for (index, event), message, future in zip(batch, messages, futures, strict=True):
-            in_flight.append(_Sent(index, event.id, message.routing_key, deadline, future))
+        written = [
+            Sent(position, event_id, message.routing_key, deadline, future)
+            for (position, event_id, message), future in zip(items, futures, strict=True)
+        ]
+        return written, []
 
-    def _outcome(self, sent: _Sent) -> PublishResult:
-        """The result of a publish whose confirm ended, or did not in time."""
-        future = sent.confirm
-        if not future.done():
-            future.cancel()  # aiormq ignores a confirm that comes later
-            return self._failure(sent.event_id, sent.routing_key, TimeoutError())
-        if future.cancelled():
-            return PublishResult(sent.event_id, "connection_lost", "its confirm was cancelled")
-        exc = future.exception()
-        if exc is None:
-            return PublishResult(sent.event_id, "confirmed")
-        return self._failure(sent.event_id, sent.routing_key, exc)
+    def copy_of(self, body: bytes, properties: Properties, routing_key: str) -> publishes.Message:
+        """A prepared message (a replayed copy) to this publisher's exchange, for :meth:`write`."""
+        return publishes.Message(self._exchange.name, routing_key, body, properties)
+
+    def outcome(self, sent: Sent) -> PublishResult:
+        """The result of a publish whose confirm ended, or did not by its deadline."""
+        try:
+            future = sent.confirm
+            if not future.done():
+                future.cancel()  # aiormq ignores a confirm that comes later
+                return self._failure(sent.event_id, sent.routing_key, TimeoutError())
+            if future.cancelled():
+                return PublishResult(sent.event_id, "connection_lost", "its confirm was cancelled")
+            exc = future.exception()
+            if exc is None:
+                return PublishResult(sent.event_id, "confirmed")
+            return self._failure(sent.event_id, sent.routing_key, exc)
+        finally:  # after _failure, which reads whether it was the only one in flight
+            self._in_flight -= 1
+
+    def abandon(self, sent: Sent) -> None:
+        """Stop waiting for ``sent``'s confirm (its writer was cancelled part-way)."""
+        sent.confirm.cancel()
+        self._in_flight -= 1
 
     def _failure(self, event_id: str, routing_key: str, exc: BaseException) -> PublishResult:
         """What a publish to ``routing_key`` that ended in ``exc`` became (see :data:`Status`)."""
@@ -453,16 +476,10 @@ class ConfirmChannel:
         )
         result.check(f"copy of {result.event_id} to exchange {exchange!r}")
 
-    async def send_copy(self, body: bytes, properties: Properties, routing_key: str) -> None:
-        """Publish a prepared message (a replayed copy) to this publisher's exchange with
-        ``routing_key``, confirmed and mandatory.
-
-        Raises:
-            PublishError: not confirmed, or no queue is bound for it (returned).
-            ValueError, TypeError: a property or header AMQP cannot carry.
-        """
-        where = f"exchange {self._exchange.name!r}"
-        await self._copy(self._exchange, body, properties, routing_key, where)
+    @property
+    def destination(self) -> str:
+        """Where :meth:`copy_of` messages go, as error messages name it."""
+        return f"exchange {self._exchange.name!r}"
 
     async def _copy(
         self,

@@ -15,6 +15,7 @@ from eventworker.deadletters import operations
 from eventworker.deadletters import reader as queue_reader
 from eventworker.deadletters.letter import Letter
 from eventworker.deadletters.operations import DeadLetterQueue, Selection
+from eventworker.envelope import RETURN_TO
 from eventworker.errors import BrokerError
 from eventworker.settings import Settings
 from tests.support.broker import Broker
@@ -137,6 +138,33 @@ async def test_a_copy_nobody_receives_is_not_confirmed_and_its_original_stays(
     assert outcome.error is not None and outcome.error.status == "unroutable"
     assert outcome.moved == ()
     assert await ids_in(broker, dlq.queue) == IDS[:3]
+
+
+@pytest.mark.parametrize("window", [16, 256])
+async def test_copies_refused_part_way_through_a_window_leave_exactly_their_originals(
+    broker: Broker, settings: Settings, window: int
+) -> None:
+    # A work queue that takes 40 messages and refuses (nacks) every publish beyond: the copies
+    # go out many to a socket write, and the broker nacks the 41st and later ones in the
+    # middle of a write. Exactly the first 40 move; the rest stay dead-lettered, in order.
+    dlq = await declare(broker, settings)
+    ids = [f"w{n:04}" for n in range(300)]
+    await fill_dead_letters(broker, dlq.queue, ids)
+    limited = f"{settings.queue_prefix}limited"
+    channel = await broker.connection.channel()
+    queue = await channel.declare_queue(
+        limited, durable=True, arguments={"x-max-length": 40, "x-overflow": "reject-publish"}
+    )
+    broker._queues.add(limited)
+    await queue.bind(dlq.exchange, "", arguments={"x-match": "all", RETURN_TO: limited})
+    await channel.close()
+    outcome, seen = await replay(
+        broker, DeadLetterQueue("x", dlq.queue, dlq.exchange, limited), window=window
+    )
+    assert outcome.error is not None and outcome.error.status == "nacked"
+    assert [p.id for p in outcome.moved] == [p.id for p in seen] == ids[:40]
+    assert await drain_ids(broker, limited) == ids[:40]
+    assert await drain_ids(broker, dlq.queue) == ids[40:]
 
 
 async def test_purge_deletes_the_selected_or_everything(broker: Broker, settings: Settings) -> None:
