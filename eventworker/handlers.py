@@ -369,10 +369,11 @@ class Handler:
     #: The events it publishes, as declared (``publishes=``): routing key and model, if any.
     #: Only a description (``eventworker asyncapi``): ``ctx.publish`` is not limited to them.
     publishes: tuple[tuple[str, type[BaseModel] | None], ...] = ()
+    #: Whether ``func`` is a coroutine function: read for every event, inspected once.
+    is_async: bool = field(init=False, repr=False, compare=False)
 
-    @property
-    def is_async(self) -> bool:
-        return inspect.iscoroutinefunction(self.func)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "is_async", inspect.iscoroutinefunction(self.func))
 
     @property
     def module(self) -> str:

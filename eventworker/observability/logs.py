@@ -110,9 +110,8 @@ def _context(record: Any) -> None:
     record["message"] = one_line(record["message"], MAX_MESSAGE)
     extra = record["extra"]
     extra.setdefault("component", "eventworker")
-    if _HANDLING.get() is not None:
-        for key, value in handling_fields().items():
-            extra.setdefault(key, value)
+    for key, value in handling_fields().items():
+        extra.setdefault(key, value)
     fields = [
         f"{k}={one_line(extra[k], 200)}" for k in ("handler", "event_id", "attempt") if k in extra
     ]

@@ -158,8 +158,6 @@ class Dispatcher:
         self._inbox = inbox if route.idempotent else None
         self._bindings = compile_bindings(route.handler.bindings)
         self._resources = resources
-        #: Read once: ``Handler.is_async`` inspects the function on every call.
-        self._is_async = route.handler.is_async
         #: None without middleware: the handling then takes no step of the chain at all.
         self._chain = Chain(middleware) if middleware else None
 
@@ -449,7 +447,7 @@ class Dispatcher:
             return await self._run_chained(self._chain, event, ctx, loop)
         try:
             with Deadline(self.route.timeout) as deadline:
-                if self._is_async:
+                if handler.is_async:
                     await handler(event, ctx)  # type: ignore[misc]  # is_async checked
                 else:
                     # A thread, so the event loop (heartbeats, acks) never blocks; the context
@@ -487,7 +485,7 @@ class Dispatcher:
         handler = self.route.handler
 
         async def call() -> None:
-            if self._is_async:
+            if handler.is_async:
                 await handler(event, ctx)  # type: ignore[misc]  # is_async checked
             else:
                 run = partial(contextvars.copy_context().run, handler.func, event, ctx)
