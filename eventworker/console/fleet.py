@@ -8,7 +8,6 @@ import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from loguru import logger
 
@@ -42,11 +41,6 @@ class BrokerConsumer:
     peer: str
     prefetch: int
     active: bool
-
-
-def _connection_name(consumer: dict[str, Any], named: dict[Any, Any]) -> str:
-    broker_name = consumer.get("channel_details", {}).get("connection_name", "")
-    return str(named.get(broker_name) or broker_name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,17 +148,11 @@ class Fleet:
                 timeout=timeout,
             )
             consumers = await management.get(self.settings, f"consumers/{where}", timeout=timeout)
-            connections = await management.get(
-                self.settings,
-                f"vhosts/{where}/connections?columns=name,user_provided_name",
-                timeout=timeout,
-            )
+            named = await management.connection_names(self.settings, timeout=timeout)
         except EventworkerError as exc:
             self.management_error = str(exc)
             return
         self.management_error = ""
-        # The name a client gave its connection (eventworker's say role, host and pid).
-        named = {c.get("name"): c.get("user_provided_name") for c in connections}
         self.unacked = {
             q["name"]: int(q.get("messages_unacknowledged") or 0)
             for q in queues
@@ -175,7 +163,7 @@ class Fleet:
                 BrokerConsumer(
                     queue=c["queue"]["name"],
                     handler=handlers[c["queue"]["name"]],
-                    connection=str(_connection_name(c, named)),
+                    connection=management.connection_of(c, named),
                     peer=str(c.get("channel_details", {}).get("peer_host", "")),
                     prefetch=int(c.get("prefetch_count") or 0),
                     active=bool(c.get("active", True)),

@@ -4,6 +4,7 @@ the broker URL; no message ever shows a password."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
@@ -57,3 +58,26 @@ async def get(settings: Settings, path: str, *, timeout: float) -> Any:
     except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
         reason = type(exc).__name__ if isinstance(exc, TimeoutError) else exc
         raise BrokerError(f"management API at {redact_url(base)} failed: {reason}") from None
+
+
+async def connection_names(settings: Settings, *, timeout: float) -> dict[str, str]:
+    """The settings' virtual host's connections: the broker's name of each (``host:port ->
+    host:port``, what consumer rows point to) to the name its client gave it (eventworker's
+    say role, host and pid), or to the broker's where none was given.
+
+    Raises:
+        BrokerError: the API could not be reached, refused, or did not answer JSON.
+    """
+    rows = await get(
+        settings,
+        f"vhosts/{vhost_path(settings)}/connections?columns=name,user_provided_name",
+        timeout=timeout,
+    )
+    return {str(r["name"]): str(r.get("user_provided_name") or r["name"]) for r in rows}
+
+
+def connection_of(consumer: Mapping[str, Any], names: Mapping[str, str]) -> str:
+    """The name of the connection a consumer (a row of the API's consumer lists) reads on, as
+    :func:`connection_names` gives it."""
+    broker_name = str((consumer.get("channel_details") or {}).get("connection_name", ""))
+    return names.get(broker_name) or broker_name

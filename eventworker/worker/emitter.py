@@ -327,12 +327,13 @@ async def elected(settings: Settings, *, timeout: float = 10.0) -> Elected:
     try:
         path = f"queues/{management.vhost_path(settings)}/{quote(queue, safe='')}"
         row = await management.get(settings, path, timeout=timeout)
+        names = await management.connection_names(settings, timeout=timeout)
     except EventworkerError as exc:
         return Elected(None, None, f"unknown: {exc}")
     consumers = row.get("consumer_details") or []
-    active = row.get("single_active_consumer_tag")
     for consumer in consumers:
-        if consumer.get("consumer_tag") == active:
-            name = (consumer.get("channel_details") or {}).get("connection_name") or "?"
+        # The one single-active consumer gets the messages; the others wait their turn.
+        if consumer.get("activity_status") == "single_active":
+            name = management.connection_of(consumer, names) or "?"
             return Elected(name, len(consumers), f"{name} ({len(consumers)} standing)")
     return Elected(None, len(consumers), "unknown: the management API names no active consumer")

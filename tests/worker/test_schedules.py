@@ -374,8 +374,10 @@ async def test_the_emitter_replaces_its_token_with_no_tick_due(
 async def test_the_emitter_shown_is_the_active_consumer_the_management_api_reports(
     broker: Broker, settings: Settings, prefix: str
 ) -> None:
-    """With management_url, the emitter is the queue's single_active_consumer_tag among its
-    consumer_details (an HTTP stand-in answers for the management plugin)."""
+    """With management_url, the emitter is the consumer the queue's consumer_details mark
+    ``single_active``, named as its client named its connection (an HTTP stand-in answers for
+    the management plugin, in the shapes RabbitMQ's API gives; the test after this one asks a
+    real one)."""
     from aiohttp import web
 
     from eventworker import Context, Event, handler
@@ -390,16 +392,33 @@ async def test_the_emitter_shown_is_the_active_consumer_the_management_api_repor
         asked.append(request.raw_path)
         return web.json_response(
             {
-                "single_active_consumer_tag": "amq.ctag-B",
                 "consumer_details": [
-                    {"consumer_tag": "amq.ctag-A", "channel_details": {"connection_name": "a"}},
-                    {"consumer_tag": "amq.ctag-B", "channel_details": {"connection_name": "b"}},
+                    {
+                        "consumer_tag": "amq.ctag-A",
+                        "activity_status": "waiting",
+                        "channel_details": {"connection_name": "10.0.0.1:1 -> 10.0.0.9:5672"},
+                    },
+                    {
+                        "consumer_tag": "amq.ctag-B",
+                        "activity_status": "single_active",
+                        "channel_details": {"connection_name": "10.0.0.2:2 -> 10.0.0.9:5672"},
+                    },
                 ],
             }
         )
 
+    async def connections(request: web.Request) -> web.Response:
+        asked.append(request.raw_path)
+        return web.json_response(
+            [
+                {"name": "10.0.0.1:1 -> 10.0.0.9:5672", "user_provided_name": "a"},
+                {"name": "10.0.0.2:2 -> 10.0.0.9:5672", "user_provided_name": "b"},
+            ]
+        )
+
     app = web.Application()
     app.router.add_get("/api/queues/{vhost}/{name}", queue)
+    app.router.add_get("/api/vhosts/{vhost}/connections", connections)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -423,4 +442,56 @@ async def test_the_emitter_shown_is_the_active_consumer_the_management_api_repor
     finally:
         await runner.cleanup()
     assert (found.connection, found.candidates) == ("b", 2)
-    assert asked == [f"/api/queues/%2F/{leader}"]
+    assert asked[0] == f"/api/queues/%2F/{leader}"
+    assert asked[1:] == ["/api/vhosts/%2F/connections?columns=name,user_provided_name"]
+
+
+@pytest.mark.timeout(240)
+async def test_the_emitter_is_named_by_a_real_management_api(prefix: str) -> None:
+    """Two workers stand for election on a node with the management plugin: the emitter shown
+    is one of them, by the name eventworker gave its connection, with two standing."""
+    from eventworker import Context, Event, handler
+    from eventworker.amqp.connection import connection_name
+    from eventworker.schedules import schedule
+    from eventworker.settings import load_settings
+    from eventworker.worker.emitter import elected
+    from tests.support.broker import running, wait_for
+    from tests.support.private_node import private_node
+
+    @handler(f"{prefix}.beat", name="beat")
+    async def beat(event: Event[None], ctx: Context) -> None: ...
+
+    every = schedule("0 0 1 1 *", f"{prefix}.beat", name="beat")
+    with private_node() as node:
+        settings = load_settings(
+            url=node.url,
+            exchange=f"{prefix}.x",
+            queue_prefix=f"{prefix}.",
+            management_url=f"http://127.0.0.1:{node.management_port}",
+            connect_timeout=5.0,
+            grace=5.0,
+        )
+        connection = await aio_pika.connect(node.url)
+        broker = Broker(connection, settings)
+        try:
+            async with (
+                running(broker, [beat], settings, schedules=[every]) as first,
+                running(broker, [beat], settings, schedules=[every]) as second,
+            ):
+                await wait_for(
+                    lambda: any(
+                        w.emitter is not None and w.emitter.active for w in (first, second)
+                    ),
+                    30,
+                )
+                # The management API's view lags the broker by its statistics interval.
+                found = await elected(settings)
+                deadline = time.monotonic() + 30
+                while found.candidates != 2 and time.monotonic() < deadline:
+                    await asyncio.sleep(1)
+                    found = await elected(settings)
+        finally:
+            await connection.close()
+    assert (found.connection, found.candidates) == (connection_name("worker [beat]"), 2), (
+        found.detail
+    )
